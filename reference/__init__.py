@@ -1,0 +1,43 @@
+"""The exact NumPy reference: the definition of every number in the project.
+
+float64 by default, float32 on request. Imports nothing of `kernels`, `ddpm`, `tests` or
+`benchmarks`.
+"""
+
+from .losses import min_snr_weights, training_target, weighted_mse, weighted_mse_backward
+from .noise import (
+    SAMPLER_INIT_STREAM,
+    TRAIN_STREAM_BASE,
+    normal,
+    pair_uniform_to_normal,
+    philox4x32,
+    philox_words,
+    sampler_step_stream,
+    uint_to_uniform_float,
+    uniform,
+)
+from .process import (
+    PREDICTIONS,
+    STEP_COEFFICIENTS,
+    VARIANCES,
+    classifier_free_guidance,
+    ddim_coefficients,
+    ddim_step,
+    ddpm_coefficients,
+    ddpm_step,
+    dpm_solver_pp_2m_step,
+    dynamic_threshold,
+    predict_eps_from_v,
+    predict_eps_from_x0,
+    predict_x0_from_eps,
+    predict_x0_from_v,
+    prediction_coefficients,
+    q_mean_variance,
+    q_posterior_mean_variance,
+    q_sample,
+    sampler_update,
+    v_from_x0_eps,
+)
+from .sampling import guided, initial_noise, sample_ddim, sample_ddpm, sample_dpm_solver_pp
+from .schedules import SCHEDULE_KINDS, SPACINGS, Schedule, make_schedule, timestep_subset
+from .unet_config import UNetConfig, count_parameters, parameter_shapes

@@ -1,0 +1,53 @@
+"""Input checks shared by the reference: every error names the argument and what was expected."""
+
+from __future__ import annotations
+
+import numpy as np
+
+FLOAT_DTYPES = (np.float32, np.float64)
+
+
+def check_float_array(x, name: str, *, min_ndim: int = 1, allow_nonfinite: bool = False) -> np.ndarray:
+    """An ndarray of float32/float64 with at least `min_ndim` dims and finite values."""
+    if not isinstance(x, np.ndarray):
+        if isinstance(x, (list, tuple, float, int)) and not isinstance(x, bool):
+            x = np.asarray(x, dtype=np.float64)
+        else:
+            raise TypeError(f"{name} must be a NumPy array, got {type(x).__name__}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must have dtype float32 or float64, got {x.dtype}")
+    if x.ndim < min_ndim:
+        raise ValueError(f"{name} must have at least {min_ndim} dimension(s), got shape {x.shape}")
+    if not allow_nonfinite and not np.all(np.isfinite(x)):
+        raise ValueError(f"{name} contains NaN or inf")
+    return x
+
+
+def check_same_shape(a: np.ndarray, b: np.ndarray, name_a: str, name_b: str) -> None:
+    if a.shape != b.shape:
+        raise ValueError(f"{name_b} must have the shape of {name_a} {a.shape}, got {b.shape}")
+
+
+def result_dtype(*arrays) -> np.dtype:
+    """float32 only when every array is float32 ("float32 on request"), else float64."""
+    return np.dtype(np.float32) if all(a.dtype == np.float32 for a in arrays if a is not None) else np.dtype(np.float64)
+
+
+def check_timesteps(t, batch: int, T: int, name: str = "t", *, allow_minus_one: bool = False) -> np.ndarray:
+    """Integer timesteps as an int64 array of shape (batch,): an int broadcasts."""
+    arr = np.asarray(t)
+    if isinstance(t, (bool, np.bool_)) or arr.dtype == bool or arr.dtype == object or not np.issubdtype(arr.dtype, np.integer):
+        raise TypeError(f"{name} must be an int or an integer array, got {arr.dtype if arr.dtype != object else type(t).__name__}")
+    if arr.ndim == 0:
+        arr = np.full((batch,), int(arr), dtype=np.int64)
+    if arr.shape != (batch,):
+        raise ValueError(f"{name} must be an int or have shape ({batch},), got {arr.shape}")
+    lo = -1 if allow_minus_one else 0
+    if arr.size and (arr.min() < lo or arr.max() >= T):
+        raise ValueError(f"{name} must lie in [{lo}, {T - 1}] for T = {T}, got min {arr.min()} max {arr.max()}")
+    return arr.astype(np.int64)
+
+
+def per_sample(values: np.ndarray, ndim: int) -> np.ndarray:
+    """(N,) -> (N, 1, ..., 1) broadcastable against an ndim-dimensional batch."""
+    return values.reshape(values.shape + (1,) * (ndim - values.ndim))

@@ -1,0 +1,115 @@
+"""Dense layers with hand-written backward passes, each forward directly above its backward.
+
+Every forward returns (out, cache); every backward takes (dout, cache) and returns the gradient
+of the input first, then the parameter gradients. Shapes are stated in the first line of each.
+float64 unless the inputs are all float32.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+__all__ = [
+    "linear", "linear_backward",
+    "silu", "silu_backward",
+    "elu", "elu_backward",
+    "embedding", "embedding_backward",
+    "timestep_embedding",
+]
+
+
+# ----------------------------------------------------------------------------- linear
+
+def linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None):
+    """x (..., IN), weight (OUT, IN), bias (OUT,) -> out (..., OUT) = x W^T + b."""
+    if x.shape[-1] != weight.shape[1]:
+        raise ValueError(f"x has {x.shape[-1]} features but weight expects {weight.shape[1]}")
+    out = x @ weight.T
+    if bias is not None:
+        out = out + bias
+    return out, (x, weight, bias is not None)
+
+
+def linear_backward(dout: np.ndarray, cache):
+    """dout (..., OUT) -> dx (..., IN), dweight (OUT, IN), dbias (OUT,) or None."""
+    x, weight, has_bias = cache
+    dx = dout @ weight                                          # d/dx (x W^T) = dout W
+    x2 = x.reshape(-1, x.shape[-1])
+    d2 = dout.reshape(-1, dout.shape[-1])
+    dweight = d2.T @ x2                                         # sum over rows of dout^T x
+    dbias = d2.sum(axis=0) if has_bias else None
+    return dx, dweight, dbias
+
+
+# ----------------------------------------------------------------------------- activations
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    # stable for large |x|: exp of a non-positive number only
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+def silu(x: np.ndarray):
+    """x (any) -> x * sigmoid(x) (Elfwing et al. 2018), same shape."""
+    s = _sigmoid(x)
+    return x * s, (x, s)
+
+
+def silu_backward(dout: np.ndarray, cache) -> np.ndarray:
+    """d silu/dx = s + x s (1 - s) = s (1 + x (1 - s))."""
+    x, s = cache
+    return dout * s * (1.0 + x * (1.0 - s))
+
+
+def elu(x: np.ndarray, alpha: float = 1.0):
+    """x (any) -> x if x > 0 else alpha (exp(x) - 1), same shape."""
+    neg = alpha * np.expm1(np.minimum(x, 0.0))
+    return np.where(x > 0, x, neg), (x, alpha)
+
+
+def elu_backward(dout: np.ndarray, cache) -> np.ndarray:
+    """d elu/dx = 1 if x > 0 else alpha exp(x)."""
+    x, alpha = cache
+    return dout * np.where(x > 0, 1.0, alpha * np.exp(np.minimum(x, 0.0)))
+
+
+# ----------------------------------------------------------------------------- embeddings
+
+def embedding(ids: np.ndarray, table: np.ndarray):
+    """ids (N,) integers in [0, V), table (V, D) -> rows (N, D)."""
+    ids = np.asarray(ids)
+    if not np.issubdtype(ids.dtype, np.integer):
+        raise TypeError(f"ids must be integers, got dtype {ids.dtype}")
+    if ids.size and (ids.min() < 0 or ids.max() >= table.shape[0]):
+        raise ValueError(f"ids must lie in [0, {table.shape[0] - 1}], got min {ids.min()} max {ids.max()}")
+    return table[ids], (ids, table.shape)
+
+
+def embedding_backward(dout: np.ndarray, cache) -> np.ndarray:
+    """dout (N, D) -> dtable (V, D): rows scattered back, repeated ids summed."""
+    ids, shape = cache
+    dtable = np.zeros(shape, dtype=dout.dtype)
+    np.add.at(dtable, ids, dout)
+    return dtable
+
+
+def timestep_embedding(t, dim: int, flip_sin_to_cos: bool = False, freq_shift: float = 1.0,
+                       max_period: float = 10000.0, dtype=np.float64) -> np.ndarray:
+    """t (N,) -> (N, dim) sinusoidal embedding (Vaswani et al. 2017, as in the DDPM UNet).
+
+    freq_k = exp(-log(max_period) k / (dim/2 - freq_shift)), k < dim/2;
+    emb = [sin(t freq), cos(t freq)] ([cos, sin] when flipped); odd dim pads one zero column.
+    No parameters, no backward: t is an integer input.
+    """
+    t = np.asarray(t, dtype=np.float64).reshape(-1)
+    half = dim // 2
+    exponent = -math.log(max_period) * np.arange(half, dtype=np.float64) / (half - freq_shift)
+    args = t[:, None] * np.exp(exponent)[None, :]
+    emb = np.concatenate([np.sin(args), np.cos(args)], axis=-1)
+    if flip_sin_to_cos:
+        emb = np.concatenate([emb[:, half:], emb[:, :half]], axis=-1)
+    if dim % 2:
+        emb = np.pad(emb, ((0, 0), (0, 1)))
+    return emb.astype(dtype)

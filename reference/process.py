@@ -1,0 +1,386 @@
+"""The forward and reverse diffusion process: the exact definition every fast path is held to.
+
+Arrays are (N, ...) batches; t is an int or an (N,) integer array of timesteps in [0, T).
+Computation is float64 unless every array argument is float32 ("float32 on request").
+
+The sampler updates are written as one elementwise rule with per-sample float64 coefficients,
+which is also the specification of the fused GPU kernel (`kernels.sampler_step`):
+
+    x0_hat  = c[0] x_t + c[1] out          (prediction -> x0)
+    eps_hat = c[2] x_t + c[3] out          (prediction -> eps)
+    x0_hat  = clip(x0_hat)                 (optional)
+    x_prev  = c[4] x0_hat + c[5] x_t + c[6] eps_hat + c[7] z
+
+`ddpm_coefficients` and `ddim_coefficients` give c (columns named in STEP_COEFFICIENTS).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._validate import check_float_array, check_same_shape, check_timesteps, per_sample, result_dtype
+from .schedules import Schedule
+
+__all__ = [
+    "PREDICTIONS",
+    "VARIANCES",
+    "STEP_COEFFICIENTS",
+    "q_sample",
+    "q_mean_variance",
+    "q_posterior_mean_variance",
+    "predict_x0_from_eps",
+    "predict_eps_from_x0",
+    "v_from_x0_eps",
+    "predict_x0_from_v",
+    "predict_eps_from_v",
+    "prediction_coefficients",
+    "ddpm_coefficients",
+    "ddim_coefficients",
+    "sampler_update",
+    "ddpm_step",
+    "ddim_step",
+    "dpm_solver_pp_2m_step",
+    "classifier_free_guidance",
+    "dynamic_threshold",
+]
+
+PREDICTIONS = ("epsilon", "sample", "v_prediction")
+VARIANCES = ("fixed_small", "fixed_large")
+STEP_COEFFICIENTS = (
+    "x0_from_xt", "x0_from_out", "eps_from_xt", "eps_from_out",
+    "prev_from_x0", "prev_from_xt", "prev_from_eps", "sigma",
+)
+
+
+def _check_schedule(schedule) -> Schedule:
+    if not isinstance(schedule, Schedule):
+        raise TypeError(f"schedule must be a reference Schedule, got {type(schedule).__name__}")
+    return schedule
+
+
+def _check_clip(clip):
+    if clip is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in clip)
+    except (TypeError, ValueError):
+        raise TypeError(f"clip must be None or a pair (lo, hi), got {clip!r}") from None
+    if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
+        raise ValueError(f"clip must satisfy lo < hi (finite), got {clip!r}")
+    return lo, hi
+
+
+def _check_prediction(prediction: str) -> str:
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+    return prediction
+
+
+# ----------------------------------------------------------------------------- forward process
+
+def q_sample(x0: np.ndarray, t, noise: np.ndarray, schedule: Schedule) -> np.ndarray:
+    """x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps  (DDPM Eq. 4, closed form)."""
+    schedule = _check_schedule(schedule)
+    x0 = check_float_array(x0, "x0")
+    noise = check_float_array(noise, "noise")
+    check_same_shape(x0, noise, "x0", "noise")
+    t = check_timesteps(t, x0.shape[0], schedule.T)
+    dtype = result_dtype(x0, noise)
+    a = per_sample(schedule.sqrt_alpha_bars[t], x0.ndim).astype(dtype)
+    s = per_sample(schedule.sqrt_one_minus_alpha_bars[t], x0.ndim).astype(dtype)
+    return (a * x0.astype(dtype) + s * noise.astype(dtype)).astype(dtype)
+
+
+def q_mean_variance(x0: np.ndarray, t, schedule: Schedule):
+    """Mean and variance of q(x_t | x0) = N(sqrt(alpha_bar_t) x0, (1 - alpha_bar_t) I)  (Eq. 4)."""
+    schedule = _check_schedule(schedule)
+    x0 = check_float_array(x0, "x0")
+    t = check_timesteps(t, x0.shape[0], schedule.T)
+    mean = per_sample(schedule.sqrt_alpha_bars[t], x0.ndim) * x0
+    var = np.broadcast_to(per_sample(1.0 - schedule.alpha_bars[t], x0.ndim), x0.shape)
+    dtype = result_dtype(x0)
+    return mean.astype(dtype), var.astype(dtype)
+
+
+def q_posterior_mean_variance(x0: np.ndarray, x_t: np.ndarray, t, schedule: Schedule):
+    """Mean, variance and clipped log-variance of q(x_{t-1} | x_t, x0)  (DDPM Eqs. 6-7)."""
+    schedule = _check_schedule(schedule)
+    x0 = check_float_array(x0, "x0")
+    x_t = check_float_array(x_t, "x_t")
+    check_same_shape(x0, x_t, "x0", "x_t")
+    t = check_timesteps(t, x0.shape[0], schedule.T)
+    dtype = result_dtype(x0, x_t)
+    c1 = per_sample(schedule.posterior_mean_coef1[t], x0.ndim)
+    c2 = per_sample(schedule.posterior_mean_coef2[t], x0.ndim)
+    mean = c1 * x0 + c2 * x_t
+    var = per_sample(schedule.posterior_variance[t], x0.ndim)
+    logvar = per_sample(schedule.posterior_log_variance_clipped[t], x0.ndim)
+    return (mean.astype(dtype), np.broadcast_to(var, x0.shape).astype(dtype),
+            np.broadcast_to(logvar, x0.shape).astype(dtype))
+
+
+# ----------------------------------------------------------------------------- parameterisations
+
+def _ab(schedule, t, like):
+    return per_sample(schedule.alpha_bars[t], like.ndim)
+
+
+def predict_x0_from_eps(x_t, t, eps, schedule: Schedule) -> np.ndarray:
+    """x0 = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t)  (inverse of DDPM Eq. 4)."""
+    schedule = _check_schedule(schedule)
+    x_t, eps = check_float_array(x_t, "x_t"), check_float_array(eps, "eps")
+    check_same_shape(x_t, eps, "x_t", "eps")
+    t = check_timesteps(t, x_t.shape[0], schedule.T)
+    out = (per_sample(schedule.sqrt_recip_alpha_bars[t], x_t.ndim) * x_t
+           - per_sample(schedule.sqrt_recipm1_alpha_bars[t], x_t.ndim) * eps)
+    return out.astype(result_dtype(x_t, eps))
+
+
+def predict_eps_from_x0(x_t, t, x0, schedule: Schedule) -> np.ndarray:
+    """eps = (x_t - sqrt(alpha_bar_t) x0) / sqrt(1 - alpha_bar_t)  (DDPM Eq. 4 solved for eps)."""
+    schedule = _check_schedule(schedule)
+    x_t, x0 = check_float_array(x_t, "x_t"), check_float_array(x0, "x0")
+    check_same_shape(x_t, x0, "x_t", "x0")
+    t = check_timesteps(t, x_t.shape[0], schedule.T)
+    ab = _ab(schedule, t, x_t)
+    return ((x_t - np.sqrt(ab) * x0) / np.sqrt(1.0 - ab)).astype(result_dtype(x_t, x0))
+
+
+def v_from_x0_eps(x0, eps, t, schedule: Schedule) -> np.ndarray:
+    """v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x0  (Salimans & Ho 2022, Sec. 4)."""
+    schedule = _check_schedule(schedule)
+    x0, eps = check_float_array(x0, "x0"), check_float_array(eps, "eps")
+    check_same_shape(x0, eps, "x0", "eps")
+    t = check_timesteps(t, x0.shape[0], schedule.T)
+    ab = _ab(schedule, t, x0)
+    return (np.sqrt(ab) * eps - np.sqrt(1.0 - ab) * x0).astype(result_dtype(x0, eps))
+
+
+def predict_x0_from_v(x_t, t, v, schedule: Schedule) -> np.ndarray:
+    """x0 = sqrt(alpha_bar_t) x_t - sqrt(1 - alpha_bar_t) v  (Salimans & Ho 2022, Sec. 4)."""
+    schedule = _check_schedule(schedule)
+    x_t, v = check_float_array(x_t, "x_t"), check_float_array(v, "v")
+    check_same_shape(x_t, v, "x_t", "v")
+    t = check_timesteps(t, x_t.shape[0], schedule.T)
+    ab = _ab(schedule, t, x_t)
+    return (np.sqrt(ab) * x_t - np.sqrt(1.0 - ab) * v).astype(result_dtype(x_t, v))
+
+
+def predict_eps_from_v(x_t, t, v, schedule: Schedule) -> np.ndarray:
+    """eps = sqrt(1 - alpha_bar_t) x_t + sqrt(alpha_bar_t) v  (Salimans & Ho 2022, Sec. 4)."""
+    schedule = _check_schedule(schedule)
+    x_t, v = check_float_array(x_t, "x_t"), check_float_array(v, "v")
+    check_same_shape(x_t, v, "x_t", "v")
+    t = check_timesteps(t, x_t.shape[0], schedule.T)
+    ab = _ab(schedule, t, x_t)
+    return (np.sqrt(1.0 - ab) * x_t + np.sqrt(ab) * v).astype(result_dtype(x_t, v))
+
+
+# ----------------------------------------------------------------------------- the update rule
+
+def prediction_coefficients(alpha_bar: np.ndarray, prediction: str = "epsilon") -> np.ndarray:
+    """(..., 4) float64 [x0_from_xt, x0_from_out, eps_from_xt, eps_from_out] for alpha_bar_t.
+
+    epsilon:      x0 = (x_t - sqrt(1-ab) out) / sqrt(ab),   eps = out
+    sample:       x0 = out,                                  eps = (x_t - sqrt(ab) out) / sqrt(1-ab)
+    v_prediction: x0 = sqrt(ab) x_t - sqrt(1-ab) out,        eps = sqrt(1-ab) x_t + sqrt(ab) out
+    """
+    _check_prediction(prediction)
+    ab = np.asarray(alpha_bar, dtype=np.float64)
+    one, zero = np.ones_like(ab), np.zeros_like(ab)
+    if prediction == "epsilon":
+        cols = (np.sqrt(1.0 / ab), -np.sqrt(1.0 / ab - 1.0), zero, one)
+    elif prediction == "sample":
+        cols = (zero, one, 1.0 / np.sqrt(1.0 - ab), -np.sqrt(ab) / np.sqrt(1.0 - ab))
+    else:
+        cols = (np.sqrt(ab), -np.sqrt(1.0 - ab), np.sqrt(1.0 - ab), np.sqrt(ab))
+    return np.stack(cols, axis=-1)
+
+
+def ddpm_coefficients(schedule: Schedule, t, prediction: str = "epsilon",
+                      variance: str = "fixed_small") -> np.ndarray:
+    """(N, 8) coefficients of one DDPM ancestral step t -> t-1  (DDPM Alg. 2, Eqs. 6-7).
+
+    x_{t-1} = coef1_t x0_hat + coef2_t x_t + sigma_t z, the posterior mean of (x0_hat, x_t);
+    sigma_t^2 = beta_tilde_t ("fixed_small") or beta_t ("fixed_large"), and sigma_0 = 0.
+    """
+    schedule = _check_schedule(schedule)
+    if variance not in VARIANCES:
+        raise ValueError(f"variance must be one of {VARIANCES}, got {variance!r}")
+    t = np.atleast_1d(schedule.check_t(t))
+    pred = prediction_coefficients(schedule.alpha_bars[t], prediction)
+    var = schedule.posterior_variance[t] if variance == "fixed_small" else schedule.betas[t]
+    sigma = np.where(t > 0, np.sqrt(var), 0.0)
+    step = np.stack([schedule.posterior_mean_coef1[t], schedule.posterior_mean_coef2[t],
+                     np.zeros_like(sigma), sigma], axis=-1)
+    return np.concatenate([pred, step], axis=-1)
+
+
+def ddim_coefficients(schedule: Schedule, t, t_prev, eta: float = 0.0,
+                      prediction: str = "epsilon") -> np.ndarray:
+    """(N, 8) coefficients of one DDIM step t -> t_prev  (Song et al. 2021, Eqs. 12 and 16).
+
+    x_prev = sqrt(ab_prev) x0_hat + sqrt(1 - ab_prev - sigma^2) eps_hat + sigma z,
+    sigma = eta sqrt((1 - ab_prev) / (1 - ab_t)) sqrt(1 - ab_t / ab_prev); t_prev = -1: ab_prev = 1.
+    """
+    schedule = _check_schedule(schedule)
+    if not np.isfinite(eta) or eta < 0:
+        raise ValueError(f"eta must be a finite number >= 0, got {eta!r}")
+    t = np.atleast_1d(schedule.check_t(t))
+    t_prev = np.atleast_1d(np.asarray(t_prev))
+    if not np.issubdtype(t_prev.dtype, np.integer):
+        raise TypeError(f"t_prev must be integer, got dtype {t_prev.dtype}")
+    t_prev = np.broadcast_to(t_prev, t.shape).astype(np.int64)
+    if np.any(t_prev < -1) or np.any(t_prev >= t):
+        raise ValueError(f"t_prev must satisfy -1 <= t_prev < t, got t={t.tolist()}, t_prev={t_prev.tolist()}")
+    ab = schedule.alpha_bars[t]
+    ab_prev = schedule.alpha_bar_at(t_prev)
+    sigma = eta * np.sqrt((1.0 - ab_prev) / (1.0 - ab)) * np.sqrt(1.0 - ab / ab_prev)
+    direction = np.sqrt(np.maximum(1.0 - ab_prev - sigma**2, 0.0))
+    pred = prediction_coefficients(ab, prediction)
+    step = np.stack([np.sqrt(ab_prev), np.zeros_like(ab), direction, sigma], axis=-1)
+    return np.concatenate([pred, step], axis=-1)
+
+
+def dynamic_threshold(x0: np.ndarray, percentile: float = 0.995, max_value: float = float("inf")) -> np.ndarray:
+    """Imagen's dynamic thresholding (Saharia et al. 2022, Sec. 2.3), per sample.
+
+    s = max(quantile(|x0|, percentile), 1), capped at max_value; x0 -> clip(x0, -s, s) / s.
+    """
+    x0 = check_float_array(x0, "x0")
+    if not 0.0 < percentile <= 1.0:
+        raise ValueError(f"percentile must lie in (0, 1], got {percentile}")
+    flat = np.abs(x0.reshape(x0.shape[0], -1))
+    s = np.clip(np.quantile(flat, percentile, axis=1), 1.0, max_value)
+    s = per_sample(s, x0.ndim)
+    return (np.clip(x0, -s, s) / s).astype(x0.dtype)
+
+
+def sampler_update(x_t: np.ndarray, model_output: np.ndarray, coefficients: np.ndarray,
+                   noise: np.ndarray | None = None, clip=None,
+                   threshold: float | None = None) -> np.ndarray:
+    """The elementwise update shared by DDPM and DDIM steps (see module docstring).
+
+    coefficients: (8,) or (N, 8) float64 from ddpm_coefficients / ddim_coefficients.
+    The noise term is skipped for samples whose sigma is 0, so noise may be None there.
+    threshold: a percentile for dynamic thresholding of x0_hat (instead of or after `clip`).
+    """
+    x_t = check_float_array(x_t, "x_t")
+    model_output = check_float_array(model_output, "model_output")
+    check_same_shape(x_t, model_output, "x_t", "model_output")
+    clip = _check_clip(clip)
+    c = np.asarray(coefficients, dtype=np.float64)
+    if c.shape == (8,):
+        c = np.broadcast_to(c, (x_t.shape[0], 8))
+    if c.shape != (x_t.shape[0], 8):
+        raise ValueError(f"coefficients must have shape (8,) or ({x_t.shape[0]}, 8), got {c.shape}")
+    if not np.all(np.isfinite(c)):
+        raise ValueError("coefficients contain NaN or inf")
+    dtype = result_dtype(x_t, model_output)
+    col = [per_sample(c[:, k], x_t.ndim) for k in range(8)]
+    x0 = col[0] * x_t + col[1] * model_output
+    eps = col[2] * x_t + col[3] * model_output
+    if clip is not None:
+        x0 = np.clip(x0, clip[0], clip[1])
+    if threshold is not None:
+        x0 = dynamic_threshold(x0, threshold)
+    x_prev = col[4] * x0 + col[5] * x_t + col[6] * eps
+    has_noise = c[:, 7] != 0
+    if np.any(has_noise):
+        if noise is None:
+            raise ValueError("noise is required when sigma > 0 (t > 0 for DDPM, eta > 0 for DDIM)")
+        noise = check_float_array(noise, "noise")
+        check_same_shape(x_t, noise, "x_t", "noise")
+        term = col[7] * noise
+        x_prev = x_prev + np.where(per_sample(has_noise, x_t.ndim), term, 0.0)
+    return x_prev.astype(dtype)
+
+
+def ddpm_step(x_t, t, model_output, schedule: Schedule, noise=None, prediction: str = "epsilon",
+              variance: str = "fixed_small", clip=None, threshold: float | None = None) -> np.ndarray:
+    """One ancestral step x_t -> x_{t-1}  (DDPM Alg. 2; posterior mean of Eq. 7); noise ignored at t = 0."""
+    schedule = _check_schedule(schedule)
+    x_t = check_float_array(x_t, "x_t")
+    t = check_timesteps(t, x_t.shape[0], schedule.T)
+    c = ddpm_coefficients(schedule, t, prediction, variance)
+    return sampler_update(x_t, model_output, c, noise, clip, threshold)
+
+
+def ddim_step(x_t, t, t_prev, model_output, schedule: Schedule, eta: float = 0.0, noise=None,
+              prediction: str = "epsilon", clip=None, threshold: float | None = None) -> np.ndarray:
+    """One DDIM step x_t -> x_{t_prev}  (Song et al. 2021, Eq. 12); t_prev = -1 means alpha_bar = 1.
+
+    With `clip`, x0_hat is clipped and eps_hat stays the model's own, as diffusers does.
+    """
+    schedule = _check_schedule(schedule)
+    x_t = check_float_array(x_t, "x_t")
+    t = check_timesteps(t, x_t.shape[0], schedule.T)
+    t_prev = check_timesteps(t_prev, x_t.shape[0], schedule.T, "t_prev", allow_minus_one=True)
+    c = ddim_coefficients(schedule, t, t_prev, eta, prediction)
+    return sampler_update(x_t, model_output, c, noise, clip, threshold)
+
+
+def dpm_solver_pp_2m_step(x_t, t, t_prev, model_output, schedule: Schedule, history=None,
+                          prediction: str = "epsilon", clip=None):
+    """One DPM-Solver++(2M) step t -> t_prev  (Lu et al. 2022, Alg. 2, data prediction).
+
+    lambda = log(alpha / sigma) with alpha = sqrt(ab), sigma = sqrt(1 - ab); h = lambda_prev - lambda_t.
+    First order (first step, or t_prev = -1):  x = (sigma_prev / sigma_t) x_t - alpha_prev expm1(-h) D,
+    D = x0_hat; second order: D = (1 + 1/(2r)) x0_hat - 1/(2r) x0_last, r = h_last / h.
+    history: None or (x0_last, t_last) from the previous step. Returns (x_prev, (x0_hat, t)).
+    """
+    schedule = _check_schedule(schedule)
+    x_t = check_float_array(x_t, "x_t")
+    model_output = check_float_array(model_output, "model_output")
+    check_same_shape(x_t, model_output, "x_t", "model_output")
+    clip = _check_clip(clip)
+    n = x_t.shape[0]
+    t = check_timesteps(t, n, schedule.T)
+    t_prev = check_timesteps(t_prev, n, schedule.T, "t_prev", allow_minus_one=True)
+    if np.any(t_prev >= t):
+        raise ValueError("t_prev must be < t")
+    dtype = result_dtype(x_t, model_output)
+
+    pred = prediction_coefficients(schedule.alpha_bars[t], prediction)
+    x0 = per_sample(pred[:, 0], x_t.ndim) * x_t + per_sample(pred[:, 1], x_t.ndim) * model_output
+    if clip is not None:
+        x0 = np.clip(x0, clip[0], clip[1])
+
+    def lam(tt):  # half log-SNR; +inf at t = -1
+        ab = schedule.alpha_bar_at(tt)
+        with np.errstate(divide="ignore"):
+            return 0.5 * (np.log(ab) - np.log1p(-ab))
+
+    ab_t, ab_prev = schedule.alpha_bars[t], schedule.alpha_bar_at(t_prev)
+    sigma_t, sigma_prev = np.sqrt(1.0 - ab_t), np.sqrt(1.0 - ab_prev)
+    alpha_prev = np.sqrt(ab_prev)
+    final = t_prev < 0
+    h = np.where(final, np.inf, lam(t_prev) - lam(t))
+    phi = np.where(final, -1.0, np.expm1(-np.where(final, 0.0, h)))  # expm1(-inf) = -1
+
+    D = x0
+    if history is not None:
+        x0_last, t_last = history
+        x0_last = check_float_array(x0_last, "history[0]")
+        check_same_shape(x_t, x0_last, "x_t", "history[0]")
+        t_last = check_timesteps(t_last, n, schedule.T, "history[1]")
+        if np.any(t_last <= t):
+            raise ValueError("history[1] (the previous step's t) must be > t")
+        h_last = lam(t) - lam(t_last)
+        r = np.where(final, 1.0, h_last / np.where(final, 1.0, h))
+        second = per_sample(~final, x_t.ndim)
+        D2 = per_sample(1.0 + 0.5 / r, x_t.ndim) * x0 - per_sample(0.5 / r, x_t.ndim) * x0_last
+        D = np.where(second, D2, x0)
+    x_prev = (per_sample(sigma_prev / sigma_t, x_t.ndim) * x_t
+              - per_sample(alpha_prev * phi, x_t.ndim) * D)
+    return x_prev.astype(dtype), (x0.astype(dtype), t)
+
+
+def classifier_free_guidance(cond: np.ndarray, uncond: np.ndarray, guidance_scale: float) -> np.ndarray:
+    """out = uncond + w (cond - uncond)  (Ho & Salimans 2022, Eq. 6 with w = 1 + their w)."""
+    cond = check_float_array(cond, "cond")
+    uncond = check_float_array(uncond, "uncond")
+    check_same_shape(cond, uncond, "cond", "uncond")
+    if not np.isfinite(guidance_scale):
+        raise ValueError(f"guidance_scale must be finite, got {guidance_scale!r}")
+    return (uncond + guidance_scale * (cond - uncond)).astype(result_dtype(cond, uncond))

@@ -1,0 +1,124 @@
+"""Full sampling loops for any model callable, built from the single steps of `process`.
+
+A model is a callable `model(x_t, t) -> output` with x_t (N, ...) and t an (N,) int64 array;
+`guided(model, y, null_class, guidance_scale)` makes one from a class-conditional
+`model(x_t, t, y)`. All Gaussian numbers come from the noise stream (DESIGN contract 2):
+x_T uses stream SAMPLER_INIT_STREAM and step k (0-based) uses stream k + 1, for the global
+sample indices `samples`, so sample i is the same whatever the batch it is drawn in.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from .noise import SAMPLER_INIT_STREAM, normal, sampler_step_stream
+from .process import (
+    classifier_free_guidance,
+    ddim_step,
+    ddpm_step,
+    dpm_solver_pp_2m_step,
+)
+from .schedules import Schedule, timestep_subset
+
+__all__ = ["guided", "sample_ddpm", "sample_ddim", "sample_dpm_solver_pp", "initial_noise"]
+
+Model = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def guided(model, y, null_class: int, guidance_scale: float) -> Model:
+    """Classifier-free guidance (Ho & Salimans 2022): out = u + w (c - u) for labels y."""
+    y = np.asarray(y, dtype=np.int64)
+
+    def fn(x, t):
+        if guidance_scale == 1.0:
+            return model(x, t, y)
+        cond = model(x, t, y)
+        uncond = model(x, t, np.full_like(y, null_class))
+        return classifier_free_guidance(cond, uncond, guidance_scale)
+
+    return fn
+
+
+def _samples(samples, n):
+    if samples is None:
+        return np.arange(n, dtype=np.int64)
+    samples = np.asarray(samples, dtype=np.int64)
+    if samples.shape != (n,):
+        raise ValueError(f"samples must have shape ({n},), got {samples.shape}")
+    return samples
+
+
+def initial_noise(shape, seed: int, samples=None, dtype=np.float64) -> np.ndarray:
+    """x_T ~ N(0, I) from the noise stream (stream SAMPLER_INIT_STREAM)."""
+    shape = tuple(int(d) for d in shape)
+    s = _samples(samples, shape[0])
+    return normal(seed, s, SAMPLER_INIT_STREAM, shape[1:]).astype(dtype)
+
+
+def _step_noise(seed, s, step, shape, dtype):
+    return normal(seed, s, sampler_step_stream(step), shape[1:]).astype(dtype)
+
+
+def sample_ddpm(model: Model, shape, schedule: Schedule, seed: int, samples=None, *,
+                x_T=None, num_steps: int | None = None, prediction: str = "epsilon",
+                variance: str = "fixed_small", clip=None, dtype=np.float64, callback=None):
+    """Ancestral sampling, DDPM Alg. 2; with num_steps < T on the respaced schedule (Improved DDPM Sec. 4).
+
+    Returns x_0 of the given shape. callback(step, t, x) is called after every step.
+    """
+    shape = tuple(int(d) for d in shape)
+    s = _samples(samples, shape[0])
+    x = initial_noise(shape, seed, s, dtype) if x_T is None else np.asarray(x_T, dtype=dtype)
+    if num_steps is None or num_steps == schedule.T:
+        timesteps = np.arange(schedule.T - 1, -1, -1, dtype=np.int64)
+        steps_schedule = schedule
+    else:
+        timesteps = timestep_subset(schedule.T, num_steps, "leading")
+        steps_schedule = schedule.respace(timesteps)
+    for k, t in enumerate(timesteps):
+        k_resp = len(timesteps) - 1 - k  # index of t in the (ascending) respaced schedule
+        t_model = np.full(shape[0], t, dtype=np.int64)
+        out = model(x, t_model)
+        noise = _step_noise(seed, s, k, shape, dtype) if k_resp > 0 else None
+        x = ddpm_step(x, k_resp, out, steps_schedule, noise, prediction, variance, clip)
+        if callback is not None:
+            callback(k, int(t), x)
+    return x
+
+
+def sample_ddim(model: Model, shape, schedule: Schedule, seed: int, samples=None, *,
+                num_steps: int = 50, eta: float = 0.0, spacing: str = "leading", x_T=None,
+                prediction: str = "epsilon", clip=None, dtype=np.float64, callback=None):
+    """DDIM sampling over a descending timestep subset (Song et al. 2021, Eq. 12)."""
+    shape = tuple(int(d) for d in shape)
+    s = _samples(samples, shape[0])
+    x = initial_noise(shape, seed, s, dtype) if x_T is None else np.asarray(x_T, dtype=dtype)
+    timesteps = timestep_subset(schedule.T, num_steps, spacing)
+    for k, t in enumerate(timesteps):
+        t_prev = int(timesteps[k + 1]) if k + 1 < len(timesteps) else -1
+        out = model(x, np.full(shape[0], t, dtype=np.int64))
+        noise = _step_noise(seed, s, k, shape, dtype) if eta > 0 else None
+        x = ddim_step(x, int(t), t_prev, out, schedule, eta, noise, prediction, clip)
+        if callback is not None:
+            callback(k, int(t), x)
+    return x
+
+
+def sample_dpm_solver_pp(model: Model, shape, schedule: Schedule, seed: int, samples=None, *,
+                         num_steps: int = 20, spacing: str = "leading", x_T=None,
+                         prediction: str = "epsilon", clip=None, dtype=np.float64, callback=None):
+    """DPM-Solver++(2M) sampling (Lu et al. 2022, Alg. 2), first order at the first and last step."""
+    shape = tuple(int(d) for d in shape)
+    s = _samples(samples, shape[0])
+    x = initial_noise(shape, seed, s, dtype) if x_T is None else np.asarray(x_T, dtype=dtype)
+    timesteps = timestep_subset(schedule.T, num_steps, spacing)
+    history = None
+    for k, t in enumerate(timesteps):
+        t_prev = int(timesteps[k + 1]) if k + 1 < len(timesteps) else -1
+        out = model(x, np.full(shape[0], t, dtype=np.int64))
+        x, history = dpm_solver_pp_2m_step(x, int(t), t_prev, out, schedule, history, prediction, clip)
+        if callback is not None:
+            callback(k, int(t), x)
+    return x

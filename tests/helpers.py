@@ -1,0 +1,85 @@
+"""One comparison helper for the whole suite (Liger-style verbose allclose)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _to_numpy(a) -> np.ndarray:
+    if hasattr(a, "detach"):  # torch tensor, without importing torch here
+        a = a.detach()
+        if str(a.dtype) in ("torch.bfloat16", "torch.float16"):
+            a = a.float()
+        a = a.cpu().numpy()
+    return np.asarray(a)
+
+
+def assert_close(actual, expected, *, atol: float, rtol: float, name: str = "value",
+                 max_report: int = 5) -> None:
+    """Assert |actual - expected| <= atol + rtol |expected| elementwise.
+
+    NaN/inf must match exactly in position and value; the message gives the count of
+    mismatches, the worst error and the first few indices with both values.
+    """
+    a = _to_numpy(actual).astype(np.float64)
+    e = _to_numpy(expected).astype(np.float64)
+    if a.shape != e.shape:
+        raise AssertionError(f"{name}: shape {a.shape} != expected {e.shape}")
+    finite = np.isfinite(e)
+    nonfinite_bad = ~finite & ~((a == e) | (np.isnan(a) & np.isnan(e)))
+    with np.errstate(invalid="ignore"):
+        err = np.abs(a - e)
+        bad = finite & ~(err <= atol + rtol * np.abs(e))
+    bad |= nonfinite_bad
+    if bad.any():
+        idx = np.argwhere(bad)[:max_report]
+        lines = [f"  at {tuple(int(i) for i in ix)}: got {a[tuple(ix)]!r}, expected {e[tuple(ix)]!r}"
+                 for ix in idx]
+        worst = np.nanmax(np.where(finite, err, 0.0))
+        raise AssertionError(
+            f"{name}: {int(bad.sum())} of {bad.size} elements differ beyond atol={atol}, rtol={rtol} "
+            f"(max abs err {worst:.3e})\n" + "\n".join(lines)
+        )
+
+
+def rel_error(a, b) -> float:
+    """max |a - b| / max(max |b|, tiny): the relative error figure reported in notes."""
+    a = _to_numpy(a).astype(np.float64)
+    b = _to_numpy(b).astype(np.float64)
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-300))
+
+
+def numerical_gradient(f, x: np.ndarray, eps: float = 1e-6, indices=None) -> np.ndarray:
+    """Central differences of the scalar f() w.r.t. the float64 array x, modified in place.
+
+    indices: None for every entry, or an iterable of flat indices (a random subset for big x);
+    entries not visited are returned as NaN. Error of the estimate is O(eps^2 f''') + O(u f / eps).
+    """
+    grad = np.full(x.shape, np.nan)
+    flat = x.reshape(-1)  # a view: x must be contiguous
+    if not np.shares_memory(flat, x):
+        raise ValueError("x must be contiguous")
+    gflat = grad.reshape(-1)
+    for i in (range(flat.size) if indices is None else indices):
+        old = flat[i]
+        flat[i] = old + eps
+        fp = f()
+        flat[i] = old - eps
+        fm = f()
+        flat[i] = old
+        gflat[i] = (fp - fm) / (2 * eps)
+    return grad
+
+
+def check_gradient(f, x: np.ndarray, analytic: np.ndarray, *, eps: float = 1e-6, rtol: float = 1e-7,
+                   name: str = "grad", indices=None) -> float:
+    """Compare an analytic gradient with central differences; returns the relative error.
+
+    Relative error = max |a - n| / max(max |n|, 1e-12) over the visited entries.
+    """
+    num = numerical_gradient(f, x, eps, indices)
+    mask = ~np.isnan(num)
+    a, n = np.asarray(analytic, dtype=np.float64)[mask], num[mask]
+    err = float(np.max(np.abs(a - n)) / max(np.max(np.abs(n)), 1e-12)) if n.size else 0.0
+    assert err <= rtol, f"{name}: relative error {err:.3e} > {rtol:.1e}"
+    return err
