@@ -56,7 +56,9 @@ class Schedule:
         if np.any(betas <= 0) or np.any(betas >= 1):
             bad = int(np.flatnonzero((betas <= 0) | (betas >= 1))[0])
             raise ValueError(f"betas must lie in (0, 1); betas[{bad}] = {betas[bad]!r}")
-        if np.any(np.diff(betas) < 0):
+        # Respaced schedules skip this: uneven timestep gaps (linspace/trailing spacing) give
+        # non-monotone betas while alpha_bar still decreases strictly.
+        if not self.kind.startswith("respaced") and np.any(np.diff(betas) < 0):
             bad = int(np.flatnonzero(np.diff(betas) < 0)[0])
             raise ValueError(
                 f"betas must be non-decreasing; betas[{bad + 1}] = {betas[bad + 1]!r} "
@@ -255,7 +257,9 @@ def timestep_subset(T: int, num_steps: int, spacing: str = "leading", offset: in
     if spacing == "leading":
         ts = (np.arange(num_steps, dtype=np.int64) * (T // num_steps))[::-1] + int(offset)
     elif spacing == "trailing":
-        ts = np.round(np.arange(T, 0, -T / num_steps)).astype(np.int64) - 1
+        # T - k T/n for k < n: the values of diffusers' arange(T, 0, -T/n), whose float end
+        # point can add an (n+1)-th element rounding to -1 (e.g. T=15, n=13).
+        ts = np.round(T - np.arange(num_steps) * (T / num_steps)).astype(np.int64) - 1
     elif spacing == "linspace":
         ts = np.round(np.linspace(0, T - 1, num_steps)).astype(np.int64)[::-1]
     else:
