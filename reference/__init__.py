@@ -5,6 +5,7 @@ float64 by default, float32 on request. Imports nothing of `kernels`, `ddpm`, `t
 """
 
 from .losses import min_snr_weights, training_target, weighted_mse, weighted_mse_backward
+from .norm import group_norm, group_norm_backward, group_norm_silu, group_norm_silu_backward
 from .noise import (
     SAMPLER_INIT_STREAM,
     TRAIN_STREAM_BASE,
