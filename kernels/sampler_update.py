@@ -1,0 +1,125 @@
+"""`kernels.sampler_step`: one DDPM or DDIM update in one fused pass  (reference.sampler_update).
+
+The rule, with per-sample float64 coefficients c (columns reference.STEP_COEFFICIENTS):
+
+    out     = uncond + w (cond - uncond)       (classifier-free guidance, Ho & Salimans 2022)
+    x0_hat  = c0 x_t + c1 out
+    eps_hat = c2 x_t + c3 out
+    x0_hat  = clip(x0_hat, lo, hi)             (optional)
+    x_prev  = c4 x0_hat + c5 x_t + c6 eps_hat + c7 z    (noise term only where sigma = c7 != 0)
+
+c comes from reference.ddpm_coefficients (DDPM Alg. 2, Eqs. 6-7) or reference.ddim_coefficients
+(DDIM Eq. 12). Every backend evaluates the rule in float64 registers from the stored inputs and
+rounds once to x_t.dtype: with eps-prediction near t = T, c0 and c1 reach ~1/sqrt(alpha_bar)
+(~160 for the linear schedule) and float32 evaluation would lose ~ulp(160 |x|) to cancellation.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import torch_ops
+from .dispatch import resolve_backend
+from .validate import (
+    check_clip,
+    check_coefficients,
+    check_finite_number,
+    check_float_tensor,
+    check_index_values,
+    check_no_internal_overlap,
+    check_numel_per_sample,
+    check_same_device,
+    check_same_dtype,
+    check_same_shape,
+    check_seed,
+    sync_checks_enabled,
+)
+
+__all__ = ["sampler_step", "ddpm_step", "ddim_step"]
+
+
+def _check_like(x, name: str, x_t: torch.Tensor) -> torch.Tensor:
+    check_float_tensor(x, name)
+    check_same_shape(x, name, x_t, "x_t")
+    check_same_device(x, name, x_t, "x_t")
+    check_same_dtype(x, name, x_t, "x_t")
+    return x
+
+
+def sampler_step(x_t: torch.Tensor, model_output: torch.Tensor, coefficients, *,
+                 model_output_uncond: torch.Tensor | None = None, guidance_scale: float = 1.0,
+                 clip: tuple[float, float] | None = None, noise: torch.Tensor | None = None,
+                 seed: int | None = None, samples=None, stream: int = 0,
+                 out: torch.Tensor | None = None, backend: str = "auto") -> torch.Tensor:
+    """x_prev from x_t and the model output: one DDPM (Alg. 2) or DDIM (Eq. 12) step.
+
+    x_t, model_output (the conditional output under guidance), model_output_uncond, noise, out:
+        (N, ...) tensors of one dtype (float32/bfloat16/float16; float64 on the torch backend)
+        on one device; NCHW-contiguous or channels_last are read in place (other strides are
+        copied once to x_t's layout);
+    coefficients: (8,) or (N, 8), a float tensor on any device or a NumPy array/sequence
+        (float64 from reference.ddpm_coefficients / ddim_coefficients; moved to x_t's device);
+    guidance_scale: w of out = uncond + w (cond - uncond); only with model_output_uncond;
+    clip: (lo, hi) clips x0_hat;
+    noise / seed: z from `noise`, or drawn in-kernel with counter (j, 0, samples[n], stream)
+        (samples defaults to arange(N); the sampler's step k uses stream k + 1). Needed only
+        where sigma != 0;
+    out: optional output (may alias x_t, for an in-place update); returned.
+    Host-resident coefficients are checked (finite; a noise source where sigma != 0) before
+    launch; CUDA coefficients are not read back: a sample whose sigma != 0 without a noise
+    source gets NaN (set DDPM_KERNELS_SYNC_CHECKS=1 to check them on the host instead).
+    """
+    x_t = check_float_tensor(x_t, "x_t")
+    batch = x_t.shape[0]
+    _check_like(model_output, "model_output", x_t)
+    if model_output_uncond is not None:
+        _check_like(model_output_uncond, "model_output_uncond", x_t)
+    guidance_scale = check_finite_number(guidance_scale, "guidance_scale")
+    if model_output_uncond is None and guidance_scale != 1.0:
+        raise ValueError(f"guidance_scale={guidance_scale} needs model_output_uncond (classifier-free "
+                         f"guidance combines the conditional and unconditional outputs)")
+    clip = check_clip(clip)
+    host = (not isinstance(coefficients, torch.Tensor) or coefficients.device.type == "cpu"
+            or sync_checks_enabled())
+    coefficients = check_coefficients(coefficients, batch, x_t.device)
+    host_sigma_nonzero = bool((coefficients[:, 7] != 0).any()) if host else None
+    if noise is not None:
+        _check_like(noise, "noise", x_t)
+        if seed is not None:
+            raise ValueError("pass either noise or seed (in-kernel noise), not both")
+    if seed is not None:
+        seed = check_seed(seed)
+        check_numel_per_sample(x_t[0].numel() if batch else 0, "x_t")
+    if noise is None and seed is None and host_sigma_nonzero:
+        raise ValueError("noise or seed is required when sigma != 0 (t > 0 for DDPM, eta > 0 for DDIM)")
+    samples_t = None
+    stream_v = 0
+    if seed is not None:
+        if samples is not None:
+            samples_t = check_index_values(samples, "samples", batch, x_t.device, allow_scalar=False)
+        stream_v = check_index_values(stream, "stream", batch, x_t.device, allow_scalar=True)
+    if out is not None:
+        _check_like(out, "out", x_t)
+        check_no_internal_overlap(out, "out")
+    name = resolve_backend(backend, x_t.device, x_t.dtype)
+    if x_t.numel() == 0:
+        return torch.empty_like(x_t) if out is None else out
+    if name == "torch":
+        if seed is not None and samples_t is None:
+            samples_t = torch.arange(batch, dtype=torch.int64, device=x_t.device)
+        result = torch_ops.sampler_step(x_t, model_output, coefficients, model_output_uncond,
+                                        guidance_scale, clip, noise, seed, samples_t, stream_v,
+                                        host_sigma_nonzero)
+        if out is None:
+            return result
+        return out.copy_(result)
+    if name == "triton":
+        from .triton.sampler_step import sampler_step as fused
+    else:
+        from .cupy.sampler_step import sampler_step as fused
+    return fused(x_t, model_output, coefficients, model_output_uncond, guidance_scale, clip,
+                 noise, seed, samples_t, stream_v, out)
+
+
+ddpm_step = sampler_step  # DDPM ancestral step: coefficients from reference.ddpm_coefficients
+ddim_step = sampler_step  # DDIM step: coefficients from reference.ddim_coefficients

@@ -1,0 +1,177 @@
+"""The plain-torch backend: every op with ordinary torch operations, on any device and dtype.
+
+This is the backend of CPU tensors and of float64 (the torch UNet is checked against the NumPy
+reference in float64). It follows the reference's operation order so that float64 results agree
+with it to the last bit or so:
+
+- `philox_words` / `normal`: reference.philox_words / reference.normal, bit-for-bit on the CPU.
+  The 32-bit Philox words are computed in int64 tensors masked to 32 bits (torch has no full
+  uint32 arithmetic); the uniform is Triton's uint_to_uniform_float in float32; Box-Muller is
+  evaluated in float64 and rounded once to float32, exactly as the reference does.
+- `q_sample`: reference.q_sample (DDPM Eq. 4).
+- `sampler_step`: reference.sampler_update (+ reference.classifier_free_guidance first).
+- `group_norm_silu`: F.silu(F.group_norm(x + shift)) (autograd, double backward, any dtype).
+
+Inputs arrive validated by the public functions in kernels/__init__.py.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["philox_words", "normal", "q_sample", "sampler_step", "group_norm_silu"]
+
+_MASK32 = 0xFFFFFFFF
+PHILOX_KEY_A = 0x9E3779B9  # golden ratio, the Weyl key increment
+PHILOX_KEY_B = 0xBB67AE85  # sqrt(3) - 1
+PHILOX_ROUND_A = 0xD2511F53
+PHILOX_ROUND_B = 0xCD9E8D57
+UNIFORM_SCALE = 4.6566127342e-10  # Triton's: (2**23 - 1) / 2**23 * 2**-31, as float32
+TWO_PI = 6.283185307179586
+
+
+def _mulhilo32(a: int, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """High and low 32-bit words of the 64-bit product a * b (a < 2**32, b in [0, 2**32) int64).
+
+    b is split into 16-bit halves so that no partial product exceeds 2**49 (int64-safe).
+    """
+    p_lo = a * (b & 0xFFFF)                     # < 2**48
+    p_hi = a * (b >> 16)                        # < 2**48, weight 2**16
+    low_sum = p_lo + ((p_hi & 0xFFFF) << 16)    # < 2**49
+    hi = (p_hi >> 16) + (low_sum >> 32)
+    return hi, low_sum & _MASK32
+
+
+def philox4x32(c0, c1, c2, c3, seed: int, rounds: int = 10):
+    """Philox4x32-R (Salmon et al. 2011) on int64 tensors holding uint32 words; key from seed."""
+    k0, k1 = seed & _MASK32, (seed >> 32) & _MASK32
+    for _ in range(rounds):
+        hi_b, lo_b = _mulhilo32(PHILOX_ROUND_B, c2)
+        hi_a, lo_a = _mulhilo32(PHILOX_ROUND_A, c0)
+        c0, c1, c2, c3 = hi_b ^ c1 ^ k0, lo_b, hi_a ^ c3 ^ k1, lo_a
+        k0 = (k0 + PHILOX_KEY_A) & _MASK32
+        k1 = (k1 + PHILOX_KEY_B) & _MASK32
+    return c0, c1, c2, c3
+
+
+def philox_words(seed: int, samples: torch.Tensor, stream, numel: int) -> torch.Tensor:
+    """reference.philox_words: the words for counters (j, 0, samples[n], stream[n]), j < numel.
+
+    samples: (N,) int64; stream: int or (N,) int64. Returns int64 (N, numel, 4) in [0, 2**32).
+    """
+    device = samples.device
+    n = samples.numel()
+    j = torch.arange(numel, dtype=torch.int64, device=device).expand(n, numel)
+    i = samples.reshape(n, 1).to(torch.int64).expand(n, numel)
+    if isinstance(stream, torch.Tensor):
+        s = stream.reshape(n, 1).to(torch.int64).expand(n, numel)
+    else:
+        s = torch.full((n, numel), int(stream), dtype=torch.int64, device=device)
+    zero = torch.zeros((n, numel), dtype=torch.int64, device=device)
+    return torch.stack(philox4x32(j, zero, i, s, seed), dim=-1)
+
+
+def uint_to_uniform_float(words: torch.Tensor) -> torch.Tensor:
+    """Triton's uint32 -> float32 uniform in [0, 1): as int32, negatives folded (~x), times scale."""
+    folded = torch.where(words >= 2**31, _MASK32 - words, words)  # ~x of the int32 reading
+    return folded.to(torch.float32) * torch.tensor(UNIFORM_SCALE, dtype=torch.float32, device=words.device)
+
+
+def pair_uniform_to_normal(u1: torch.Tensor, u2: torch.Tensor) -> torch.Tensor:
+    """reference.pair_uniform_to_normal, first output: r cos(theta) in float64, rounded to float32."""
+    u1 = torch.clamp_min(u1, 1.0e-7).to(torch.float64)  # clamp in float32, as Triton does
+    theta = TWO_PI * u2.to(torch.float64)
+    r = torch.sqrt(-2.0 * torch.log(u1))
+    return (r * torch.cos(theta)).to(torch.float32)
+
+
+def normal(seed: int, samples: torch.Tensor, stream, shape: tuple[int, ...],
+           dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """reference.normal: (N, *shape) standard normals of the noise stream, on samples.device."""
+    numel = 1
+    for d in shape:
+        numel *= d
+    words = philox_words(seed, samples, stream, numel)
+    z = pair_uniform_to_normal(uint_to_uniform_float(words[..., 0]), uint_to_uniform_float(words[..., 1]))
+    return z.reshape((samples.numel(),) + tuple(shape)).to(dtype)
+
+
+def _per_sample(values: torch.Tensor, ndim: int) -> torch.Tensor:
+    return values.reshape(values.shape + (1,) * (ndim - values.dim()))
+
+
+def _gather_guarded(table: torch.Tensor, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """table[t] in `dtype`; entries with t out of [0, T) become NaN (the device-side guard)."""
+    T = table.numel()
+    valid = (t >= 0) & (t < T)
+    values = table[t.clamp(0, T - 1)].to(dtype)
+    return torch.where(valid, values, torch.full_like(values, float("nan")))
+
+
+def q_sample(x0, t, sqrt_alpha_bar, sqrt_one_minus_alpha_bar, noise, seed, samples, stream):
+    """reference.q_sample: x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps  (DDPM Eq. 4).
+
+    Computed in float64 for float64 x0, else float32 (one rounding to x0.dtype at the end).
+    With noise None, eps = normal(seed, samples, stream) (float32) and is returned in x0.dtype.
+    """
+    compute = torch.float64 if x0.dtype == torch.float64 else torch.float32
+    a = _per_sample(_gather_guarded(sqrt_alpha_bar, t, compute), x0.dim())
+    s = _per_sample(_gather_guarded(sqrt_one_minus_alpha_bar, t, compute), x0.dim())
+    if noise is None:
+        eps = normal(seed, samples, stream, tuple(x0.shape[1:]))
+        noise = eps.to(x0.dtype)
+    else:
+        eps = noise
+    x_t = a * x0.to(compute) + s * eps.to(compute)
+    return x_t.to(x0.dtype), noise
+
+
+def sampler_step(x_t, model_output, coefficients, model_output_uncond, guidance_scale, clip,
+                 noise, seed, samples, stream, host_sigma_nonzero):
+    """reference.sampler_update in float64 (the reference's operation order), rounded once.
+
+    coefficients: (N, 8) float64 on x_t's device. host_sigma_nonzero: None when the coefficients
+    live on a device (then samples with sigma != 0 and no noise source become NaN).
+    """
+    compute = torch.float64
+    ndim = x_t.dim()
+    col = [_per_sample(coefficients[:, k].to(compute), ndim) for k in range(8)]
+    out = model_output.to(compute)
+    if model_output_uncond is not None:
+        uncond = model_output_uncond.to(compute)
+        out = uncond + guidance_scale * (out - uncond)  # reference.classifier_free_guidance
+    xt = x_t.to(compute)
+    x0 = col[0] * xt + col[1] * out
+    eps = col[2] * xt + col[3] * out
+    if clip is not None:
+        x0 = torch.clamp(x0, clip[0], clip[1])
+    x_prev = col[4] * x0 + col[5] * xt + col[6] * eps
+    has_noise = _per_sample(coefficients[:, 7] != 0, ndim)
+    if noise is not None or seed is not None:
+        if host_sigma_nonzero is None or host_sigma_nonzero:
+            if noise is None:
+                noise = normal(seed, samples, stream, tuple(x_t.shape[1:]))
+            term = col[7] * noise.to(compute)
+            x_prev = x_prev + torch.where(has_noise, term, torch.zeros_like(term))
+    elif host_sigma_nonzero is None:
+        x_prev = torch.where(has_noise, torch.full_like(x_prev, float("nan")), x_prev)
+    return x_prev.to(x_t.dtype)
+
+
+def group_norm_silu(x, weight, bias, groups: int, eps: float, activation: bool, shift):
+    """silu(group_norm(x + shift[..., None, None]))  (Wu & He 2018; Elfwing et al. 2018).
+
+    float16/bfloat16 inputs are computed in float32 and rounded back (fp32 accumulation).
+    Autograd flows through plain torch ops.
+    """
+    compute = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+    h = x.to(compute)
+    if shift is not None:
+        h = h + _per_sample(shift.to(compute), x.dim())
+    w = weight.to(compute) if weight is not None else None
+    b = bias.to(compute) if bias is not None else None
+    y = F.group_norm(h, groups, w, b, eps)
+    if activation:
+        y = F.silu(y)
+    return y.to(x.dtype)
