@@ -1,0 +1,375 @@
+"""Checkpoints: one directory per save, written atomically, verified on load.
+
+    RUN_DIR/
+      latest                       name of the newest complete checkpoint (replaced atomically)
+      checkpoints/step_00001000/
+        model.safetensors          the trained weights (names = reference.parameter_shapes)
+        ema.safetensors            the EMA weights, same names (load them into a UNet directly)
+        config.json                UNet config, schedule, training config, step
+        trainer_state.pt           optimizer, step counters, RNG states, data position, losses
+        COMPLETE.json              written last: size and SHA-256 of every file above
+
+A save writes everything into a hidden temporary directory, fsyncs it, writes the marker, then
+`os.replace`s the directory into place and only then moves `latest`. A save that fails half-way
+leaves the previous checkpoint untouched and `latest` pointing at it. Loading checks the marker,
+each file's size and hash, the JSON, the safetensors headers and every parameter's name and shape,
+and says which file is wrong and how.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+import reference
+
+__all__ = [
+    "Checkpoint",
+    "CheckpointError",
+    "save_checkpoint",
+    "load_checkpoint",
+    "latest_checkpoint",
+    "checkpoint_config",
+    "schedule_to_dict",
+    "schedule_from_dict",
+    "check_state_dict",
+    "capture_rng_states",
+    "restore_rng_states",
+]
+
+FORMAT = "ddpm-checkpoint"
+VERSION = 1
+MARKER = "COMPLETE.json"
+FILES = ("model.safetensors", "ema.safetensors", "config.json", "trainer_state.pt")
+CHECKPOINTS = "checkpoints"
+LATEST = "latest"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, incomplete, corrupt or does not match the model."""
+
+
+# ----------------------------------------------------------------------------- config helpers
+
+def schedule_to_dict(schedule: reference.Schedule) -> dict:
+    """JSON form of a schedule: kind, T, params, and the float64 betas (repr round-trips)."""
+    if not isinstance(schedule, reference.Schedule):
+        raise TypeError(f"schedule must be a reference.Schedule, got {type(schedule).__name__}")
+    params = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in dict(schedule.params).items()}
+    return {"kind": schedule.kind, "T": schedule.T, "params": params,
+            "betas": [float(b) for b in schedule.betas]}
+
+
+def schedule_from_dict(d: dict) -> reference.Schedule:
+    """Rebuild a schedule; a named kind is recomputed by `reference.make_schedule` and must give
+    exactly the stored betas, anything else is rebuilt from the betas."""
+    try:
+        kind, T, betas = d["kind"], int(d["T"]), np.asarray(d["betas"], dtype=np.float64)
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"schedule entry is malformed ({err!r}): {str(d)[:200]}") from None
+    if betas.shape != (T,):
+        raise CheckpointError(f"schedule betas have shape {betas.shape}, expected ({T},)")
+    if kind in reference.SCHEDULE_KINDS:
+        schedule = reference.make_schedule(kind, T, **d.get("params", {}))
+        if not np.array_equal(schedule.betas, betas):
+            raise CheckpointError(f"schedule {kind!r} T={T} recomputes to different betas than stored")
+        return schedule
+    return reference.Schedule.from_betas(betas)
+
+
+def checkpoint_config(unet_config: reference.UNetConfig, schedule: reference.Schedule, *,
+                      training: dict | None = None, data: dict | None = None, step: int = 0) -> dict:
+    """The config.json content for a model of `unet_config` trained on `schedule`."""
+    if not isinstance(unet_config, reference.UNetConfig):
+        raise TypeError(f"unet_config must be a reference.UNetConfig, got {type(unet_config).__name__}")
+    return {"format": FORMAT, "version": VERSION, "step": int(step), "unet": unet_config.to_dict(),
+            "schedule": schedule_to_dict(schedule), "training": dict(training or {}),
+            "data": dict(data or {})}
+
+
+def check_state_dict(state: dict, config: reference.UNetConfig, what: str = "state dict") -> None:
+    """Raise CheckpointError unless `state` has exactly the parameters of `config`."""
+    expected = reference.parameter_shapes(config)
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [f"{k}: {tuple(state[k].shape)} != {expected[k]}" for k in expected
+             if k in state and tuple(state[k].shape) != tuple(expected[k])]
+    if missing or unexpected or wrong:
+        raise CheckpointError(
+            f"{what} does not match the UNet config: {len(missing)} missing {missing[:3]}, "
+            f"{len(unexpected)} unexpected {unexpected[:3]}, {len(wrong)} wrong shapes {wrong[:3]}")
+
+
+# ----------------------------------------------------------------------------- RNG states
+
+def capture_rng_states() -> dict:
+    """Global RNG states of torch (CPU and every CUDA device), NumPy's legacy generator, Python."""
+    np_state = np.random.get_state(legacy=False)
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"bit_generator": np_state["bit_generator"],
+                  "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+                  "pos": int(np_state["state"]["pos"]), "has_gauss": int(np_state["has_gauss"]),
+                  "gauss": float(np_state["gauss"])},
+        "python": random.getstate(),
+    }
+
+
+def restore_rng_states(states: dict) -> None:
+    """Inverse of `capture_rng_states` (CUDA states only where the device count matches)."""
+    torch.set_rng_state(states["torch"])
+    cuda = states.get("cuda") or []
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+    n = states["numpy"]
+    np.random.set_state({"bit_generator": n["bit_generator"],
+                         "state": {"key": n["key"].numpy().astype(np.uint32), "pos": n["pos"]},
+                         "has_gauss": n["has_gauss"], "gauss": n["gauss"]})
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+# ----------------------------------------------------------------------------- saving
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _tensors_for_file(state: dict) -> dict[str, torch.Tensor]:
+    out = {}
+    for name, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"state entry {name!r} must be a tensor, got {type(value).__name__}")
+        out[name] = value.detach().to("cpu").contiguous().clone()
+    return out
+
+
+def save_checkpoint(run_dir, step: int, *, model_state: dict, ema_state: dict, config: dict,
+                    trainer_state: dict, keep_last: int | None = None) -> Path:
+    """Write checkpoint `step` under `run_dir` atomically and point `latest` at it.
+
+    model_state / ema_state: name -> tensor (saved as float tensors by safetensors);
+    config: JSON-serialisable (see `checkpoint_config`); trainer_state: what `torch.save` stores
+    (loaded back with weights_only=True, so tensors, numbers, strings and containers only).
+    keep_last: delete all but the newest `keep_last` complete checkpoints after a save.
+    Returns the checkpoint directory.
+    """
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ValueError(f"step must be a non-negative int, got {step!r}")
+    if keep_last is not None and (isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 1):
+        raise ValueError(f"keep_last must be None or a positive int, got {keep_last!r}")
+    root = Path(run_dir) / CHECKPOINTS
+    root.mkdir(parents=True, exist_ok=True)
+    name = f"step_{step:08d}"
+    final = root / name
+    tmp = root / f".tmp-{name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        meta = {"format": FORMAT, "step": str(step)}
+        save_file(_tensors_for_file(model_state), tmp / "model.safetensors", metadata=meta)
+        save_file(_tensors_for_file(ema_state), tmp / "ema.safetensors", metadata=meta)
+        (tmp / "config.json").write_text(json.dumps({**config, "step": step}, indent=2, sort_keys=True))
+        torch.save(trainer_state, tmp / "trainer_state.pt")
+        files = {}
+        for fname in FILES:
+            _fsync(tmp / fname)
+            files[fname] = {"bytes": (tmp / fname).stat().st_size, "sha256": _sha256(tmp / fname)}
+        marker = json.dumps({"format": FORMAT, "version": VERSION, "step": step, "files": files}, indent=2)
+        with open(tmp / MARKER, "w") as f:  # the marker is written last: its presence means complete
+            f.write(marker)
+            f.flush()
+            os.fsync(f.fileno())
+        _fsync(tmp)
+        if final.exists():  # re-saving a step: move the old one aside first (never half-replaced)
+            trash = root / f".trash-{name}-{uuid.uuid4().hex[:8]}"
+            os.replace(final, trash)
+            os.replace(tmp, final)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+        _fsync(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _write_text_atomic(Path(run_dir) / LATEST, f"{CHECKPOINTS}/{name}\n")
+    if keep_last is not None:
+        for old in _complete_checkpoints(Path(run_dir))[:-keep_last]:
+            if old != final:
+                shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+# ----------------------------------------------------------------------------- finding and loading
+
+def _complete_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoint directories under run_dir, oldest first."""
+    root = run_dir / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    dirs = [d for d in root.iterdir() if d.is_dir() and d.name.startswith("step_") and (d / MARKER).is_file()]
+    return sorted(dirs, key=lambda d: d.name)
+
+
+def latest_checkpoint(run_dir) -> Path | None:
+    """The checkpoint `latest` names, or (if that is missing or incomplete) the newest complete
+    one; None when the run directory holds no complete checkpoint."""
+    run_dir = Path(run_dir)
+    pointer = run_dir / LATEST
+    if pointer.is_file():
+        target = run_dir / pointer.read_text().strip()
+        if (target / MARKER).is_file():
+            return target
+    complete = _complete_checkpoints(run_dir)
+    return complete[-1] if complete else None
+
+
+def _resolve(path: Path) -> Path:
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint {path} must be a directory (a run or a checkpoint directory)")
+    if any((path / f).exists() for f in FILES + (MARKER,)):
+        return path
+    found = latest_checkpoint(path)
+    if found is None:
+        raise CheckpointError(f"{path} holds no complete checkpoint (no {MARKER} under {path / CHECKPOINTS})")
+    return found
+
+
+def _verify(path: Path) -> dict:
+    marker_path = path / MARKER
+    if not marker_path.is_file():
+        raise CheckpointError(f"checkpoint {path} is incomplete: the marker {MARKER} is missing "
+                              f"(the save did not finish)")
+    try:
+        marker = json.loads(marker_path.read_text())
+        files = marker["files"]
+    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{marker_path} is corrupt: {err}") from None
+    if marker.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a {FORMAT} (format {marker.get('format')!r})")
+    for fname in FILES:
+        fpath = path / fname
+        if fname not in files:
+            raise CheckpointError(f"{marker_path} does not list {fname}")
+        if not fpath.is_file():
+            raise CheckpointError(f"checkpoint {path} is missing {fname}")
+        size, expected = fpath.stat().st_size, files[fname]["bytes"]
+        if size != expected:
+            raise CheckpointError(f"{fpath} is truncated or altered: {size} bytes, the marker "
+                                  f"records {expected}")
+        if _sha256(fpath) != files[fname]["sha256"]:
+            raise CheckpointError(f"{fpath} is corrupt: its SHA-256 differs from the one recorded "
+                                  f"when it was written")
+    return marker
+
+
+def _read_safetensors(fpath: Path, map_location) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(fpath, device=str(map_location))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"{fpath} is not a readable safetensors file: {err}") from None
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint. `schedule` is the reference (float64) schedule trained on."""
+
+    path: Path
+    step: int
+    config: dict
+    unet_config: reference.UNetConfig
+    schedule: reference.Schedule
+    model_state: dict[str, torch.Tensor]
+    ema_state: dict[str, torch.Tensor]
+    trainer_state: dict | None = field(default=None, repr=False)
+
+    def state_dict(self, ema: bool = False) -> dict[str, torch.Tensor]:
+        return self.ema_state if ema else self.model_state
+
+    def check_compatible(self, unet_config: reference.UNetConfig) -> None:
+        """Raise CheckpointError naming every field where `unet_config` differs from this one's."""
+        mine, theirs = self.unet_config.to_dict(), unet_config.to_dict()
+        diff = {k: (mine[k], theirs[k]) for k in mine if mine[k] != theirs.get(k)}
+        if diff:
+            raise CheckpointError(f"checkpoint {self.path} was trained with a different UNet config: "
+                                  + ", ".join(f"{k}: checkpoint {a!r} vs requested {b!r}"
+                                              for k, (a, b) in diff.items()))
+
+
+def load_checkpoint(path, *, map_location="cpu", verify: bool = True,
+                    trainer_state: bool = True) -> Checkpoint:
+    """Load a checkpoint directory, or a run directory's latest checkpoint.
+
+    verify: check the marker's sizes and SHA-256 hashes before reading anything.
+    Every problem is a CheckpointError (a ValueError) naming the file.
+    """
+    path = _resolve(Path(path))
+    if verify:
+        _verify(path)
+    elif not (path / MARKER).is_file():
+        raise CheckpointError(f"checkpoint {path} is incomplete: the marker {MARKER} is missing")
+    cfg_path = path / "config.json"
+    try:
+        config = json.loads(cfg_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{cfg_path} is not valid JSON: {err}") from None
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise CheckpointError(f"{cfg_path} is not a {FORMAT} config (format "
+                              f"{config.get('format') if isinstance(config, dict) else type(config).__name__!r})")
+    if config.get("version") != VERSION:
+        raise CheckpointError(f"{cfg_path} has format version {config.get('version')}, this library reads {VERSION}")
+    try:
+        unet_config = reference.UNetConfig.from_dict(config["unet"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{cfg_path}: invalid UNet config: {err}") from None
+    schedule = schedule_from_dict(config.get("schedule", {}))
+    model_state = _read_safetensors(path / "model.safetensors", map_location)
+    ema_state = _read_safetensors(path / "ema.safetensors", map_location)
+    check_state_dict(model_state, unet_config, f"{path / 'model.safetensors'}")
+    check_state_dict(ema_state, unet_config, f"{path / 'ema.safetensors'}")
+    state = None
+    if trainer_state:
+        try:
+            state = torch.load(path / "trainer_state.pt", map_location=map_location, weights_only=True)
+        except Exception as err:  # torch raises RuntimeError/UnpicklingError/EOFError for bad zips
+            raise CheckpointError(f"{path / 'trainer_state.pt'} cannot be read: {err}") from None
+    return Checkpoint(path, int(config.get("step", 0)), config, unet_config, schedule,
+                      model_state, ema_state, state)

@@ -1,0 +1,424 @@
+"""Training data: the embedded digits, image folders, .npy/.npz arrays and IDX files.
+
+Every loader returns an `ImageDataset`: float32 images (N, C, H, W) scaled to [-1, 1] (the
+range DDPM trains in, Ho et al. 2020 Sec. 3.3), fitted to the model's size and channels, with
+optional int64 labels. Nothing here downloads anything.
+
+    load_dataset("digits", image_size=8, channels=1)          scikit-learn's 1,797 8x8 digits
+    load_dataset("path/to/folder", 32, 3)                     Pillow; class = subfolder name
+    load_dataset("x.npz", 28, 1)                              arrays "images" (+ "labels")
+    load_dataset("../shared/data/mnist", 32, 1)               IDX files (gzipped or not)
+
+Data order for training comes from `EpochSampler`: one permutation per epoch from a NumPy
+Generator seeded with (seed, epoch), so the whole order is a pure function of (seed, position)
+and resuming needs only the position.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "ImageDataset",
+    "EpochSampler",
+    "load_dataset",
+    "load_digits",
+    "load_image_folder",
+    "load_array_file",
+    "load_idx_dataset",
+    "read_idx",
+    "prepare_images",
+    "IMAGE_EXTENSIONS",
+]
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+# IDX type byte -> big-endian NumPy dtype (LeCun's MNIST format description).
+_IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+@dataclass
+class ImageDataset:
+    """Images ready for training.
+
+    images: (N, C, H, W) float32 in [-1, 1]; labels: (N,) int64 in [0, num_classes) or None;
+    class_names: the name of each class id (folder names, or "0".."9"); hflip: whether random
+    horizontal flips are a valid augmentation for this data (never for digits).
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor | None
+    num_classes: int | None
+    class_names: list[str] | None
+    source: str
+    hflip: bool = False
+
+    def __post_init__(self):
+        if not isinstance(self.images, torch.Tensor) or self.images.dtype != torch.float32:
+            raise TypeError(f"images must be a float32 tensor, got {getattr(self.images, 'dtype', type(self.images))}")
+        if self.images.ndim != 4:
+            raise ValueError(f"images must have shape (N, C, H, W), got {tuple(self.images.shape)}")
+        if self.images.shape[0] == 0:
+            raise ValueError(f"dataset {self.source!r} holds no images")
+        if self.labels is not None:
+            if self.labels.dtype != torch.int64 or self.labels.shape != (self.images.shape[0],):
+                raise ValueError(f"labels must be int64 of shape ({self.images.shape[0]},), "
+                                 f"got {self.labels.dtype} {tuple(self.labels.shape)}")
+            if self.num_classes is None:
+                raise ValueError("num_classes is required when labels are given")
+            lo, hi = int(self.labels.min()), int(self.labels.max())
+            if lo < 0 or hi >= self.num_classes:
+                raise ValueError(f"labels must lie in [0, {self.num_classes}), got min {lo} max {hi}")
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(int(d) for d in self.images.shape[1:])  # type: ignore[return-value]
+
+    def describe(self) -> str:
+        c, h, w = self.image_shape
+        classes = f", {self.num_classes} classes" if self.num_classes else ", unlabelled"
+        return f"{self.source}: {len(self)} images {c}x{h}x{w}{classes}"
+
+
+# ----------------------------------------------------------------------------- data order
+
+class EpochSampler:
+    """Global batches of dataset indices: epoch e is `default_rng([seed, e]).permutation(n)`.
+
+    `next(batch_size)` continues across epoch boundaries. The state is just `position` (indices
+    handed out so far), so a resumed run draws exactly what an uninterrupted run would.
+    """
+
+    def __init__(self, n: int, seed: int, position: int = 0):
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be a positive int, got {n!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+        self.n, self.seed, self.position = n, seed, int(position)
+        self._epoch, self._perm = -1, np.empty(0, dtype=np.int64)
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        if epoch != self._epoch:
+            self._perm = np.random.default_rng([self.seed, epoch]).permutation(self.n)
+            self._epoch = epoch
+        return self._perm
+
+    def next(self, batch_size: int) -> np.ndarray:
+        """The next `batch_size` indices, int64 (batch_size,)."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        out = np.empty(batch_size, dtype=np.int64)
+        filled = 0
+        while filled < batch_size:
+            epoch, offset = divmod(self.position, self.n)
+            take = min(batch_size - filled, self.n - offset)
+            out[filled:filled + take] = self._permutation(epoch)[offset:offset + take]
+            filled += take
+            self.position += take
+        return out
+
+    def state_dict(self) -> dict:
+        return {"n": self.n, "seed": self.seed, "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("n") != self.n or state.get("seed") != self.seed:
+            raise ValueError(f"data sampler state is for n={state.get('n')}, seed={state.get('seed')}; "
+                             f"this run has n={self.n}, seed={self.seed} (different data or seed)")
+        self.position = int(state["position"])
+
+
+# ----------------------------------------------------------------------------- fitting to the model
+
+def _to_nchw(array: np.ndarray, name: str, layout: str = "auto") -> np.ndarray:
+    """(N, H, W), (N, H, W, C) or (N, C, H, W) -> (N, C, H, W); C in {1, 3, 4}."""
+    if array.ndim == 3:
+        return array[:, None]
+    if array.ndim != 4:
+        raise ValueError(f"{name} must have shape (N, H, W), (N, H, W, C) or (N, C, H, W), got {array.shape}")
+    if layout == "NCHW":
+        return array
+    if layout == "NHWC":
+        return np.moveaxis(array, 3, 1)
+    channels_last = array.shape[3] in (1, 3, 4)
+    channels_first = array.shape[1] in (1, 3, 4)
+    if channels_last and channels_first and array.shape[1] != array.shape[3]:
+        raise ValueError(f"{name} has an ambiguous layout {array.shape}: both axis 1 and axis 3 "
+                         f"could be channels; pass (N, C, H, W) with H, W > 4")
+    if channels_last:
+        return np.moveaxis(array, 3, 1)
+    if channels_first:
+        return array
+    raise ValueError(f"{name} must have 1, 3 or 4 channels on axis 1 or 3, got shape {array.shape}")
+
+
+def _value_range(array: np.ndarray, name: str) -> tuple[float, float]:
+    if array.dtype == np.uint8:
+        return 0.0, 255.0
+    if array.dtype == bool:
+        return 0.0, 1.0
+    lo, hi = float(array.min()), float(array.max())
+    if lo >= 0.0 and hi <= 1.0:
+        return 0.0, 1.0
+    if lo >= -1.0 and hi <= 1.0:
+        return -1.0, 1.0
+    if lo >= 0.0 and hi <= 255.0:
+        return 0.0, 255.0
+    raise ValueError(f"{name} values lie in [{lo}, {hi}]; expected [0, 1], [-1, 1] or [0, 255] "
+                     f"(pass value_range=(lo, hi) explicitly)")
+
+
+def _fit_channels(x: torch.Tensor, channels: int, name: str) -> torch.Tensor:
+    c = x.shape[1]
+    if c == channels:
+        return x
+    if c == 4 and channels == 3:  # RGBA: drop alpha
+        return x[:, :3]
+    if c == 1 and channels == 3:  # grayscale -> RGB
+        return x.expand(-1, 3, -1, -1).contiguous()
+    raise ValueError(f"{name} has {c} channel(s) but the model takes {channels}; "
+                     f"convert the data (only 1 -> 3 and RGBA -> RGB are done automatically)")
+
+
+def _fit_size(x: torch.Tensor, image_size: int) -> torch.Tensor:
+    """Pad (centred, with -1 = black) when smaller; centre-crop to square and resize when larger."""
+    h, w = x.shape[2], x.shape[3]
+    if h == w == image_size:
+        return x
+    if h <= image_size and w <= image_size:
+        top, left = (image_size - h) // 2, (image_size - w) // 2
+        return F.pad(x, (left, image_size - w - left, top, image_size - h - top), value=-1.0)
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    x = x[:, :, top:top + side, left:left + side]
+    return F.interpolate(x, size=(image_size, image_size), mode="bilinear", antialias=True,
+                         align_corners=False).clamp_(-1.0, 1.0)
+
+
+def prepare_images(array: np.ndarray, image_size: int, channels: int, *, value_range=None,
+                   layout: str = "auto", name: str = "images") -> torch.Tensor:
+    """An image array -> float32 (N, channels, image_size, image_size) in [-1, 1].
+
+    array: (N, H, W), (N, H, W, C) or (N, C, H, W), uint8/bool/int/float; layout "auto" tells
+    the 4-d layouts apart by which axis holds 1, 3 or 4 entries, "NCHW"/"NHWC" force one.
+    value_range: the (lo, hi) the raw values span; None infers it from the dtype and values.
+    Smaller images are padded (centred, with black); larger ones centre-cropped and resized.
+    """
+    if layout not in ("auto", "NCHW", "NHWC"):
+        raise ValueError(f"layout must be 'auto', 'NCHW' or 'NHWC', got {layout!r}")
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+        raise ValueError(f"image_size must be a positive int, got {image_size!r}")
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels!r}")
+    array = np.asarray(array)
+    if array.dtype == object or not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
+        raise TypeError(f"{name} must be a numeric array, got dtype {array.dtype}")
+    if array.size == 0 or array.shape[0] == 0:
+        raise ValueError(f"{name} is empty (shape {array.shape})")
+    if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):
+        raise ValueError(f"{name} contains NaN or inf")
+    array = _to_nchw(array, name, layout)
+    lo, hi = _value_range(array, name) if value_range is None else (float(value_range[0]), float(value_range[1]))
+    if not hi > lo:
+        raise ValueError(f"value_range must satisfy lo < hi, got {(lo, hi)}")
+    x = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float64))
+    x = ((x - lo) * (2.0 / (hi - lo)) - 1.0).clamp_(-1.0, 1.0).to(torch.float32)
+    x = _fit_channels(x, channels, name)
+    return _fit_size(x, image_size).contiguous()
+
+
+def _labels_tensor(labels, n: int, name: str) -> tuple[torch.Tensor, int]:
+    labels = np.asarray(labels)
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise TypeError(f"{name} must be integers, got dtype {labels.dtype}")
+    labels = labels.reshape(-1)
+    if labels.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},) to match the images, got {labels.shape}")
+    if labels.min() < 0:
+        raise ValueError(f"{name} must be >= 0, got min {labels.min()}")
+    return torch.from_numpy(labels.astype(np.int64)), int(labels.max()) + 1
+
+
+# ----------------------------------------------------------------------------- sources
+
+def load_digits(image_size: int = 8, channels: int = 1) -> ImageDataset:
+    """scikit-learn's bundled handwritten digits: 1,797 8x8 images, values 0..16, 10 classes."""
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    bunch = sklearn_digits()
+    x = prepare_images(bunch.images, image_size, channels, value_range=(0.0, 16.0), name="digits")
+    return ImageDataset(x, torch.from_numpy(bunch.target.astype(np.int64)), 10,
+                        [str(k) for k in range(10)], "digits (scikit-learn)", hflip=False)
+
+
+def read_idx(path) -> np.ndarray:
+    """An IDX file (MNIST format, optionally gzipped) -> ndarray of the stored dtype and shape.
+
+    Header: two zero bytes, a type byte, the number of dimensions, then one big-endian uint32 per
+    dimension; the data follow. Every field is checked against the file's length.
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+        if raw[:2] == b"\x1f\x8b":
+            raw = gzip.decompress(raw)
+    except (OSError, EOFError, gzip.BadGzipFile) as err:
+        raise ValueError(f"cannot read IDX file {path}: {err}") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
+        raise ValueError(f"{path} is not an IDX file: magic {raw[:4].hex() or '(empty)'} should start with 0000")
+    type_code, ndim = raw[2], raw[3]
+    if type_code not in _IDX_DTYPES:
+        raise ValueError(f"{path}: unknown IDX data type 0x{type_code:02x}; expected one of "
+                         f"{[hex(k) for k in _IDX_DTYPES]}")
+    if ndim < 1 or len(raw) < 4 + 4 * ndim:
+        raise ValueError(f"{path}: IDX header declares {ndim} dimensions but the file is {len(raw)} bytes")
+    shape = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
+    dtype = np.dtype(_IDX_DTYPES[type_code])
+    expected = 4 + 4 * ndim + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if len(raw) != expected:
+        raise ValueError(f"{path}: IDX header says shape {shape} ({expected} bytes), file holds {len(raw)} "
+                         f"bytes (truncated or corrupt)")
+    return np.frombuffer(raw, dtype=dtype, offset=4 + 4 * ndim).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+def _find_idx_pair(directory: Path) -> tuple[Path, Path | None]:
+    files = sorted(p for p in directory.iterdir() if p.is_file() and "idx" in p.name)
+    images = [p for p in files if "idx3" in p.name]
+    if len(images) != 1:
+        raise ValueError(f"{directory}: expected exactly one '*idx3*' image file, found "
+                         f"{[p.name for p in images] or 'none'}")
+    image_path = images[0]
+    stem = image_path.name.split("-images")[0] if "-images" in image_path.name else None
+    labels = [p for p in files if "idx1" in p.name and (stem is None or p.name.startswith(stem))]
+    return image_path, (labels[0] if len(labels) == 1 else None)
+
+
+def load_idx_dataset(images_path, image_size: int, channels: int, labels_path=None) -> ImageDataset:
+    """MNIST-style IDX images (N, H, W) uint8 (+ labels (N,)); a directory finds the pair."""
+    images_path = Path(images_path)
+    if images_path.is_dir():
+        images_path, found = _find_idx_pair(images_path)
+        labels_path = labels_path if labels_path is not None else found
+    array = read_idx(images_path)
+    if array.ndim not in (3, 4):
+        raise ValueError(f"{images_path}: IDX images must have 3 or 4 dimensions, got shape {array.shape}")
+    x = prepare_images(array, image_size, channels, name=str(images_path))
+    labels = num_classes = names = None
+    if labels_path is not None:
+        labels, num_classes = _labels_tensor(read_idx(labels_path), len(x), str(labels_path))
+        names = [str(k) for k in range(num_classes)]
+    return ImageDataset(x, labels, num_classes, names, f"IDX {images_path}", hflip=False)
+
+
+def load_array_file(path, image_size: int, channels: int, *, hflip: bool | None = None) -> ImageDataset:
+    """A .npy of images, or a .npz with "images" (or "x") and optional "labels" (or "y")."""
+    path = Path(path)
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:
+        raise ValueError(f"cannot read array file {path}: {err}") from None
+    labels = None
+    if isinstance(loaded, np.lib.npyio.NpzFile):
+        with loaded:
+            keys = set(loaded.files)
+            image_key = next((k for k in ("images", "x", "arr_0") if k in keys), None)
+            if image_key is None:
+                raise ValueError(f"{path}: an .npz needs an 'images' (or 'x') array, found {sorted(keys)}")
+            try:
+                images = loaded[image_key]
+                label_key = next((k for k in ("labels", "y", "arr_1") if k in keys), None)
+                labels = None if label_key is None else loaded[label_key]
+            except (OSError, ValueError, EOFError) as err:
+                raise ValueError(f"cannot read array file {path}: {err}") from None
+    else:
+        images = loaded
+    x = prepare_images(images, image_size, channels, name=str(path))
+    y = num_classes = names = None
+    if labels is not None:
+        y, num_classes = _labels_tensor(labels, len(x), f"{path} labels")
+        names = [str(k) for k in range(num_classes)]
+    flip = (np.asarray(images).ndim == 4 and channels == 3) if hflip is None else hflip
+    return ImageDataset(x, y, num_classes, names, f"array {path}", hflip=flip)
+
+
+def load_image_folder(path, image_size: int, channels: int, *, hflip: bool = True) -> ImageDataset:
+    """Images under `path` (Pillow). With subfolders, class = subfolder name (sorted) and every
+    image must sit in one; without, the images are unlabelled. Corrupt files raise ValueError."""
+    from PIL import Image, UnidentifiedImageError
+
+    root = Path(path)
+    if not root.is_dir():
+        raise ValueError(f"image folder {root} does not exist or is not a directory")
+    subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if subdirs:
+        groups = [(d.name, sorted(f for f in d.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS))
+                  for d in subdirs]
+        loose = [f.name for f in root.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS]
+        if loose:
+            raise ValueError(f"{root} has class subfolders and loose images {loose[:3]}; put every "
+                             f"image in a class folder")
+        empty = [name for name, files in groups if not files]
+        if empty:
+            raise ValueError(f"{root}: class folder(s) {empty} hold no images ({', '.join(IMAGE_EXTENSIONS)})")
+    else:
+        groups = [("", sorted(f for f in root.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS))]
+    files = [(k, f) for k, (_, fs) in enumerate(groups) for f in fs]
+    if not files:
+        raise ValueError(f"image folder {root} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+    mode = "L" if channels == 1 else "RGB"
+    tensors, labels = [], []
+    for label, file in files:
+        try:
+            with Image.open(file) as img:
+                img = img.convert(mode)
+                array = np.asarray(img, dtype=np.uint8)
+                array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)  # (C, H, W)
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+            raise ValueError(f"cannot read image {file}: {err}") from None
+        tensors.append(prepare_images(array[None], image_size, channels, value_range=(0, 255),
+                                      layout="NCHW", name=str(file)))
+        labels.append(label)
+    x = torch.cat(tensors)
+    if subdirs:
+        return ImageDataset(x, torch.tensor(labels, dtype=torch.int64), len(groups),
+                            [name for name, _ in groups], f"folder {root}", hflip=hflip)
+    return ImageDataset(x, None, None, None, f"folder {root}", hflip=hflip)
+
+
+def load_dataset(source: str | os.PathLike, image_size: int, channels: int, *,
+                 hflip: bool | None = None) -> ImageDataset:
+    """Dispatch on `source`: "digits", a directory (IDX files or an image folder), .npy/.npz, IDX.
+
+    hflip: None keeps each source's default (off for digits and IDX, on for image folders and
+    3-channel arrays); True/False overrides it.
+    """
+    if str(source) == "digits":
+        data = load_digits(image_size, channels)
+    else:
+        path = Path(source)
+        if not path.exists():
+            raise ValueError(f"data source {str(source)!r} does not exist (use 'digits', a folder, "
+                             f".npy/.npz or an IDX file)")
+        if path.is_dir():
+            has_idx = any("idx3" in p.name for p in path.iterdir() if p.is_file())
+            data = (load_idx_dataset(path, image_size, channels) if has_idx
+                    else load_image_folder(path, image_size, channels))
+        elif path.suffix.lower() in (".npy", ".npz"):
+            data = load_array_file(path, image_size, channels)
+        elif "idx" in path.name:
+            data = load_idx_dataset(path, image_size, channels)
+        else:
+            raise ValueError(f"unknown data file type {path.name!r}: expected .npy, .npz or an IDX file")
+    if hflip is not None:
+        data.hflip = bool(hflip)
+    return data

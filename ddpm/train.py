@@ -1,0 +1,451 @@
+"""Training a DDPM: the simple objective (Ho et al. 2020, Alg. 1 / Eq. 14) with the usual extras.
+
+One optimisation step s on a global batch of B images (split over ranks, see ddpm.distributed):
+
+    indices  = EpochSampler(seed).next(B)                  data order (NumPy, per-epoch permutation)
+    t        ~ U{0, ..., T-1}                               torch.Generator(seed), global batch
+    drop     = U[0,1) < label_dropout -> y = null class     classifier-free guidance (Ho & Salimans 2022)
+    flip     = U[0,1) < 1/2 (data that allows flips)
+    x_t, eps = kernels.q_sample(x0, t, ..., seed, samples=global batch positions,
+                                stream=TRAIN_STREAM_BASE + s)         DDPM Eq. 4, the noise stream
+    loss     = mean_i w_i mean_j (model(x_t, t, y) - target)^2        target eps / x0 / v,
+               w = Min-SNR-gamma weights (Hang et al. 2023) or 1       reference.min_snr_weights
+
+then AdamW with linear warmup (and optional cosine decay), gradient-norm clipping and an EMA of
+the weights. bf16 autocast is used on CUDA only. A step whose loss or gradient norm is not finite
+is skipped (no optimizer or EMA update), counted and logged; K in a row stop training with
+`NonFiniteLossError`. Every piece of state (weights, EMA, optimizer, counters, the generator,
+the data position, the global RNGs) goes into the checkpoint, so a resumed run on the CPU is
+bit-for-bit the run that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+import kernels
+import reference
+
+from .checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    capture_rng_states,
+    checkpoint_config,
+    load_checkpoint,
+    restore_rng_states,
+    save_checkpoint,
+)
+from .data import EpochSampler, ImageDataset
+from .distributed import DistributedContext, all_reduce_mean, barrier, rank_slice, single_process, wrap_model
+from .ema import EMA, unwrap_model
+
+__all__ = ["TrainConfig", "Trainer", "StepResult", "NonFiniteLossError"]
+
+log = logging.getLogger("ddpm.train")
+
+LR_SCHEDULES = ("constant", "cosine")
+MIXED_PRECISION = ("auto", "bf16", "no")
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised after `max_consecutive_nonfinite` steps in a row had a NaN/inf loss or gradient."""
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings. batch_size is the GLOBAL batch (split evenly over ranks).
+
+    lr is reached linearly over `warmup_steps` optimizer steps (DDPM: 2e-4 and 5000), then held
+    ("constant") or decayed to 0 at `steps` ("cosine"). grad_clip: max global L2 norm, None for
+    none (DDPM: 1.0). ema_decay / ema_warmup: see ddpm.ema. weight_decay applies to weights with
+    >= 2 dimensions only. label_dropout: probability of replacing a class label by the null class.
+    min_snr_gamma: None for the plain objective.
+    """
+
+    steps: int = 10_000
+    batch_size: int = 128
+    lr: float = 2e-4
+    warmup_steps: int = 0
+    lr_schedule: str = "constant"
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    grad_clip: float | None = 1.0
+    ema_decay: float = 0.9999
+    ema_warmup: bool = True
+    prediction: str = "epsilon"
+    min_snr_gamma: float | None = None
+    label_dropout: float = 0.1
+    seed: int = 0
+    max_consecutive_nonfinite: int = 10
+    mixed_precision: str = "auto"
+
+    def __post_init__(self):
+        def positive_int(name):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+
+        for name in ("steps", "batch_size", "max_consecutive_nonfinite"):
+            positive_int(name)
+        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be a non-negative int, got {self.warmup_steps!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
+            raise ValueError(f"seed must be an int in [0, 2**63), got {self.seed!r}")
+        for name, lo, hi in (("lr", 0.0, math.inf), ("adam_eps", 0.0, math.inf)):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and lo < v < hi):
+                raise ValueError(f"{name} must be a positive finite number, got {v!r}")
+        for name in ("weight_decay",):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        for name in ("adam_beta1", "adam_beta2", "ema_decay", "label_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must lie in [0, 1), got {getattr(self, name)!r}")
+        if self.grad_clip is not None and not (math.isfinite(self.grad_clip) and self.grad_clip > 0):
+            raise ValueError(f"grad_clip must be None or a positive number, got {self.grad_clip!r}")
+        if self.min_snr_gamma is not None and not (math.isfinite(self.min_snr_gamma) and self.min_snr_gamma > 0):
+            raise ValueError(f"min_snr_gamma must be None or a positive number, got {self.min_snr_gamma!r}")
+        if self.prediction not in reference.PREDICTIONS:
+            raise ValueError(f"prediction must be one of {reference.PREDICTIONS}, got {self.prediction!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown TrainConfig field(s): {sorted(unknown)}")
+        return cls(**d)
+
+    def lr_at(self, optimizer_step: int) -> float:
+        """Learning rate for the optimizer step with 0-based index `optimizer_step`."""
+        lr = self.lr
+        if self.warmup_steps and optimizer_step < self.warmup_steps:
+            return lr * (optimizer_step + 1) / self.warmup_steps
+        if self.lr_schedule == "cosine":
+            span = max(self.steps - self.warmup_steps, 1)
+            progress = min(max(optimizer_step - self.warmup_steps, 0) / span, 1.0)
+            lr *= 0.5 * (1.0 + math.cos(math.pi * progress))
+        return lr
+
+
+@dataclass
+class StepResult:
+    """What one call of `Trainer.train_step` did (loss is the global-batch mean)."""
+
+    step: int
+    loss: float
+    grad_norm: float
+    lr: float
+    skipped: bool
+
+
+def _reference_schedule(schedule) -> reference.Schedule:
+    if isinstance(schedule, reference.Schedule):
+        return schedule
+    ref = getattr(schedule, "reference", None)
+    if isinstance(ref, reference.Schedule):
+        return ref
+    raise TypeError(f"schedule must be a reference.Schedule or ddpm.TorchSchedule, got {type(schedule).__name__}")
+
+
+class Trainer:
+    """Trains `model` (a ddpm.UNet, or any module with `.config` and forward(x, t, y)) on `dataset`.
+
+    model: moved to ctx.device and wrapped in DDP when world_size > 1; schedule: a
+    reference.Schedule or ddpm.TorchSchedule; dataset: images matching the model's
+    (in_channels, image_size, image_size), labels when the model is class-conditional.
+    """
+
+    def __init__(self, model: nn.Module, schedule, config: TrainConfig, dataset: ImageDataset, *,
+                 ctx: DistributedContext | None = None):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+        if not isinstance(config, TrainConfig):
+            raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+        if not isinstance(dataset, ImageDataset):
+            raise TypeError(f"dataset must be an ImageDataset, got {type(dataset).__name__}")
+        self.ctx = ctx or single_process()
+        self.config = config
+        self.schedule = _reference_schedule(schedule)
+        self.unet_config = getattr(model, "config", None)
+        if not isinstance(self.unet_config, reference.UNetConfig):
+            raise TypeError("model must carry its reference.UNetConfig as `.config`")
+        self._check_dataset(dataset)
+        self.dataset = dataset
+        rank_slice(config.batch_size, self.ctx)  # validates that the batch splits over the ranks
+
+        device = self.ctx.device
+        self.model = model.to(device)
+        self.ddp_model = wrap_model(self.model, self.ctx)
+        self.ema = EMA(self.model, config.ema_decay, config.ema_warmup)
+        decay = [p for p in self.model.parameters() if p.requires_grad and p.ndim >= 2]
+        no_decay = [p for p in self.model.parameters() if p.requires_grad and p.ndim < 2]
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": config.weight_decay},
+             {"params": no_decay, "weight_decay": 0.0}],
+            lr=config.lr_at(0), betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_eps)
+
+        # Schedule tables: the reference's float64 values, cast once (never recomputed here).
+        self._sqrt_alpha_bar = torch.tensor(self.schedule.sqrt_alpha_bars, dtype=torch.float32, device=device)
+        self._sqrt_one_minus_alpha_bar = torch.tensor(self.schedule.sqrt_one_minus_alpha_bars,
+                                                         dtype=torch.float32, device=device)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.sampler = EpochSampler(len(dataset), config.seed)
+        self.step = 0              # steps attempted (the noise stream index)
+        self.optimizer_steps = 0   # steps applied
+        self.skipped_steps = 0
+        self.consecutive_nonfinite = 0
+        self.history: dict[str, list[float]] = {"step": [], "loss": [], "grad_norm": [], "lr": []}
+        self.use_bf16 = device.type == "cuda" and config.mixed_precision in ("auto", "bf16")
+        if config.mixed_precision == "bf16" and device.type != "cuda":
+            log.warning("mixed_precision='bf16' is only used on CUDA; training in float32 on %s", device)
+
+    # ------------------------------------------------------------------ validation
+    def _check_dataset(self, dataset: ImageDataset) -> None:
+        cfg = self.unet_config
+        expected = (cfg.in_channels, cfg.image_size, cfg.image_size)
+        if dataset.image_shape != expected:
+            raise ValueError(f"dataset images have shape (C, H, W) = {dataset.image_shape}, the model "
+                             f"expects {expected}; load the data with image_size={cfg.image_size}, "
+                             f"channels={cfg.in_channels}")
+        if cfg.num_classes is not None:
+            if dataset.labels is None:
+                raise ValueError(f"the model is class-conditional (num_classes={cfg.num_classes}) but "
+                                 f"the dataset {dataset.source!r} has no labels")
+            if dataset.num_classes > cfg.num_classes:
+                raise ValueError(f"dataset has {dataset.num_classes} classes, the model only "
+                                 f"num_classes={cfg.num_classes}")
+
+    def check_batch(self, x0: torch.Tensor, y: torch.Tensor | None) -> None:
+        """Raise TypeError/ValueError unless (x0, y) fit the model (shape, dtype, class range)."""
+        cfg = self.unet_config
+        if not isinstance(x0, torch.Tensor) or not x0.is_floating_point():
+            raise TypeError(f"x0 must be a float tensor, got {getattr(x0, 'dtype', type(x0).__name__)}")
+        expected = (cfg.in_channels, cfg.image_size, cfg.image_size)
+        if x0.ndim != 4 or tuple(x0.shape[1:]) != expected:
+            raise ValueError(f"x0 must have shape (N, {', '.join(map(str, expected))}), got {tuple(x0.shape)}")
+        if cfg.num_classes is None:
+            if y is not None:
+                raise ValueError("y (class labels) given but the model is unconditional (num_classes=None)")
+            return
+        if y is None:
+            raise ValueError(f"the model is class-conditional (num_classes={cfg.num_classes}); y is required")
+        if y.dtype != torch.int64 or y.shape != (x0.shape[0],):
+            raise ValueError(f"y must be int64 of shape ({x0.shape[0]},), got {y.dtype} {tuple(y.shape)}")
+        if y.numel() and (int(y.min()) < 0 or int(y.max()) > cfg.num_classes):
+            raise ValueError(f"y must lie in [0, {cfg.num_classes}] ({cfg.num_classes} = null class), "
+                             f"got min {int(y.min())} max {int(y.max())}")
+
+    # ------------------------------------------------------------------ the objective
+    def target(self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The regression target of reference.training_target: eps, x0, or
+        v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x0 (Salimans & Ho 2022)."""
+        prediction = self.config.prediction
+        if prediction == "epsilon":
+            return eps
+        if prediction == "sample":
+            return x0
+        shape = (-1,) + (1,) * (x0.ndim - 1)
+        return (self._sqrt_alpha_bar[t].view(shape) * eps
+                - self._sqrt_one_minus_alpha_bar[t].view(shape) * x0)
+
+    def loss_weights(self, t: torch.Tensor) -> torch.Tensor | None:
+        """(N,) float32 Min-SNR-gamma weights from reference.min_snr_weights, or None."""
+        if self.config.min_snr_gamma is None:
+            return None
+        w = reference.min_snr_weights(t.cpu().numpy(), self.schedule, self.config.prediction,
+                                      self.config.min_snr_gamma)
+        return torch.as_tensor(w, dtype=torch.float32, device=t.device)
+
+    def compute_loss(self, x0: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None,
+                     samples: torch.Tensor, step: int) -> torch.Tensor:
+        """The weighted MSE of this rank's batch (a scalar with grad).
+
+        x0: (n, C, H, W) float32 on the device; t: (n,) int64; y: (n,) int64 or None;
+        samples: (n,) the global batch positions keying the noise stream; step: its stream offset.
+        """
+        self.check_batch(x0, y)
+        x_t, eps = kernels.q_sample(x0, t, self._sqrt_alpha_bar, self._sqrt_one_minus_alpha_bar,
+                                    noise=None, seed=self.config.seed, samples=samples,
+                                    stream=reference.TRAIN_STREAM_BASE + step)
+        target = self.target(x0, eps, t)
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=self.use_bf16):
+            out = self.ddp_model(x_t, t, y)
+        per_sample = (out.float() - target).pow(2).flatten(1).mean(dim=1)
+        weights = self.loss_weights(t)
+        return per_sample.mean() if weights is None else (weights * per_sample).mean()
+
+    # ------------------------------------------------------------------ one step
+    def _draw_batch(self):
+        """Global-batch draws (identical on every rank), then this rank's slice, on the device."""
+        cfg, B = self.config, self.config.batch_size
+        indices = torch.from_numpy(self.sampler.next(B))
+        t = torch.randint(0, self.schedule.T, (B,), generator=self.generator, dtype=torch.int64)
+        drop = torch.rand(B, generator=self.generator) < cfg.label_dropout
+        flip = torch.rand(B, generator=self.generator) < 0.5
+        mine = rank_slice(B, self.ctx)
+        device = self.ctx.device
+        idx = indices[mine]
+        x0 = self.dataset.images[idx]
+        if self.dataset.hflip:
+            x0 = torch.where(flip[mine].view(-1, 1, 1, 1), x0.flip(-1), x0)
+        y = None
+        if self.unet_config.num_classes is not None:
+            y = torch.where(drop[mine], self.unet_config.num_classes, self.dataset.labels[idx])
+            y = y.to(device)
+        samples = torch.arange(B, dtype=torch.int64)[mine].to(device)
+        return x0.to(device), t[mine].to(device), y, samples
+
+    def _grad_norm(self) -> torch.Tensor:
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        if self.config.grad_clip is not None:
+            return torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
+        if not params:
+            return torch.zeros(())
+        return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad.float()) for p in params]))
+
+    def train_step(self) -> StepResult:
+        """One optimisation step on the next global batch (skipped if non-finite)."""
+        self.model.train()
+        step = self.step
+        x0, t, y, samples = self._draw_batch()
+        loss = self.compute_loss(x0, t, y, samples, step)
+        loss.backward()  # always, so DDP's all-reduce runs on every rank even for a NaN loss
+        grad_norm = float(self._grad_norm())
+        mean_loss = float(all_reduce_mean(loss, self.ctx))
+        lr = self.config.lr_at(self.optimizer_steps)
+        skipped = not (math.isfinite(mean_loss) and math.isfinite(grad_norm))
+        if skipped:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.skipped_steps += 1
+            self.consecutive_nonfinite += 1
+            log.warning("step %d skipped: non-finite loss %s or gradient norm %s (%d in a row, %d total)",
+                        step, mean_loss, grad_norm, self.consecutive_nonfinite, self.skipped_steps)
+        else:
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.ema.update(self.model)
+            self.optimizer_steps += 1
+            self.consecutive_nonfinite = 0
+        self.step += 1
+        for key, value in (("step", step), ("loss", mean_loss), ("grad_norm", grad_norm), ("lr", lr)):
+            self.history[key].append(value)
+        if self.consecutive_nonfinite >= self.config.max_consecutive_nonfinite:
+            raise NonFiniteLossError(
+                f"training stopped at step {step}: {self.consecutive_nonfinite} consecutive steps had a "
+                f"non-finite loss or gradient (last loss {mean_loss}, gradient norm {grad_norm}); "
+                f"lower the learning rate (now {lr:g}), keep grad_clip on, or check the data for NaN")
+        return StepResult(step, mean_loss, grad_norm, lr, skipped)
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self, steps: int | None = None, *, run_dir=None, checkpoint_every: int | None = None,
+            keep_last: int | None = 3, progress: bool = True, callback=None) -> list[StepResult]:
+        """Train until `self.step == steps` (default config.steps), saving to run_dir every
+        `checkpoint_every` steps and at the end. callback(trainer, result) after every step."""
+        from tqdm.auto import tqdm
+
+        target = self.config.steps if steps is None else int(steps)
+        if target < self.step:
+            raise ValueError(f"steps={target} is behind the trainer, which is at step {self.step}")
+        if checkpoint_every is not None and checkpoint_every < 1:
+            raise ValueError(f"checkpoint_every must be a positive int or None, got {checkpoint_every!r}")
+        results = []
+        bar = tqdm(total=target, initial=self.step, disable=not (progress and self.ctx.is_main),
+                   desc="train", unit="step", dynamic_ncols=True)
+        start, start_step = time.perf_counter(), self.step
+        try:
+            while self.step < target:
+                result = self.train_step()
+                results.append(result)
+                bar.update(1)
+                bar.set_postfix(loss=f"{result.loss:.4f}", skipped=self.skipped_steps, refresh=False)
+                if callback is not None:
+                    callback(self, result)
+                if run_dir is not None and checkpoint_every and self.step % checkpoint_every == 0 \
+                        and self.step < target:
+                    self.save(run_dir, keep_last=keep_last)
+        finally:
+            bar.close()
+        if run_dir is not None:
+            self.save(run_dir, keep_last=keep_last)
+        elapsed = time.perf_counter() - start
+        if self.ctx.is_main and self.step > start_step:
+            log.info("trained %d steps in %.1f s (%.2f step/s)", self.step - start_step, elapsed,
+                     (self.step - start_step) / max(elapsed, 1e-9))
+        return results
+
+    # ------------------------------------------------------------------ checkpoints
+    def trainer_state(self) -> dict:
+        return {
+            "step": self.step,
+            "optimizer_steps": self.optimizer_steps,
+            "skipped_steps": self.skipped_steps,
+            "consecutive_nonfinite": self.consecutive_nonfinite,
+            "optimizer": self.optimizer.state_dict(),
+            "ema_num_updates": self.ema.num_updates,
+            "generator": self.generator.get_state(),
+            "sampler": self.sampler.state_dict(),
+            "rng": capture_rng_states(),
+            "history": {k: list(v) for k, v in self.history.items()},
+            "world_size": self.ctx.world_size,
+        }
+
+    def save(self, run_dir, keep_last: int | None = 3) -> Path | None:
+        """Write a checkpoint of the current step (rank 0 only; every rank waits for it)."""
+        path = None
+        if self.ctx.is_main:
+            cfg = checkpoint_config(self.unet_config, self.schedule, training=self.config.to_dict(),
+                                    data={"source": self.dataset.source, "size": len(self.dataset),
+                                          "class_names": self.dataset.class_names},
+                                    step=self.step)
+            path = save_checkpoint(run_dir, self.step, model_state=self.model.state_dict(),
+                                   ema_state=self.ema.state_dict(), config=cfg,
+                                   trainer_state=self.trainer_state(), keep_last=keep_last)
+        barrier(self.ctx)
+        return path
+
+    def load(self, checkpoint: Checkpoint | str | Path) -> None:
+        """Restore everything from a checkpoint (or a run/checkpoint directory) of this model."""
+        if not isinstance(checkpoint, Checkpoint):
+            checkpoint = load_checkpoint(checkpoint, map_location="cpu")
+        checkpoint.check_compatible(self.unet_config)
+        if not np.array_equal(checkpoint.schedule.betas, self.schedule.betas):
+            raise CheckpointError(f"checkpoint {checkpoint.path} was trained with schedule "
+                                  f"{checkpoint.schedule!r}, this trainer uses {self.schedule!r}")
+        state = checkpoint.trainer_state
+        if state is None:
+            raise CheckpointError(f"checkpoint {checkpoint.path} was loaded without its trainer state")
+        if state.get("world_size", 1) != self.ctx.world_size:
+            log.info("resuming a %d-process run on %d processes (same global batch, same draws)",
+                     state.get("world_size", 1), self.ctx.world_size)
+        self.model.load_state_dict(checkpoint.model_state)
+        self.ema.load_state_dict(checkpoint.ema_state, state["ema_num_updates"])
+        self.ema.to(self.ctx.device)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        self.sampler.load_state_dict(state["sampler"])
+        restore_rng_states(state["rng"])
+        self.step = int(state["step"])
+        self.optimizer_steps = int(state["optimizer_steps"])
+        self.skipped_steps = int(state["skipped_steps"])
+        self.consecutive_nonfinite = int(state["consecutive_nonfinite"])
+        self.history = {k: list(v) for k, v in state["history"].items()}
