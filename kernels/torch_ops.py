@@ -137,10 +137,14 @@ def sampler_step(x_t, model_output, coefficients, model_output_uncond, guidance_
     compute = torch.float64
     ndim = x_t.dim()
     col = [_per_sample(coefficients[:, k].to(compute), ndim) for k in range(8)]
-    out = model_output.to(compute)
+    out = model_output
     if model_output_uncond is not None:
-        uncond = model_output_uncond.to(compute)
-        out = uncond + guidance_scale * (out - uncond)  # reference.classifier_free_guidance
+        # reference.classifier_free_guidance, in the storage precision (float32 at least), as
+        # the reference computes it for float32 arrays (w rounded to float32, NEP 50)
+        storage = torch.float64 if x_t.dtype == torch.float64 else torch.float32
+        out, uncond = out.to(storage), model_output_uncond.to(storage)
+        out = uncond + guidance_scale * (out - uncond)
+    out = out.to(compute)
     xt = x_t.to(compute)
     x0 = col[0] * xt + col[1] * out
     eps = col[2] * xt + col[3] * out

@@ -1,0 +1,82 @@
+"""Forward noising in one pass, Triton  (reference.q_sample; DDPM Eq. 4).
+
+    x_t = sqrt_alpha_bar[t_n] x0 + sqrt_one_minus_alpha_bar[t_n] eps
+
+One flat pass over memory (NCHW-contiguous or channels_last, every tensor in x0's layout);
+per-sample t gathered per element (cached), float32 arithmetic, one rounding at the store.
+With DRAW_NOISE, eps comes from the noise stream and is written out for the loss.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..layout import channels_and_spatial, dense_layout, empty_like_layout, same_layout_or_copy
+from . import record_decoration
+from .launch import elementwise_block
+from .philox import NORMAL_FP64, logical_index, stream_normal
+
+record_decoration()
+
+__all__ = ["q_sample"]
+
+
+@triton.jit
+def _q_sample_kernel(x0_ptr,            # (N, ...) input, memory order of its layout
+                     noise_ptr,         # (N, ...) eps input (unused with DRAW_NOISE)
+                     x_t_ptr,           # (N, ...) output, same layout
+                     noise_out_ptr,     # (N, ...) drawn eps output (only with DRAW_NOISE)
+                     t_ptr,             # (N,) int64/int32 timesteps
+                     sqrt_alpha_bar_ptr,            # (T,) float32/float64
+                     sqrt_one_minus_alpha_bar_ptr,  # (T,) float32/float64
+                     samples_ptr, stream_ptr,       # (N,) int64 (only with HAS_SAMPLES/HAS_STREAM)
+                     seed, stream_scalar, total, numel, T, C, HW,
+                     DRAW_NOISE: tl.constexpr, HAS_SAMPLES: tl.constexpr, HAS_STREAM: tl.constexpr,
+                     CHANNELS_LAST: tl.constexpr, FP64: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < total
+    n = offs // numel
+    t = tl.load(t_ptr + n, mask=mask, other=0).to(tl.int64)
+    t_ok = (t >= 0) & (t < T)
+    t = tl.where(t_ok, t, 0)  # never read outside the tables; the sample becomes NaN below
+    sqrt_alpha_bar = tl.load(sqrt_alpha_bar_ptr + t, mask=mask, other=0.0).to(tl.float32)
+    sqrt_one_minus_alpha_bar = tl.load(sqrt_one_minus_alpha_bar_ptr + t, mask=mask, other=0.0).to(tl.float32)
+    x0 = tl.load(x0_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    if DRAW_NOISE:
+        j = logical_index(offs - n * numel, C, HW, CHANNELS_LAST)
+        eps = stream_normal(seed, n, j, mask, samples_ptr, stream_ptr, stream_scalar,
+                            HAS_SAMPLES, HAS_STREAM, FP64)
+        tl.store(noise_out_ptr + offs, eps.to(noise_out_ptr.dtype.element_ty), mask=mask)
+    else:
+        eps = tl.load(noise_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    x_t = sqrt_alpha_bar * x0 + sqrt_one_minus_alpha_bar * eps
+    x_t = tl.where(t_ok, x_t, float("nan"))
+    tl.store(x_t_ptr + offs, x_t.to(x_t_ptr.dtype.element_ty), mask=mask)
+
+
+def q_sample(x0, t, sqrt_alpha_bar, sqrt_one_minus_alpha_bar, noise, seed, samples, stream):
+    """kernels.q_sample on Triton (validated inputs). x0 in neither NCHW-contiguous nor
+    channels_last layout is copied once to contiguous; noise is brought to x0's layout."""
+    layout = dense_layout(x0) or "contiguous"
+    x0 = same_layout_or_copy(x0, layout)
+    draw = noise is None
+    if not draw:
+        noise = same_layout_or_copy(noise, layout)
+    x_t = empty_like_layout(x0, layout)
+    noise_out = empty_like_layout(x0, layout) if draw else x_t
+    batch = x0.shape[0]
+    numel = x0.numel() // batch
+    C, HW = channels_and_spatial(x0)
+    has_stream = isinstance(stream, torch.Tensor)
+    total = x0.numel()
+    block = elementwise_block(total)
+    _q_sample_kernel[(triton.cdiv(total, block),)](
+        x0, x0 if draw else noise, x_t, noise_out, t, sqrt_alpha_bar, sqrt_one_minus_alpha_bar,
+        samples if samples is not None else t, stream if has_stream else t,
+        0 if seed is None else seed, 0 if has_stream else int(stream), total, numel,
+        sqrt_alpha_bar.numel(), C, HW,
+        DRAW_NOISE=draw, HAS_SAMPLES=samples is not None, HAS_STREAM=has_stream,
+        CHANNELS_LAST=layout == "channels_last", FP64=NORMAL_FP64, BLOCK=block)
+    return x_t, (noise_out if draw else noise)
