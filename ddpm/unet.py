@@ -180,10 +180,10 @@ class UNet(nn.Module):
     autocast). Values of t and y are range-checked whenever that needs no device sync (CPU
     tensors) and on CUDA outside of CUDA-graph capture.
 
-    Initialisation: see `reset_parameters`.
+    Initialisation: see `reset_parameters` (the reference UNet's scheme).
     """
 
-    def __init__(self, config: UNetConfig):
+    def __init__(self, config: UNetConfig, *, zero_init: bool = True):
         super().__init__()
         if not isinstance(config, UNetConfig):
             raise TypeError(f"config must be a reference.UNetConfig, got {type(config).__name__}")
@@ -241,7 +241,7 @@ class UNet(nn.Module):
         freqs = sinusoidal_frequencies(cfg.ch, cfg.freq_shift)
         self.register_buffer("time_frequency_bits", torch.from_numpy(freqs.view(np.int64).copy()),
                              persistent=False)
-        self.reset_parameters()
+        self.reset_parameters(zero_init)
 
     # ------------------------------------------------------------------ properties
 
@@ -261,8 +261,15 @@ class UNet(nn.Module):
     # ------------------------------------------------------------------ initialisation
 
     @torch.no_grad()
-    def reset_parameters(self) -> None:
-        """torch's default layer initialisation (as diffusers' UNet2DModel), norms 1 and 0."""
+    def reset_parameters(self, zero_init: bool = True) -> None:
+        """The reference UNet's initialisation (`reference.UNet`), drawn from torch's generator.
+
+        Conv and linear weights and biases U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (torch's
+        defaults, kaiming_uniform(a=sqrt(5))), GroupNorm weight 1 and bias 0, class embedding
+        N(0, 1). zero_init (as the original DDPM code): every ResBlock's conv2, every attention's
+        to_out.0 and conv_out start at zero, so the untrained net outputs 0 and each residual
+        block is the identity.
+        """
         for module in self.modules():
             if isinstance(module, (nn.Conv2d, nn.Linear, nn.Embedding)):
                 module.reset_parameters()
@@ -271,6 +278,10 @@ class UNet(nn.Module):
                     module.weight.fill_(1.0)
                 if getattr(module, "bias", None) is not None:
                     module.bias.zero_()
+        if zero_init:
+            for name, p in self.named_parameters():
+                if ".conv2." in name or ".to_out.0." in name or name.startswith("conv_out."):
+                    p.zero_()
 
     # ------------------------------------------------------------------ inputs
 

@@ -213,7 +213,7 @@ def test_outputs_equal_diffusers_in_float64(UNet2DModel, config):
 def test_state_dict_round_trip_through_diffusers(UNet2DModel):
     config = SMALL_CIFAR
     torch.manual_seed(3)
-    ours = ddpm.UNet(config)
+    ours = ddpm.UNet(config, zero_init=False)
     state = to_diffusers(ours)
     assert list(state) == list(reference.parameter_shapes(config))
     theirs = UNet2DModel(**{k: v for k, v in diffusers_config(config).items() if not k.startswith("_")})
@@ -230,7 +230,7 @@ def test_safetensors_file_round_trip(tmp_path):
     config = reference.UNetConfig.tiny(num_classes=3, flip_sin_to_cos=True, image_size=8,
                                        attn_resolutions=(4,))
     torch.manual_seed(4)
-    model = ddpm.UNet(config).double()
+    model = ddpm.UNet(config, zero_init=False).double()
     path = save_diffusers(model, tmp_path / "unet.safetensors")
     loaded = ddpm.UNet.from_diffusers(path)  # config from the file's metadata
     assert loaded.config == config and loaded.dtype == torch.float64
@@ -244,7 +244,7 @@ def test_safetensors_file_round_trip(tmp_path):
 def test_save_pretrained_directories_load_both_ways(UNet2DModel, tmp_path):
     config = SMALL_CIFAR
     torch.manual_seed(5)
-    model = ddpm.UNet(config).double().eval()
+    model = ddpm.UNet(config, zero_init=False).double().eval()
     save_diffusers(model, tmp_path / "ours")
     theirs = UNet2DModel.from_pretrained(tmp_path / "ours").double().eval()  # a local directory
     theirs.time_proj = Float64TimeProj(config)
@@ -296,7 +296,7 @@ def _legacy(state: dict, conv_shaped: bool) -> dict:
 def test_legacy_attention_names_load(conv_shaped):
     config = SMALL_CIFAR
     torch.manual_seed(7)
-    model = ddpm.UNet(config)
+    model = ddpm.UNet(config, zero_init=False)
     legacy = _legacy(model.state_dict(), conv_shaped)
     assert any(".query.weight" in k for k in legacy) and any(".proj_attn.bias" in k for k in legacy)
     loaded = ddpm.UNet.from_diffusers(legacy, config)

@@ -246,7 +246,7 @@ def test_torch_schedule_respace_and_use_in_sample():
 def test_training_mode_model_is_sampled_in_eval_and_restored():
     config = reference.UNetConfig.tiny(dropout=0.5)
     torch.manual_seed(0)
-    model = ddpm.UNet(config).double().train()
+    model = ddpm.UNet(config, zero_init=False).double().train()
     schedule = _schedule()
     a = ddpm.sample(model, (2, 1, 4, 4), schedule, num_steps=3, dtype=torch.float64)
     b = ddpm.sample(model, (2, 1, 4, 4), schedule, num_steps=3, dtype=torch.float64)
