@@ -172,6 +172,41 @@ def test_float32_sampling_tracks_the_float64_reference():
     assert_close(out, expected, atol=1e-5, rtol=1e-5, name="float32 x_0")
 
 
+@pytest.fixture(scope="module")
+def unet_pair():
+    """The reference UNet and ddpm.UNet with the same weights (tiny, class-conditional, float64)."""
+    config = reference.UNetConfig.tiny(num_classes=NUM_CLASSES, num_heads=2)
+    ref = reference.UNet(config, seed=3, zero_init=False)
+    model = ddpm.UNet(config).double()
+    model.load_numpy_params(ref.params)
+    return ref, model
+
+
+@pytest.mark.parametrize("sampler, reference_fn, kwargs", [
+    ("ddim", reference.sample_ddim, dict(num_steps=5, eta=0.5)),
+    ("dpm_solver++", reference.sample_dpm_solver_pp, dict(num_steps=4)),
+])
+def test_unet_guided_sampling_equals_reference_unet_sampling(unet_pair, sampler, reference_fn, kwargs):
+    ref, model = unet_pair
+    y = np.array([1, 3, 0, 2])
+    shape = (4, 1, 4, 4)
+    torch_steps, reference_steps = [], []
+    out = ddpm.sample(model, shape, _schedule(), sampler=sampler, seed=9, y=y, guidance_scale=2.5,
+                      dtype=torch.float64, callback=lambda k, t, x: torch_steps.append((k, t, x)),
+                      **kwargs)
+    expected = reference_fn(reference.guided(ref, y, NUM_CLASSES, 2.5), shape, _schedule(), 9,
+                            callback=lambda k, t, x: reference_steps.append((k, t, x)), **kwargs)
+    _assert_same_trajectory(torch_steps, reference_steps, out, expected)
+
+
+def test_unet_sample_is_the_same_in_a_batch_of_one_or_five(unet_pair):
+    _, model = unet_pair
+    kwargs = dict(sampler="ddpm", num_steps=6, seed=4, dtype=torch.float64, guidance_scale=1.5)
+    batch = ddpm.sample(model, (5, 1, 4, 4), _schedule(), y=[0, 1, 2, 0, 1], **kwargs)
+    single = ddpm.sample(model, (1, 1, 4, 4), _schedule(), y=[0], samples=[3], **kwargs)
+    assert_close(single[0], batch[3], **TOL, name="sample 3")
+
+
 # ----------------------------------------------------------------------------- batch invariance
 
 @pytest.mark.parametrize("sampler, kwargs", [
