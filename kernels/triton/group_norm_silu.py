@@ -13,8 +13,9 @@ forward   1. _stats_kernel:    per-chunk (count, mean, M2), a Welford update per
 backward  1. _backward_partials_kernel: recomputes x_hat and z = w x_hat + b from x (nothing but
                                mean/rstd is saved), dz = dy silu'(z), and per-(n, c, chunk) sums
                                of dz, dz x_hat, x_hat -> partial (3, N G, S, Cg)
-          2. torch sums over chunks and samples (deterministic; small tensors): dweight, dbias,
-                               the per-group means of dx_hat and dx_hat x_hat, dshift
+          2. group_norm_reduce.backward_stage2: torch sums over chunks and samples
+                               (deterministic; (N, C)-sized): dweight, dbias, the per-group
+                               means of dx_hat and dx_hat x_hat, dshift
           3. _backward_dx_kernel: dx = rstd (w dz - mean(dx_hat) - x_hat mean(dx_hat x_hat))
 No atomics: results are bitwise reproducible for a given shape and device.
 Statistics and all arithmetic are float32 whatever the storage dtype.
@@ -26,6 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..group_norm_reduce import backward_stage2
 from ..layout import dense_layout, empty_like_layout, same_layout_or_copy
 from . import record_decoration
 from .launch import interpreted, next_power_of_2, target_programs
@@ -337,24 +339,9 @@ def backward(dy, x, weight, bias, shift, mean, rstd, groups: int, activation: bo
                                     G, Cg, HW, hw_per, S, sN, sC, sHW, shN, shC,
                                     NEED_X_HAT_SUM=need_dshift, **common)
     # stage 2: deterministic sums over chunks (and samples) of small (N, C)-sized tensors
-    sums = partial.view(3, N, G, S, Cg).sum(dim=3)             # (3, N, G, Cg)
-    sum_dz, sum_dz_x_hat, sum_x_hat = sums[0], sums[1], sums[2]
-    w32 = w.to(torch.float32).view(1, G, Cg) if w is not None else None
-    sum_dx_hat = sum_dz * w32 if w32 is not None else sum_dz                    # per (n, c)
-    sum_dx_hat_x_hat = sum_dz_x_hat * w32 if w32 is not None else sum_dz_x_hat
-    M = Cg * HW
-    mean_dx_hat = (sum_dx_hat.sum(dim=2) / M).reshape(N * G).contiguous()
-    mean_dx_hat_x_hat = (sum_dx_hat_x_hat.sum(dim=2) / M).reshape(N * G).contiguous()
-    dx = dweight = dbias = dshift = None
-    if need_dweight and w is not None:
-        dweight = sum_dz_x_hat.sum(dim=0).reshape(C).to(weight.dtype)
-    if need_dbias and b is not None:
-        dbias = sum_dz.sum(dim=0).reshape(C).to(bias.dtype)
-    if need_dshift:
-        rstd_g = rstd.view(N, G, 1)
-        dshift = rstd_g * (sum_dx_hat - HW * mean_dx_hat.view(N, G, 1)
-                           - mean_dx_hat_x_hat.view(N, G, 1) * sum_x_hat)
-        dshift = dshift.reshape(N, C).to(shift.dtype)
+    mean_dx_hat, mean_dx_hat_x_hat, dweight, dbias, dshift = backward_stage2(
+        partial, w, b, shift, rstd, N, G, Cg, HW, need_dweight, need_dbias, need_dshift)
+    dx = None
     if need_dx:
         dx = empty_like_layout(x, layout)
         _backward_dx_kernel[grid](dy, x, dx, w if w is not None else x, b if b is not None else x,

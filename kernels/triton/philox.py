@@ -13,22 +13,19 @@ last-ulp differences of libdevice's float64 log/cos, at the cost of float64 tran
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 from triton.language.random import philox as _triton_philox
 
+from .. import config
 from . import record_decoration
 from .launch import elementwise_block
 
 record_decoration()
 
-__all__ = ["stream_normal", "logical_index", "normal", "philox_words", "NORMAL_FP64"]
+__all__ = ["stream_normal", "logical_index", "normal", "philox_words"]
 
-# Box-Muller precision of the fused kernels (see module docstring); fixed per process.
-NORMAL_FP64 = os.environ.get("DDPM_KERNELS_NORMAL_FP64", "0") not in ("", "0")
 
 
 @triton.jit
@@ -117,7 +114,7 @@ def normal(seed: int, samples: torch.Tensor, stream, shape: tuple[int, ...],
     block = elementwise_block(total)
     _normal_kernel[(triton.cdiv(total, block),)](
         out, samples, stream if has_stream else samples, seed, 0 if has_stream else int(stream),
-        total, numel, HAS_SAMPLES=True, HAS_STREAM=has_stream, FP64=NORMAL_FP64, BLOCK=block)
+        total, numel, HAS_SAMPLES=True, HAS_STREAM=has_stream, FP64=config.NORMAL_FP64, BLOCK=block)
     return out
 
 

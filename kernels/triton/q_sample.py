@@ -16,7 +16,8 @@ import triton.language as tl
 from ..layout import channels_and_spatial, dense_layout, empty_like_layout, same_layout_or_copy
 from . import record_decoration
 from .launch import elementwise_block
-from .philox import NORMAL_FP64, logical_index, stream_normal
+from .. import config
+from .philox import logical_index, stream_normal
 
 record_decoration()
 
@@ -78,5 +79,5 @@ def q_sample(x0, t, sqrt_alpha_bar, sqrt_one_minus_alpha_bar, noise, seed, sampl
         0 if seed is None else seed, 0 if has_stream else int(stream), total, numel,
         sqrt_alpha_bar.numel(), C, HW,
         DRAW_NOISE=draw, HAS_SAMPLES=samples is not None, HAS_STREAM=has_stream,
-        CHANNELS_LAST=layout == "channels_last", FP64=NORMAL_FP64, BLOCK=block)
+        CHANNELS_LAST=layout == "channels_last", FP64=config.NORMAL_FP64, BLOCK=block)
     return x_t, (noise_out if draw else noise)

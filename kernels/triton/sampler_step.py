@@ -20,7 +20,8 @@ import triton.language as tl
 from ..layout import channels_and_spatial, dense_layout, empty_like_layout, same_layout_or_copy
 from . import record_decoration
 from .launch import elementwise_block
-from .philox import NORMAL_FP64, logical_index, stream_normal
+from .. import config
+from .philox import logical_index, stream_normal
 
 record_decoration()
 
@@ -110,7 +111,7 @@ def sampler_step(x_t, model_output, coefficients, model_output_uncond, guidance_
         float(lo), float(hi), total, numel, C, HW,
         HAS_UNCOND=model_output_uncond is not None, CLIP=clip is not None, NOISE_MODE=mode,
         HAS_SAMPLES=samples is not None, HAS_STREAM=has_stream,
-        CHANNELS_LAST=layout == "channels_last", FP64=NORMAL_FP64, BLOCK=block)
+        CHANNELS_LAST=layout == "channels_last", FP64=config.NORMAL_FP64, BLOCK=block)
     if out is not None and not direct:
         return out.copy_(x_prev)
     return x_prev

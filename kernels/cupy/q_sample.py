@@ -1,0 +1,104 @@
+"""Forward noising in one pass, CUDA C  (reference.q_sample; DDPM Eq. 4).
+
+    x_t = sqrt_alpha_bar[t_n] x0 + sqrt_one_minus_alpha_bar[t_n] eps
+
+A grid-stride loop over memory (every tensor in x0's layout, NCHW-contiguous or channels_last);
+float32 arithmetic with explicit round-to-nearest products and sum (no FMA contraction), i.e.
+the reference's float32 evaluation. With draw_noise, eps comes from the noise stream and is
+written out. t out of [0, T) gives NaN for that sample (device-side guard, no sync).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .. import config
+from ..layout import channels_and_spatial, dense_layout, empty_like_layout, same_layout_or_copy
+from .philox import PHILOX_CUH, seed_words
+from .runtime import STORAGE_CUH, address, get_kernel, grid_1d, launch, storage_id
+
+__all__ = ["q_sample"]
+
+_SOURCE = STORAGE_CUH + PHILOX_CUH + r"""
+extern "C" __global__ void q_sample_kernel(
+        unsigned long long x0_addr,         /* (N, ...) storage_t, memory order of its layout */
+        unsigned long long noise_addr,      /* (N, ...) storage_t eps (unused with draw_noise) */
+        unsigned long long x_t_addr,        /* (N, ...) storage_t out */
+        unsigned long long noise_out_addr,  /* (N, ...) storage_t drawn eps out (draw_noise) */
+        unsigned long long t_addr,          /* (N,) int64 */
+        unsigned long long sqrt_alpha_bar_addr,            /* (T,) float32 */
+        unsigned long long sqrt_one_minus_alpha_bar_addr,  /* (T,) float32 */
+        unsigned long long samples_addr,    /* (N,) int64 or 0 (= arange) */
+        unsigned long long streams_addr,    /* (N,) int64 or 0 (= stream_scalar) */
+        unsigned int seed_lo, unsigned int seed_hi, long long stream_scalar,
+        long long total, long long numel, long long T, long long C, long long HW,
+        int draw_noise, int channels_last) {
+    const storage_t* x0 = (const storage_t*)x0_addr;
+    const storage_t* noise = (const storage_t*)noise_addr;
+    storage_t* x_t = (storage_t*)x_t_addr;
+    storage_t* noise_out = (storage_t*)noise_out_addr;
+    const long long* t = (const long long*)t_addr;
+    const float* sqrt_alpha_bar = (const float*)sqrt_alpha_bar_addr;
+    const float* sqrt_one_minus_alpha_bar = (const float*)sqrt_one_minus_alpha_bar_addr;
+    const long long* samples = (const long long*)samples_addr;
+    const long long* streams = (const long long*)streams_addr;
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
+         i += (long long)blockDim.x * gridDim.x) {
+        const long long n = i / numel;
+        const long long tn = t[n];
+        float eps;
+        if (draw_noise) {
+            long long sample, stream;
+            sample_and_stream(n, samples, streams, stream_scalar, &sample, &stream);
+            eps = stream_normal(seed_lo, seed_hi, logical_index(i - n * numel, C, HW, channels_last),
+                                sample, stream);
+            store_f32(noise_out, i, eps);
+        } else {
+            eps = load_f32(noise, i);
+        }
+        float value;
+        if (tn < 0 || tn >= T) {
+            value = __int_as_float(0x7fc00000);  /* t out of range: NaN, never a table overread */
+        } else {
+            value = __fadd_rn(__fmul_rn(sqrt_alpha_bar[tn], load_f32(x0, i)),
+                              __fmul_rn(sqrt_one_minus_alpha_bar[tn], eps));
+        }
+        store_f32(x_t, i, value);
+    }
+}
+"""
+
+BLOCK = 256
+
+
+def q_sample(x0, t, sqrt_alpha_bar, sqrt_one_minus_alpha_bar, noise, seed, samples, stream):
+    """kernels.q_sample on CuPy (validated inputs). x0 in neither NCHW-contiguous nor
+    channels_last layout is copied once to contiguous; noise is brought to x0's layout; t and
+    float64 tables are converted (t to int64, tables to float32, as the reference casts them)."""
+    layout = dense_layout(x0) or "contiguous"
+    x0 = same_layout_or_copy(x0, layout)
+    draw = noise is None
+    if not draw:
+        noise = same_layout_or_copy(noise, layout)
+    x_t = empty_like_layout(x0, layout)
+    noise_out = empty_like_layout(x0, layout) if draw else None
+    t = t.to(torch.int64).contiguous()
+    sqrt_alpha_bar = sqrt_alpha_bar.to(torch.float32).contiguous()
+    sqrt_one_minus_alpha_bar = sqrt_one_minus_alpha_bar.to(torch.float32).contiguous()
+    batch = x0.shape[0]
+    numel = x0.numel() // batch
+    C, HW = channels_and_spatial(x0)
+    has_stream = isinstance(stream, torch.Tensor)
+    total = x0.numel()
+    lo, hi = seed_words(0 if seed is None else seed)
+    kernel = get_kernel(_SOURCE, "q_sample_kernel", STORAGE_ID=storage_id(x0.dtype),
+                        NORMAL_FP64=config.NORMAL_FP64)
+    launch(kernel, (grid_1d(total, BLOCK, x0.device),), (BLOCK,),
+           (address(x0), address(noise), address(x_t), address(noise_out), address(t),
+            address(sqrt_alpha_bar), address(sqrt_one_minus_alpha_bar), address(samples),
+            address(stream if has_stream else None), lo, hi,
+            np.int64(0 if has_stream else stream), np.int64(total), np.int64(numel),
+            np.int64(sqrt_alpha_bar.numel()), np.int64(C), np.int64(HW), np.int32(draw),
+            np.int32(layout == "channels_last")), x0.device)
+    return x_t, (noise_out if draw else noise)
