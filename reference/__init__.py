@@ -42,3 +42,4 @@ from .process import (
 from .sampling import guided, initial_noise, sample_ddim, sample_ddpm, sample_dpm_solver_pp
 from .schedules import SCHEDULE_KINDS, SPACINGS, Schedule, make_schedule, timestep_subset
 from .unet_config import UNetConfig, count_parameters, parameter_shapes
+from .unet import UNet

@@ -13,6 +13,7 @@ returns the gradients under the same names. float64 unless every input is float3
 
 from __future__ import annotations
 
+import math
 from typing import Mapping
 
 import numpy as np
@@ -97,7 +98,7 @@ def attention_block(x: np.ndarray, params: Mapping[str, np.ndarray], groups: int
         raise ValueError(f"num_heads must be a positive int dividing C={c}, got {num_heads!r}")
     _check_params(params, c)
     length, d = h * w, c // num_heads
-    scale = 1.0 / np.sqrt(d)
+    scale = 1.0 / math.sqrt(d)                                       # a Python float keeps float32 float32
 
     hn, norm_cache = group_norm(x, params["group_norm.weight"], params["group_norm.bias"], groups, eps)
     tokens = hn.reshape(n, c, length).transpose(0, 2, 1)              # (N, L, C)
