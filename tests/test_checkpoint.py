@@ -1,0 +1,210 @@
+"""ddpm.checkpoint + Trainer.save/load: atomic saves, bit-exact resume, clear errors for bad files."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+import ddpm
+import reference
+from ddpm import checkpoint as ckpt_module
+from ddpm.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
+from ddpm.data import ImageDataset
+from ddpm.train import TrainConfig, Trainer
+
+SCHEDULE = reference.make_schedule("linear", 50)
+
+
+def tiny_dataset(n: int = 24, classes: int = 3, seed: int = 0, hflip: bool = True) -> ImageDataset:
+    g = torch.Generator().manual_seed(seed)
+    images = torch.rand(n, 1, 4, 4, generator=g) * 2 - 1
+    labels = torch.arange(n) % classes
+    return ImageDataset(images, labels, classes, [str(k) for k in range(classes)], "tiny", hflip=hflip)
+
+
+def make_trainer(init_seed: int = 0, config=None, **overrides) -> Trainer:
+    torch.manual_seed(init_seed)
+    unet_config = config or reference.UNetConfig.tiny(num_classes=3, dropout=0.1)
+    settings = dict(steps=8, batch_size=6, lr=1e-2, warmup_steps=3, lr_schedule="cosine",
+                    grad_clip=0.5, ema_decay=0.9, label_dropout=0.3, seed=11)
+    settings.update(overrides)
+    return Trainer(ddpm.UNet(unet_config), SCHEDULE, TrainConfig(**settings), tiny_dataset())
+
+
+def assert_same_state(a: Trainer, b: Trainer) -> None:
+    for (name, pa), (_, pb) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
+        assert torch.equal(pa, pb), f"parameter {name} differs after resume"
+    for name in a.ema.shadow:
+        assert torch.equal(a.ema.shadow[name], b.ema.shadow[name]), f"EMA {name} differs after resume"
+    sa, sb = a.optimizer.state_dict()["state"], b.optimizer.state_dict()["state"]
+    for k in sa:
+        for key in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(sa[k][key], sb[k][key]), f"optimizer {key} of param {k} differs"
+    assert a.history == b.history
+    assert (a.step, a.optimizer_steps, a.ema.num_updates) == (b.step, b.optimizer_steps, b.ema.num_updates)
+
+
+def test_resume_is_bit_exact_on_cpu(tmp_path):
+    """Train 2N steps == train N, save, load into a fresh process state, train N (atol = 0).
+
+    The config exercises every source of randomness: model dropout (global torch RNG), label
+    dropout, horizontal flips and t (the trainer's generator), data order, the noise stream.
+    """
+    n = 4
+    straight = make_trainer()
+    straight.fit(2 * n, progress=False)
+
+    first = make_trainer()
+    first.fit(n, progress=False, run_dir=tmp_path)
+    # disturb every global RNG and build the resumed trainer from a different initialisation
+    torch.manual_seed(999)
+    np.random.seed(999)
+    random.seed(999)
+    resumed = make_trainer(init_seed=123)
+    resumed.load(tmp_path)
+    assert resumed.step == n
+    resumed.fit(2 * n, progress=False)
+    assert_same_state(straight, resumed)
+
+
+def test_checkpoint_layout_config_and_ema_weights_load_into_a_unet(tmp_path):
+    trainer = make_trainer()
+    trainer.fit(3, progress=False, run_dir=tmp_path)
+    path = latest_checkpoint(tmp_path)
+    assert path == tmp_path / "checkpoints" / "step_00000003"
+    assert (tmp_path / "latest").read_text().strip() == "checkpoints/step_00000003"
+    assert sorted(p.name for p in path.iterdir()) == sorted(ckpt_module.FILES + (ckpt_module.MARKER,))
+    config = json.loads((path / "config.json").read_text())
+    assert config["step"] == 3 and config["unet"] == trainer.unet_config.to_dict()
+    assert config["schedule"]["kind"] == "linear" and config["schedule"]["T"] == 50
+    assert config["training"]["batch_size"] == 6
+    loaded = load_checkpoint(tmp_path)
+    assert loaded.unet_config == trainer.unet_config
+    assert np.array_equal(loaded.schedule.betas, SCHEDULE.betas)
+    model = ddpm.UNet(loaded.unet_config)
+    model.load_state_dict(loaded.ema_state)  # EMA weights are a plain UNet state dict
+    for name, p in model.named_parameters():
+        assert torch.equal(p, trainer.ema.shadow[name])
+
+
+def test_a_save_that_fails_half_way_leaves_the_previous_checkpoint_loadable(tmp_path, monkeypatch):
+    trainer = make_trainer()
+    trainer.fit(2, progress=False, run_dir=tmp_path)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.fit(4, progress=False)
+
+    def crash(obj, f, *args, **kwargs):  # write half a file, then die
+        with open(f, "wb") as handle:
+            handle.write(b"PK\x03\x04 half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ckpt_module.torch, "save", crash)
+    with pytest.raises(OSError, match="disk full"):
+        trainer.save(tmp_path)
+    monkeypatch.undo()
+    # nothing half-written is visible, `latest` still names step 2, and it loads
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_00000002"]
+    loaded = load_checkpoint(tmp_path)
+    assert loaded.step == 2
+    for name, value in before.items():
+        assert torch.equal(loaded.model_state[name], value)
+
+
+def test_a_crash_after_the_directory_move_but_before_latest_still_finds_a_complete_checkpoint(tmp_path):
+    trainer = make_trainer()
+    trainer.fit(2, progress=False, run_dir=tmp_path)
+    trainer.fit(3, progress=False, run_dir=tmp_path)
+    (tmp_path / "latest").write_text("checkpoints/step_99999999\n")  # points at nothing
+    assert load_checkpoint(tmp_path).step == 3  # falls back to the newest complete checkpoint
+
+
+def test_resaving_a_step_and_keep_last(tmp_path):
+    trainer = make_trainer()
+    for target in (1, 2, 3, 4):
+        trainer.fit(target, progress=False)
+        trainer.save(tmp_path, keep_last=2)
+    trainer.save(tmp_path, keep_last=2)  # the same step again replaces it whole
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == ["step_00000003", "step_00000004"]
+    assert load_checkpoint(tmp_path).step == 4
+
+
+@pytest.fixture()
+def saved(tmp_path):
+    trainer = make_trainer()
+    trainer.fit(2, progress=False, run_dir=tmp_path)
+    return latest_checkpoint(tmp_path)
+
+
+def test_truncated_safetensors_is_a_clear_error(saved):
+    model_file = saved / "model.safetensors"
+    data = model_file.read_bytes()
+    model_file.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=r"model.safetensors is truncated or altered: \d+ bytes"):
+        load_checkpoint(saved)
+    with pytest.raises(CheckpointError, match="model.safetensors is not a readable safetensors file"):
+        load_checkpoint(saved, verify=False)
+
+
+def test_garbage_config_json_is_a_clear_error(saved):
+    (saved / "config.json").write_text("{ not json")
+    with pytest.raises(CheckpointError, match="config.json"):
+        load_checkpoint(saved)
+    with pytest.raises(CheckpointError, match="config.json is not valid JSON"):
+        load_checkpoint(saved, verify=False)
+    (saved / "config.json").write_text(json.dumps({"format": "ddpm-checkpoint", "version": 1,
+                                                   "unet": {"ch": "wide"}}))
+    with pytest.raises(CheckpointError, match="invalid UNet config"):
+        load_checkpoint(saved, verify=False)
+
+
+def test_same_size_corruption_is_caught_by_the_hash(saved):
+    state_file = saved / "trainer_state.pt"
+    data = bytearray(state_file.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    state_file.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="trainer_state.pt is corrupt: its SHA-256 differs"):
+        load_checkpoint(saved)
+    state_file.write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="trainer_state.pt cannot be read"):
+        load_checkpoint(saved, verify=False)
+
+
+def test_missing_marker_means_incomplete(saved):
+    (saved / ckpt_module.MARKER).unlink()
+    with pytest.raises(CheckpointError, match="incomplete: the marker COMPLETE.json is missing"):
+        load_checkpoint(saved)
+    # a run directory whose only checkpoint is incomplete has nothing to resume from
+    with pytest.raises(CheckpointError, match="holds no complete checkpoint"):
+        load_checkpoint(saved.parent.parent)
+
+
+def test_checkpoint_of_another_config_is_refused(saved, tmp_path):
+    other = make_trainer(config=reference.UNetConfig.tiny(num_classes=3, ch=6, groups=3))
+    with pytest.raises(CheckpointError, match="different UNet config: ch: checkpoint 4 vs requested 6"):
+        other.load(saved)
+    # weights of another config swapped in under a valid config.json
+    other_dir = tmp_path / "other"
+    other.fit(1, progress=False, run_dir=other_dir)
+    shutil.copy(latest_checkpoint(other_dir) / "model.safetensors", saved / "model.safetensors")
+    with pytest.raises(CheckpointError, match="does not match the UNet config"):
+        load_checkpoint(saved, verify=False)
+
+
+def test_schedule_mismatch_and_bad_paths(saved, tmp_path):
+    trainer = make_trainer()
+    trainer.schedule = reference.make_schedule("cosine", 50)
+    with pytest.raises(CheckpointError, match="schedule"):
+        trainer.load(saved)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "nowhere")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(CheckpointError, match="must be a directory"):
+        load_checkpoint(tmp_path / "file")
+    with pytest.raises(ValueError, match="step must be a non-negative int"):
+        ckpt_module.save_checkpoint(tmp_path, -1, model_state={}, ema_state={}, config={}, trainer_state={})
