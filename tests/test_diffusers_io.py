@@ -41,7 +41,8 @@ REL_TOL = 1e-10
 SMALL_CIFAR = reference.UNetConfig(image_size=16, in_channels=3, out_channels=3, ch=8,
                                    ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(8,),
                                    dropout=0.0, groups=4, eps=1e-6)
-# The config of the hub's DDPM CIFAR-10 checkpoint (google/ddpm-cifar10-32), as diffusers wrote it.
+# The config.json of the hub's DDPM CIFAR-10 checkpoint (google/ddpm-cifar10-32): the keys diffusers'
+# DDPM conversion wrote (older keys such as these, no dropout/add_attention: defaults apply).
 HUB_DDPM_CIFAR10_CONFIG = {
     "_class_name": "UNet2DModel",
     "act_fn": "silu",
@@ -109,6 +110,18 @@ def _inputs(config, n=3, seed=1):
 
 def test_hub_ddpm_cifar10_config_is_the_cifar10_preset():
     assert config_from_diffusers(HUB_DDPM_CIFAR10_CONFIG) == reference.UNetConfig.ddpm_cifar10(dropout=0.0)
+
+
+def test_hub_ddpm_256_layout_maps_attention_levels_by_mirroring():
+    # google/ddpm-cat-256's layout: six levels, attention at 16x16 (down index 4 = up index 1)
+    cfg = {**HUB_DDPM_CIFAR10_CONFIG, "sample_size": 256,
+           "block_out_channels": [128, 128, 256, 256, 512, 512],
+           "down_block_types": ["DownBlock2D"] * 4 + ["AttnDownBlock2D", "DownBlock2D"],
+           "up_block_types": ["UpBlock2D", "AttnUpBlock2D"] + ["UpBlock2D"] * 4}
+    config = config_from_diffusers(cfg)
+    assert config.ch_mult == (1, 1, 2, 2, 4, 4) and config.attn_resolutions == (16,)
+    assert [config.level_has_attention(i) for i in range(6)] == [False] * 4 + [True, False]
+    assert diffusers_config(config)["up_block_types"] == cfg["up_block_types"]
 
 
 @pytest.mark.parametrize("config", [
@@ -216,6 +229,7 @@ def test_state_dict_round_trip_through_diffusers(UNet2DModel):
     ours = ddpm.UNet(config, zero_init=False)
     state = to_diffusers(ours)
     assert list(state) == list(reference.parameter_shapes(config))
+    assert all(torch.equal(state[k], v) for k, v in ours.to_diffusers().items())
     theirs = UNet2DModel(**{k: v for k, v in diffusers_config(config).items() if not k.startswith("_")})
     theirs.load_state_dict(state, strict=True)
     back = ddpm.UNet.from_diffusers(theirs.state_dict(), dict(theirs.config))
