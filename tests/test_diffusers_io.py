@@ -33,7 +33,7 @@ from ddpm.diffusers_io import (
     to_diffusers,
 )
 from reference.layers import timestep_embedding
-from tests.helpers import assert_close, rel_error
+from tests.helpers import rel_error
 
 REL_TOL = 1e-10
 
