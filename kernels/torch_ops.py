@@ -160,6 +160,8 @@ def sampler_step(x_t, model_output, coefficients, model_output_uncond, guidance_
             x_prev = x_prev + torch.where(has_noise, term, torch.zeros_like(term))
     elif host_sigma_nonzero is None:
         x_prev = torch.where(has_noise, torch.full_like(x_prev, float("nan")), x_prev)
+    if x_t.dtype != torch.float64:
+        x_prev = x_prev.to(torch.float32)  # float64 -> float32 -> storage, as the fused kernels
     return x_prev.to(x_t.dtype)
 
 

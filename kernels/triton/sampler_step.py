@@ -75,7 +75,8 @@ def _sampler_step_kernel(x_t_ptr,          # (N, ...) x_t, memory order of its l
         x_prev = x_prev + tl.where(sigma != 0.0, sigma * z, 0.0)
     else:
         x_prev = tl.where(sigma != 0.0, float("nan"), x_prev)  # sigma != 0 but no noise source
-    tl.store(x_prev_ptr + offs, x_prev.to(x_prev_ptr.dtype.element_ty), mask=mask)
+    # float64 -> float32 -> storage: the same two roundings on every backend (CUDA, torch)
+    tl.store(x_prev_ptr + offs, x_prev.to(tl.float32).to(x_prev_ptr.dtype.element_ty), mask=mask)
 
 
 def sampler_step(x_t, model_output, coefficients, model_output_uncond, guidance_scale, clip,
