@@ -376,8 +376,8 @@ class Trainer:
             while self.step < target:
                 result = self.train_step()
                 results.append(result)
-                bar.update(1)
                 bar.set_postfix(loss=f"{result.loss:.4f}", skipped=self.skipped_steps, refresh=False)
+                bar.update(1)
                 if callback is not None:
                     callback(self, result)
                 if run_dir is not None and checkpoint_every and self.step % checkpoint_every == 0 \
