@@ -4,6 +4,7 @@ Tables come from `reference/` (float64, cast once); hot paths go through `kernel
 """
 
 from .diffusers_io import config_from_diffusers, diffusers_config, save_diffusers, to_diffusers
+from .fast_sampler import FastSampler
 from .samplers import SAMPLERS, Sampler, sample
 from .schedule import TorchSchedule
 from .unet import UNet
@@ -13,6 +14,7 @@ __all__ = [
     "TorchSchedule",
     "sample",
     "Sampler",
+    "FastSampler",
     "SAMPLERS",
     "config_from_diffusers",
     "diffusers_config",

@@ -1,0 +1,1 @@
+"""`python -m benchmarks`: speed as ratios against peers measured in the same run."""

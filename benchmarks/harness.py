@@ -1,0 +1,204 @@
+"""Timing, environment record and output formats shared by every benchmark suite.
+
+A figure is only ever a ratio against peers measured in the same run (and, for bandwidth-bound
+kernels, against a device-to-device copy of the same bytes in the same run).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import statistics
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+__all__ = ["Row", "Report", "environment", "bench", "git_commit"]
+
+
+def git_commit() -> str:
+    """The commit of the working tree ('+dirty' when it has uncommitted changes), or 'unknown'."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                             timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return sha + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _version(module: str) -> str | None:
+    try:
+        mod = __import__(module)
+        return getattr(mod, "__version__", "unknown")
+    except Exception:  # noqa: BLE001 - any import failure means "not available"
+        return None
+
+
+def environment(device: str) -> dict:
+    """Device name, library versions, commit and date: the header of every result file."""
+    import torch
+
+    env = {
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "commit": git_commit(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "numpy": _version("numpy"),
+        "triton": _version("triton"),
+        "cupy": _version("cupy"),
+        "diffusers": _version("diffusers"),
+        "device": device,
+    }
+    if device.startswith("cuda"):
+        props = torch.cuda.get_device_properties(torch.device(device))
+        env["device_name"] = props.name
+        env["sm_count"] = props.multi_processor_count
+        env["cuda"] = torch.version.cuda
+    else:
+        env["device_name"] = platform.processor() or platform.machine()
+        env["torch_threads"] = torch.get_num_threads()
+    return env
+
+
+def bench(fn: Callable[[], object], device: str, *, warmup: int = 3, repeat: int = 20,
+          min_time_s: float = 0.0) -> float:
+    """Median seconds per call of fn().
+
+    CUDA: triton.testing.do_bench when available (L2 flushed between calls), else CUDA events.
+    CPU: time.perf_counter around each call, at least `repeat` calls and `min_time_s` seconds.
+    """
+    if device.startswith("cuda"):
+        import torch
+
+        try:
+            from triton.testing import do_bench
+
+            ms = do_bench(fn, warmup=max(warmup, 10), rep=max(repeat, 50), return_mode="median")
+            return float(ms) / 1e3
+        except ImportError:
+            pass
+        for _ in range(warmup):
+            fn()
+        torch.cuda.synchronize()
+        times = []
+        for _ in range(repeat):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+        return statistics.median(times)
+    for _ in range(warmup):
+        fn()
+    times: list[float] = []
+    begin = time.perf_counter()
+    while len(times) < repeat or time.perf_counter() - begin < min_time_s:
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+@dataclass
+class Row:
+    """One measured case: its parameters, and one time (seconds) per implementation."""
+
+    suite: str
+    case: str
+    params: dict
+    times: dict[str, float] = field(default_factory=dict)
+    bytes_moved: int | None = None      # the fewest bytes the op must move (read + write)
+    items: int | None = None            # e.g. images per call, for throughput rows
+    notes: str = ""
+
+    def gbps(self, impl: str) -> float | None:
+        t = self.times.get(impl)
+        return None if t is None or self.bytes_moved is None else self.bytes_moved / t / 1e9
+
+
+@dataclass
+class Report:
+    env: dict
+    command: str
+    rows: list[Row] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    def add(self, row: Row) -> Row:
+        self.rows.append(row)
+        return row
+
+    def skip(self, what: str, why: str) -> None:
+        self.skipped.append(f"{what}: {why}")
+
+    def to_json(self) -> dict:
+        return {"env": self.env, "command": self.command,
+                "rows": [asdict(r) for r in self.rows], "skipped": self.skipped}
+
+    def write_json(self, path: str | os.PathLike) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps(self.to_json(), indent=1))
+        os.replace(tmp, path)  # never a half-written result file
+
+    def markdown(self) -> str:
+        e = self.env
+        out = [f"# Benchmarks on {e.get('device_name')} ({e.get('device')})", "",
+               f"- date {e['date']}, commit `{e['commit']}`",
+               f"- torch {e['torch']}, triton {e['triton']}, cupy {e['cupy']}, "
+               f"diffusers {e['diffusers']}, numpy {e['numpy']}, python {e['python']}",
+               f"- command: `{self.command}`", ""]
+        suites: dict[str, list[Row]] = {}
+        for r in self.rows:
+            suites.setdefault(r.suite, []).append(r)
+        for suite, rows in suites.items():
+            out += [f"## {suite}", "", *_table(rows), ""]
+        if self.skipped:
+            out += ["## Not measured in this run", ""] + [f"- {s}" for s in self.skipped] + [""]
+        return "\n".join(out)
+
+
+def _fmt_time(s: float) -> str:
+    if s >= 1:
+        return f"{s:.2f} s"
+    if s >= 1e-3:
+        return f"{s * 1e3:.2f} ms"
+    return f"{s * 1e6:.1f} us"
+
+
+def _table(rows: list[Row]) -> list[str]:
+    """Markdown table: one line per case; each implementation's time, its ratio to the baseline
+    (the row's first implementation, 'ours'), and GB/s and % of copy when bytes are known."""
+    impls: list[str] = []
+    for r in rows:
+        for k in r.times:
+            if k not in impls and k != "copy":
+                impls.append(k)
+    has_bytes = any(r.bytes_moved for r in rows)
+    head = ["case", "params"] + [f"{k}" for k in impls]
+    if has_bytes:
+        head += ["ours GB/s", "% of copy"]
+    head += [f"{k} / ours" for k in impls[1:]]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        ours = impls[0] if impls else None
+        cells = [r.case, ", ".join(f"{k}={v}" for k, v in r.params.items())]
+        cells += [_fmt_time(r.times[k]) if k in r.times else "-" for k in impls]
+        if has_bytes:
+            g = r.gbps(next((k for k in impls if k in r.times), "")) if r.bytes_moved else None
+            copy = r.gbps("copy")
+            cells += [f"{g:.3g}" if g else "-", f"{100 * g / copy:.3g}%" if g and copy else "-"]
+        base = r.times.get(ours) if ours else None
+        cells += [f"{r.times[k] / base:.2f}x" if base and k in r.times else "-" for k in impls[1:]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines

@@ -1,0 +1,203 @@
+"""Kernel suite: noising, sampler step, group_norm_silu forward/backward vs their peers.
+
+Peers in the same run: every available `kernels` backend, torch eager of the same math,
+torch.compile of the same math, and a device-to-device copy of the same number of bytes.
+Bytes are the fewest the op must move: each input read once, each output written once.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+import kernels
+import reference
+from kernels.dispatch import backend_unavailable_reason
+
+from .harness import Report, Row, bench
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def fast_backends(device: str) -> list[str]:
+    """Backends that can run here: the fused ones on CUDA (and triton under the interpreter), torch."""
+    return kernels.available_backends(device)
+
+
+def _copy_time(nbytes: int, device: str, repeat: int) -> float:
+    """Seconds to copy nbytes/2 bytes device-to-device: moves nbytes (read + write)."""
+    src = torch.empty(max(nbytes // 2, 1), dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    return bench(lambda: dst.copy_(src), device, repeat=repeat)
+
+
+def _maybe_compile(fn, enabled: bool):
+    if not enabled:
+        return None
+    try:
+        compiled = torch.compile(fn, dynamic=False)
+        return compiled
+    except Exception:  # noqa: BLE001 - a missing compiler toolchain: peer not measured
+        return None
+
+
+def unet_group_norm_shapes(batch: int) -> list[tuple[int, int, int, int]]:
+    """The distinct GroupNorm input shapes of the DDPM CIFAR-10 UNet at `batch` (from its config)."""
+    config = reference.UNetConfig.ddpm_cifar10()
+    shapes = set()
+    for name, shape in reference.parameter_shapes(config).items():
+        if not name.endswith(("norm1.weight", "norm2.weight", "group_norm.weight", "conv_norm_out.weight")):
+            continue
+        parts = name.split(".")
+        if parts[0] == "down_blocks":
+            level = int(parts[1])
+        elif parts[0] == "up_blocks":
+            level = config.levels - 1 - int(parts[1])
+        elif parts[0] == "mid_block":
+            level = config.levels - 1
+        else:
+            level = 0
+        res = config.resolution(level)
+        shapes.add((batch, shape[0], res, res))
+    return sorted(shapes, key=lambda s: -s[1] * s[2] * s[3])
+
+
+def _timing(repeat_quick: bool):
+    return dict(repeat=5 if repeat_quick else 30)
+
+
+def _run_q_sample(report: Report, device, dtype_name, shape, case, backends, compile_peers, rep):
+    dtype = DTYPES[dtype_name]
+    n = shape[0]
+    schedule = reference.make_schedule("linear", 1000)
+    sa = torch.tensor(schedule.sqrt_alpha_bars, dtype=torch.float32, device=device)
+    s1a = torch.tensor(schedule.sqrt_one_minus_alpha_bars, dtype=torch.float32, device=device)
+    x0 = torch.randn(shape, device=device).to(dtype)
+    t = torch.randint(0, 1000, (n,), device=device)
+    view = (n,) + (1,) * (len(shape) - 1)
+
+    def eager():  # the usual torch training code: randn + broadcasted math
+        eps = torch.randn_like(x0)
+        return (sa[t].view(view) * x0 + s1a[t].view(view) * eps).to(dtype), eps
+
+    row = Row("kernels", case, dict(shape="x".join(map(str, shape)), dtype=dtype_name, noise="in-kernel"),
+              bytes_moved=3 * x0.numel() * x0.element_size())
+    for b in backends:
+        row.times[b] = bench(lambda b=b: kernels.q_sample(x0, t, sa, s1a, seed=1, backend=b), device, **rep)
+    row.times["torch-eager"] = bench(eager, device, **rep)
+    compiled = _maybe_compile(eager, compile_peers)
+    if compiled is not None:
+        row.times["torch-compile"] = bench(compiled, device, **rep)
+    row.times["copy"] = _copy_time(row.bytes_moved, device, rep["repeat"])
+    report.add(row)
+
+
+def _run_sampler_step(report: Report, device, dtype_name, shape, case, backends, compile_peers, rep,
+                      guidance: bool = False):
+    dtype = DTYPES[dtype_name]
+    schedule = reference.make_schedule("linear", 1000)
+    coef_np = reference.ddim_coefficients(schedule, 500, 480, eta=1.0)[0]
+    coef = torch.tensor(coef_np, dtype=torch.float32, device=device)
+    x = torch.randn(shape, device=device).to(dtype)
+    out = torch.randn(shape, device=device).to(dtype)
+    uncond = torch.randn(shape, device=device).to(dtype) if guidance else None
+    c = [float(v) for v in coef_np]
+
+    def eager():
+        o = uncond + 2.0 * (out - uncond) if guidance else out
+        x0 = (c[0] * x + c[1] * o).clamp(-1, 1)
+        eps = c[2] * x + c[3] * o
+        z = torch.randn_like(x)
+        return (c[4] * x0 + c[5] * x + c[6] * eps + c[7] * z).to(dtype)
+
+    ntensors = 4 if guidance else 3
+    row = Row("kernels", case, dict(shape="x".join(map(str, shape)), dtype=dtype_name,
+                                    cfg=guidance, noise="in-kernel"),
+              bytes_moved=ntensors * x.numel() * x.element_size())
+    kw = dict(model_output_uncond=uncond, guidance_scale=2.0) if guidance else {}
+    for b in backends:
+        row.times[b] = bench(lambda b=b: kernels.sampler_step(x, out, coef, clip=(-1.0, 1.0), seed=1,
+                                                              stream=3, backend=b, **kw), device, **rep)
+    row.times["torch-eager"] = bench(eager, device, **rep)
+    compiled = _maybe_compile(eager, compile_peers)
+    if compiled is not None:
+        row.times["torch-compile"] = bench(compiled, device, **rep)
+    row.times["copy"] = _copy_time(row.bytes_moved, device, rep["repeat"])
+    report.add(row)
+
+
+def _run_group_norm_silu(report: Report, device, dtype_name, shape, case, backends, compile_peers,
+                         rep, channels_last: bool, groups: int = 32):
+    dtype = DTYPES[dtype_name]
+    c = shape[1]
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(shape, device=device).to(dtype).to(memory_format=fmt).requires_grad_(True)
+    w = torch.randn(c, device=device, dtype=dtype).requires_grad_(True)
+    bias = torch.randn(c, device=device, dtype=dtype).requires_grad_(True)
+    dy = torch.randn(shape, device=device).to(dtype).to(memory_format=fmt)
+    nbytes = x.numel() * x.element_size()
+    params = dict(shape="x".join(map(str, shape)), dtype=dtype_name,
+                  layout="NHWC" if channels_last else "NCHW", groups=groups)
+
+    def eager(x_, w_, b_):
+        return F.silu(F.group_norm(x_, groups, w_, b_, 1e-6))
+
+    impls = {b: (lambda x_, w_, b_, b=b: kernels.group_norm_silu(x_, w_, b_, groups, 1e-6, backend=b))
+             for b in backends}
+    impls["torch-eager"] = eager
+    compiled = _maybe_compile(eager, compile_peers)
+    if compiled is not None:
+        impls["torch-compile"] = compiled
+
+    base, sweep = (case[: -len("-sweep")], "-sweep") if case.endswith("-sweep") else (case, "")
+    fwd = Row("kernels", f"{base}-forward{sweep}", dict(params), bytes_moved=2 * nbytes)
+    bwd = Row("kernels", f"{base}-backward{sweep}", dict(params), bytes_moved=3 * nbytes)
+    for name, fn in impls.items():
+        with torch.no_grad():
+            fwd.times[name] = bench(lambda fn=fn: fn(x, w, bias), device, **rep)
+        y = fn(x, w, bias)
+        bwd.times[name] = bench(
+            lambda y=y: torch.autograd.grad(y, (x, w, bias), dy, retain_graph=True), device, **rep)
+        del y
+    fwd.times["copy"] = _copy_time(2 * nbytes, device, rep["repeat"])
+    bwd.times["copy"] = _copy_time(3 * nbytes, device, rep["repeat"])
+    report.add(fwd)
+    report.add(bwd)
+
+
+def run(report: Report, *, device: str, quick: bool, dtypes, compile_peers: bool) -> None:
+    backends = fast_backends(device)
+    for b in ("triton", "cupy"):
+        if b not in backends:
+            reason = backend_unavailable_reason(b, torch.device(device))
+            report.skip(f"kernels backend {b}", f"not available here: {reason}")
+    rep = _timing(quick)
+    on_cuda = device.startswith("cuda")
+    if quick or not on_cuda:
+        image_shapes = [(4, 3, 8, 8)]
+        gn_shapes = [(2, 64, 8, 8)]
+        sweep = [2**k for k in (12, 14)]
+        dtypes = [d for d in dtypes if d == "fp32"] or ["fp32"]
+    else:
+        image_shapes = [(128, 3, 32, 32), (256, 3, 32, 32)]
+        gn_shapes = unet_group_norm_shapes(128) + [(1, 320, 64, 64), (2, 128, 256, 256)]
+        sweep = [2**k for k in range(16, 29, 2)]
+    for dtype_name in dtypes:
+        for shape in image_shapes:
+            _run_q_sample(report, device, dtype_name, shape, "q_sample", backends, compile_peers, rep)
+            _run_sampler_step(report, device, dtype_name, shape, "sampler_step", backends, compile_peers, rep)
+            _run_sampler_step(report, device, dtype_name, shape, "sampler_step", backends, compile_peers,
+                              rep, guidance=True)
+        for numel in sweep:  # bandwidth vs size, for the chart
+            shape = (max(numel // 4096, 1), 4096)
+            _run_q_sample(report, device, dtype_name, shape, "q_sample-sweep", backends, False, rep)
+            _run_sampler_step(report, device, dtype_name, shape, "sampler_step-sweep", backends, False, rep)
+        for channels_last in (False, True):
+            for shape in gn_shapes:
+                _run_group_norm_silu(report, device, dtype_name, shape, "group_norm_silu", backends,
+                                     compile_peers, rep, channels_last)
+        if not (quick or not on_cuda):
+            for numel in sweep:
+                shape = (max(numel // (256 * 32 * 32), 1), 256, 32, 32) if numel >= 256 * 1024 else (1, 64, 64, numel // 4096)
+                _run_group_norm_silu(report, device, dtype_name, shape, "group_norm_silu-sweep", backends,
+                                     False, rep, False)

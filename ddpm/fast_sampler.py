@@ -1,0 +1,172 @@
+"""The fast sampler: the whole denoising loop captured once in a CUDA graph and replayed.
+
+`FastSampler` runs exactly the loop of `ddpm.Sampler` (same timesteps, same float64 step
+coefficients, one `kernels.sampler_step` per DDPM/DDIM step, the same noise stream) on a copy
+of the model prepared for speed: bf16 weights and activations, channels_last memory format,
+fused kernels (`backend="auto"` picks Triton on CUDA). On CUDA the first call for a batch size
+records every step (model forward + fused update) into one `torch.cuda.CUDAGraph`; later calls
+only copy the new x_T, sample indices and labels into the graph's static buffers and replay it:
+one launch for the whole loop, no Python or host work per step.
+
+What a replay may change without re-capture: the seed of x_T (drawn outside the graph), the
+sample indices and the class labels. The seed of the per-step noise (DDPM, DDIM with eta > 0)
+is a kernel argument baked into the graph, so a new seed there re-captures (one eager run's
+cost; graphs are cached per (batch, seed) for stochastic samplers and per batch otherwise).
+
+Without CUDA (or with cuda_graph=False) the same prepared model runs the same loop eagerly, so
+results are identical to `ddpm.sample(...)` with the same dtype on the same device.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .samplers import SAMPLERS, Sampler
+
+__all__ = ["FastSampler"]
+
+
+@dataclass
+class _Captured:
+    sampler: Sampler
+    graph: "torch.cuda.CUDAGraph | None"
+    x_T: torch.Tensor          # static input buffer (replays read it)
+    x_0: torch.Tensor | None   # static output buffer (replays write it)
+
+
+class FastSampler:
+    """Sample from a diffusion model as fast as this device allows.
+
+    Args:
+        model: the eps/x0/v model, e.g. a trained `ddpm.UNet` (it is copied, not modified).
+        schedule: the training schedule (reference.Schedule or ddpm.TorchSchedule).
+        image_shape: (C, H, W); default from `model.config` when the model has one.
+        sampler, num_steps, eta, spacing, clip, prediction, variance, guidance_scale: as in
+            `ddpm.sample`.
+        dtype: dtype of the model copy and of the sampler state; default bfloat16 on CUDA,
+            float32 elsewhere.
+        channels_last: run the model copy and the state in channels_last (default on CUDA).
+        cuda_graph: capture and replay the loop in a CUDA graph (CUDA only; default True).
+        device: where to run (default: the model's device).
+        backend: kernels backend for the fused update ("auto" = triton on CUDA).
+
+    Call: `fast(n, seed=0, samples=None, y=None) -> x_0 (n, C, H, W)` in `dtype`.
+    """
+
+    def __init__(self, model: nn.Module, schedule, *, image_shape=None, sampler: str = "ddim",
+                 num_steps: int | None = None, eta: float = 0.0, spacing: str = "leading",
+                 guidance_scale: float = 1.0, clip=None, prediction: str = "epsilon",
+                 variance: str = "fixed_small", dtype: torch.dtype | None = None,
+                 channels_last: bool | None = None, cuda_graph: bool = True, device=None,
+                 backend: str = "auto"):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+        if device is None:
+            device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        self.device = torch.device(device)
+        on_cuda = self.device.type == "cuda"
+        self.dtype = dtype if dtype is not None else (torch.bfloat16 if on_cuda else torch.float32)
+        if not isinstance(self.dtype, torch.dtype) or not self.dtype.is_floating_point:
+            raise TypeError(f"dtype must be a floating torch.dtype, got {self.dtype!r}")
+        self.channels_last = on_cuda if channels_last is None else bool(channels_last)
+        self.use_graph = bool(cuda_graph) and on_cuda
+        if image_shape is None:
+            config = getattr(model, "config", None)
+            if config is None:
+                raise ValueError("image_shape is required for a model without a .config")
+            image_shape = (config.in_channels, config.image_size, config.image_size)
+        self.image_shape = tuple(int(d) for d in image_shape)
+        if len(self.image_shape) != 3 or min(self.image_shape) < 1:
+            raise ValueError(f"image_shape must be (C, H, W) of positive ints, got {image_shape!r}")
+        self.schedule = schedule
+        self.options = dict(sampler=sampler, num_steps=num_steps, eta=eta, spacing=spacing,
+                            guidance_scale=guidance_scale, clip=clip, prediction=prediction,
+                            variance=variance, backend=backend)
+        # A private copy in the fast dtype/layout: the caller's model is left as it was.
+        fast = copy.deepcopy(model).to(device=self.device, dtype=self.dtype).eval()
+        if self.channels_last:
+            fast = fast.to(memory_format=torch.channels_last)
+        for p in fast.parameters():
+            p.requires_grad_(False)
+        self.model = fast
+        self.stochastic = sampler == "ddpm" or (sampler == "ddim" and eta > 0)
+        self._cache: dict[tuple, _Captured] = {}
+        # Validate every option once, now, on a batch of one (raises like ddpm.sample would).
+        self._make_sampler(1, seed=0, samples=None, y=self._validation_labels())
+
+    # ------------------------------------------------------------------ helpers
+
+    def _validation_labels(self):
+        """Labels for validating the options at construction (guidance needs some)."""
+        if self.options["guidance_scale"] != 1.0:
+            return torch.zeros(1, dtype=torch.int64, device=self.device)
+        return None
+
+    def _make_sampler(self, n: int, seed: int, samples, y) -> Sampler:
+        return Sampler(self.model, (n,) + self.image_shape, self.schedule, seed=seed, samples=samples,
+                       y=y, device=self.device, dtype=self.dtype, **self.options)
+
+    def _state_buffer(self, n: int) -> torch.Tensor:
+        x = torch.empty((n,) + self.image_shape, device=self.device, dtype=self.dtype)
+        return x.to(memory_format=torch.channels_last) if self.channels_last else x
+
+    def _loop(self, runner: Sampler, x: torch.Tensor) -> torch.Tensor:
+        runner._x0_last = None  # DPM-Solver++ history starts empty
+        for k in range(runner.num_steps):
+            x = runner.step(x, k)
+        return x
+
+    def _capture(self, n: int, seed: int, samples, y) -> _Captured:
+        runner = self._make_sampler(n, seed, samples, y)
+        x_T = self._state_buffer(n)
+        if not self.use_graph:
+            return _Captured(runner, None, x_T, None)
+        x_T.copy_(runner.initial_noise())
+        # Warm up on a side stream (Triton compilation, cuDNN/cuBLAS workspaces), then record.
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side), torch.no_grad():
+            self._loop(runner, x_T)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph), torch.no_grad():
+            x_0 = self._loop(runner, x_T)
+        return _Captured(runner, graph, x_T, x_0)
+
+    # ------------------------------------------------------------------ the call
+
+    @torch.no_grad()
+    def __call__(self, n: int, *, seed: int = 0, samples=None, y=None) -> torch.Tensor:
+        """Draw n samples: x_T from the noise stream for (seed, samples), then the captured loop.
+
+        samples: the (n,) GLOBAL sample indices (default arange(n)); y: (n,) class labels.
+        Returns a new (n, C, H, W) tensor in `dtype` (the graph's buffers are not exposed).
+        """
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be a positive int, got {n!r}")
+        # A fresh Sampler validates this call's seed, samples and labels exactly as ddpm.sample does.
+        fresh = self._make_sampler(n, seed, samples, y)
+        key = (n, y is None) + ((seed,) if self.stochastic else ())
+        entry = self._cache.get(key)
+        if entry is None:
+            entry = self._capture(n, seed, samples, y)
+            self._cache[key] = entry
+        runner = entry.sampler
+        runner.samples.copy_(fresh.samples)
+        if fresh.y_model is not None:
+            runner.y_model.copy_(fresh.y_model)
+        entry.x_T.copy_(fresh.initial_noise())
+        if entry.graph is None:
+            return self._loop(runner, entry.x_T).clone()
+        entry.graph.replay()
+        return entry.x_0.clone()
+
+    def reset(self) -> None:
+        """Drop every captured graph (frees their memory pools)."""
+        self._cache.clear()
