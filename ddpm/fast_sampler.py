@@ -92,8 +92,6 @@ class FastSampler:
         fast = copy.deepcopy(model).to(device=self.device, dtype=self.dtype).eval()
         if self.channels_last:
             fast = fast.to(memory_format=torch.channels_last)
-        for p in fast.parameters():
-            p.requires_grad_(False)
         self.model = fast
         self.stochastic = sampler == "ddpm" or (sampler == "ddim" and eta > 0)
         self._cache: dict[tuple, _Captured] = {}
