@@ -13,10 +13,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from threadpoolctl import threadpool_limits
 
 from reference import UNet, UNetConfig, count_parameters, parameter_shapes
 from reference.layers import timestep_embedding
 from tests.helpers import assert_close, numerical_gradient, rel_error
+
+@pytest.fixture(autouse=True)
+def _one_blas_thread():
+    """Every matrix here is small: BLAS threads only add synchronisation (10x on a loaded machine)."""
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+
 
 FD_ENTRIES_PER_TENSOR = 2
 FD_ENTRIES_OF_X = 8
