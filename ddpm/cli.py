@@ -225,7 +225,8 @@ def cmd_train(args) -> int:
             model = UNet(config).to(ctx.device).eval()
             trainer.ema.copy_to(model)
             y, n, nrow = _class_labels("all" if config.num_classes else None, args.samples, config.num_classes)
-            images, _ = draw(model, schedule, y, n, ctx, guidance_scale=args.guidance if y is not None else 1.0)
+            images, _ = draw(model, schedule, y, n, ctx, num_steps=min(args.sample_steps, schedule.T),
+                             guidance_scale=args.guidance if y is not None else 1.0)
             if ctx.is_main:
                 _save_pictures(out / "samples.png", images, [], nrow)
         if ctx.is_main:
@@ -250,7 +251,9 @@ def cmd_sample(args) -> int:
                              f"{ckpt.path} is unconditional")
         if args.guidance != 1.0 and args.class_id is None:
             raise UsageError("--guidance needs --class K (or --class all)")
-        if args.steps is not None and not 1 <= args.steps <= schedule.T:
+        if args.steps is None:  # the sampler's own default, at most T
+            args.steps = schedule.T if args.sampler == "ddpm" else min({"ddim": 50}.get(args.sampler, 20), schedule.T)
+        if not 1 <= args.steps <= schedule.T:
             raise UsageError(f"--steps must lie in [1, T={schedule.T}], got {args.steps}")
         y, n, nrow = _class_labels(args.class_id, args.n, num_classes)
         images, frames = draw(model, schedule, y, n, ctx, sampler=args.sampler, num_steps=args.steps,
@@ -310,6 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--checkpoint-every", type=int, default=1000)
     tr.add_argument("--samples", type=int, default=8, help="samples per class (or total) in samples.png; 0: none")
     tr.add_argument("--guidance", type=float, default=2.0, help="guidance of the final samples.png")
+    tr.add_argument("--sample-steps", type=int, default=50, help="DDIM steps of the final samples.png")
     tr.add_argument("--device", default="auto")
     tr.add_argument("--no-progress", action="store_true")
     tr.set_defaults(func=cmd_train)
@@ -317,7 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
     sa = sub.add_parser("sample", help="draw a grid (and a GIF of the reverse process) from a checkpoint")
     sa.add_argument("--checkpoint", required=True, help="a run directory or a checkpoint directory")
     sa.add_argument("--sampler", choices=SAMPLERS, default="ddim")
-    sa.add_argument("--steps", type=int, default=50, help="sampler steps (ddpm: None/T for all)")
+    sa.add_argument("--steps", type=int, default=None,
+                    help="sampler steps (default: 50 for ddim, 20 for dpm_solver++, T for ddpm; at most T)")
     sa.add_argument("--n", type=int, default=64, help="number of samples (per class with --class all)")
     sa.add_argument("--class", dest="class_id", default=None, help="class id K, or 'all' for one row per class")
     sa.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale w")

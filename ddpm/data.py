@@ -153,8 +153,12 @@ def _to_nchw(array: np.ndarray, name: str, layout: str = "auto") -> np.ndarray:
     channels_last = array.shape[3] in (1, 3, 4)
     channels_first = array.shape[1] in (1, 3, 4)
     if channels_last and channels_first and array.shape[1] != array.shape[3]:
-        raise ValueError(f"{name} has an ambiguous layout {array.shape}: both axis 1 and axis 3 "
-                         f"could be channels; pass (N, C, H, W) with H, W > 4")
+        # both readings possible: take the one that gives square images, if only one does
+        square_first, square_last = array.shape[2] == array.shape[3], array.shape[1] == array.shape[2]
+        if square_first == square_last:
+            raise ValueError(f"{name} has an ambiguous layout {array.shape}: both axis 1 and axis 3 "
+                             f"could be channels; pass layout='NCHW' or 'NHWC'")
+        channels_last = square_last
     if channels_last:
         return np.moveaxis(array, 3, 1)
     if channels_first:

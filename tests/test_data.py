@@ -73,6 +73,9 @@ def test_prepare_images_scales_uint8_and_infers_layouts():
     assert out.shape == (5, 3, 8, 8)
     nchw = prepare_images(np.ascontiguousarray(nhwc.transpose(0, 3, 1, 2)), 8, 3)
     assert torch.equal(out, nchw)
+    # (N, 4, 4, 3) could be RGBA 4x3 images; the square reading (4x4 RGB) is taken
+    small = nhwc[:, :4, :4]
+    assert torch.equal(prepare_images(small, 4, 3), prepare_images(small, 4, 3, layout="NHWC"))
     # 6x7 padded into 8x8: top 1, left 0 (centred, the odd pixel at the end)
     assert out[0, :, 1, 0].tolist() == [-1.0, 1.0, pytest.approx(128 / 127.5 - 1.0)]
     assert torch.all(out[:, :, 0] == -1.0)
@@ -102,7 +105,7 @@ def test_prepare_images_value_ranges(value_range, row, expected):
 @pytest.mark.parametrize("array, error, match", [
     (np.zeros((0, 8, 8)), ValueError, "empty"),
     (np.full((2, 8, 8), np.nan), ValueError, "NaN"),
-    (np.zeros((2, 3, 4, 4)), ValueError, "ambiguous"),
+    (np.zeros((2, 3, 1, 4)), ValueError, "ambiguous"),
     (np.zeros((2, 8, 8, 2)), ValueError, "channels"),
     (np.zeros((2, 8)), ValueError, "shape"),
     (np.array([[["a"]]]), TypeError, "numeric"),

@@ -1,0 +1,142 @@
+"""`python -m ddpm train | sample`: end to end on a tiny model, resume, and bad arguments."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import ddpm
+from ddpm.checkpoint import latest_checkpoint, load_checkpoint
+from ddpm.cli import main
+from ddpm.viz import make_grid
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_npz(path: Path, channels_last: int | None = None, labelled: bool = True) -> Path:
+    rng = np.random.default_rng(0)
+    shape = (12, 4, 4) if channels_last is None else (12, 4, 4, channels_last)
+    arrays = {"images": rng.integers(0, 256, shape, dtype=np.uint8)}
+    if labelled:
+        arrays["labels"] = np.arange(12) % 3
+    np.savez(path, **arrays)
+    return path
+
+
+def train_args(data: Path, out: Path, steps: int = 2, *extra: str) -> list[str]:
+    return ["train", "--data", str(data), "--config", "tiny", "--out", str(out), "--steps", str(steps),
+            "--batch-size", "4", "--timesteps", "20", "--samples", "1", "--no-progress",
+            "--device", "cpu", *extra]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    assert main(train_args(tiny_npz(root / "d.npz"), root / "run")) == 0
+    return root / "run"
+
+
+def test_train_writes_checkpoint_loss_curve_and_samples(run_dir):
+    ckpt = load_checkpoint(run_dir)
+    assert ckpt.step == 2 and ckpt.unet_config.num_classes == 3 and ckpt.schedule.T == 20
+    assert (run_dir / "loss_curve.png").stat().st_size > 0
+    with Image.open(run_dir / "samples.png") as img:  # 3 classes x 1 sample, 4x4 images x12, pad 2
+        assert img.size == (1 * 48 + 2 * 2, 3 * 48 + 4 * 2)
+
+
+def test_sample_from_a_saved_checkpoint_matches_the_library(run_dir, tmp_path, capsys):
+    png, gif = tmp_path / "grid.png", tmp_path / "reverse.gif"
+    args = ["sample", "--checkpoint", str(run_dir), "--steps", "4", "--n", "2", "--class", "all",
+            "--guidance", "2", "--ema", "--seed", "3", "--out", str(png), "--gif", str(gif), "--device", "cpu"]
+    assert main(args) == 0
+    assert "wrote" in capsys.readouterr().out
+    ckpt = load_checkpoint(run_dir)
+    model = ddpm.UNet(ckpt.unet_config)
+    model.load_state_dict(ckpt.ema_state)
+    y = torch.tensor([0, 0, 1, 1, 2, 2])
+    with torch.no_grad():
+        expected = ddpm.sample(model.eval(), (6, 1, 4, 4), ckpt.schedule, num_steps=4, y=y,
+                               guidance_scale=2.0, seed=3, clip=(-1.0, 1.0))
+    with Image.open(png) as img:
+        assert np.array_equal(np.asarray(img), np.asarray(make_grid(expected, 2)))
+    with Image.open(gif) as img:
+        assert img.n_frames == 4  # one per sampler step
+
+
+def test_train_resumes_from_out_and_refuses_changed_settings(run_dir, tmp_path, capsys):
+    data = tmp_path / "d.npz"
+    tiny_npz(data)
+    before = load_checkpoint(run_dir)
+    assert main(train_args(data, run_dir, 3)) == 0
+    assert "resuming" in capsys.readouterr().out
+    after = load_checkpoint(run_dir)
+    assert after.step == 3 and after.trainer_state["history"]["step"] == [0, 1, 2]
+    assert after.trainer_state["optimizer_steps"] == before.trainer_state["optimizer_steps"] + 1
+    with pytest.raises(SystemExit) as exit_info:
+        main(train_args(data, run_dir, 4, "--lr", "0.5"))
+    assert exit_info.value.code == 2
+    assert "cannot change training settings when resuming --lr" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(train_args(data, run_dir, 4, "--timesteps", "30"))  # the later --timesteps wins
+    assert "cannot change the schedule" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--class", "7"], "--class 7 is out of range: the model has classes 0..2"),
+    (["--class", "seven"], "--class must be an integer class id or 'all'"),
+    (["--guidance", "3"], "--guidance needs --class K"),
+    (["--steps", "0"], r"--steps must lie in \[1, T=20\]"),
+    (["--steps", "21"], r"--steps must lie in \[1, T=20\]"),
+    (["--n", "0"], "--n must be >= 1"),
+    (["--sampler", "euler"], "invalid choice: 'euler'"),
+])
+def test_sample_rejects_bad_arguments(run_dir, tmp_path, capsys, extra, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sample", "--checkpoint", str(run_dir), "--out", str(tmp_path / "x.png"), "--device", "cpu", *extra])
+    assert exit_info.value.code == 2
+    assert __import__("re").search(message, capsys.readouterr().err)
+
+
+def test_guidance_and_classes_need_a_class_conditional_model(tmp_path, capsys):
+    data = tiny_npz(tmp_path / "u.npz", labelled=False)
+    assert main(train_args(data, tmp_path / "u", 1)) == 0
+    for extra, message in ((["--guidance", "2", "--class", "1"], "needs a class-conditional model"),
+                           (["--class", "1"], "the checkpoint's model is unconditional")):
+        with pytest.raises(SystemExit):
+            main(["sample", "--checkpoint", str(tmp_path / "u"), "--out", str(tmp_path / "x.png"),
+                  "--device", "cpu", *extra])
+        assert message in capsys.readouterr().err
+
+
+def test_bad_data_and_checkpoints_exit_with_a_one_line_error(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(train_args(empty, tmp_path / "r1")) == 1
+    assert "holds no images" in capsys.readouterr().err
+    rgb = tiny_npz(tmp_path / "rgb.npz", channels_last=3)
+    assert main(train_args(rgb, tmp_path / "r2")) == 1
+    assert "has 3 channel(s) but the model takes 1" in capsys.readouterr().err
+    assert main(["sample", "--checkpoint", str(tmp_path / "nowhere"), "--device", "cpu"]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["sample", "--checkpoint", str(empty), "--device", "cpu"]) == 1
+    assert "holds no complete checkpoint" in capsys.readouterr().err
+    assert latest_checkpoint(tmp_path / "r1") is None  # nothing half-made was left behind
+
+
+def test_usage_errors_exit_2():
+    for argv in ([], ["fly"], ["sample"], ["train", "--data", "digits"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2
+
+
+def test_python_dash_m_ddpm_entry_point():
+    result = subprocess.run([sys.executable, "-m", "ddpm", "--help"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0 and "{train,sample,demo}" in result.stdout
