@@ -8,6 +8,11 @@ from .fast_sampler import FastSampler
 from .samplers import SAMPLERS, Sampler, sample
 from .schedule import TorchSchedule
 from .unet import UNet
+from .checkpoint import Checkpoint, CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
+from .data import ImageDataset, load_dataset
+from .distributed import DistributedContext, init_distributed, sample_distributed
+from .ema import EMA
+from .train import NonFiniteLossError, TrainConfig, Trainer
 
 __all__ = [
     "UNet",
@@ -20,4 +25,18 @@ __all__ = [
     "diffusers_config",
     "to_diffusers",
     "save_diffusers",
+    "Trainer",
+    "TrainConfig",
+    "NonFiniteLossError",
+    "EMA",
+    "Checkpoint",
+    "CheckpointError",
+    "save_checkpoint",
+    "load_checkpoint",
+    "latest_checkpoint",
+    "ImageDataset",
+    "load_dataset",
+    "DistributedContext",
+    "init_distributed",
+    "sample_distributed",
 ]
