@@ -10,7 +10,7 @@ reference's x is our h). The fused backends (triton, cupy) run the forward as a 
 two-stage reduction (per-chunk Welford partials, combined in a fixed order) and a normalising
 pass; the backward recomputes x_hat and the activation from x (only mean and rstd are saved)
 and reduces the weight/bias gradients in two deterministic stages, never with atomics.
-The torch backend is F.silu(F.group_norm(x + shift)) with plain autograd.
+The torch backend writes the reference's formulas with torch ops and plain autograd.
 """
 
 from __future__ import annotations

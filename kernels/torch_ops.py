@@ -10,7 +10,7 @@ with it to the last bit or so:
   evaluated in float64 and rounded once to float32, exactly as the reference does.
 - `q_sample`: reference.q_sample (DDPM Eq. 4).
 - `sampler_step`: reference.sampler_update (+ reference.classifier_free_guidance first).
-- `group_norm_silu`: F.silu(F.group_norm(x + shift)) (autograd, double backward, any dtype).
+- `group_norm_silu`: reference.group_norm_silu written with torch ops (autograd, any dtype).
 
 Inputs arrive validated by the public functions in kernels/__init__.py.
 """
@@ -168,16 +168,34 @@ def sampler_step(x_t, model_output, coefficients, model_output_uncond, guidance_
 def group_norm_silu(x, weight, bias, groups: int, eps: float, activation: bool, shift):
     """silu(group_norm(x + shift[..., None, None]))  (Wu & He 2018; Elfwing et al. 2018).
 
-    float16/bfloat16 inputs are computed in float32 and rounded back (fp32 accumulation).
-    Autograd flows through plain torch ops.
+    Written out as reference.group_norm_silu computes it, (h - mean) * rstd with the biased
+    variance of the centred values, rather than with torch.group_norm, whose fused form
+    x (rstd w) + (b - mean rstd w) loses ulp(|x| rstd |w|) in groups of nearly equal values
+    (rstd ~ 1/sqrt(eps)) and which F.group_norm refuses for groups of one value. Autograd
+    (and double backward) flow through these plain ops. float16/bfloat16 are computed in
+    float32 and rounded back; the output keeps x's memory format.
     """
     compute = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
     h = x.to(compute)
     if shift is not None:
         h = h + _per_sample(shift.to(compute), x.dim())
-    w = weight.to(compute) if weight is not None else None
-    b = bias.to(compute) if bias is not None else None
-    y = F.group_norm(h, groups, w, b, eps)
+    n, c = h.shape[:2]
+    h_groups = h.reshape(n, groups, -1)
+    mean = h_groups.mean(dim=2, keepdim=True)
+    centered = h_groups - mean
+    var = (centered * centered).mean(dim=2, keepdim=True)     # biased, as nn.GroupNorm
+    rstd = 1.0 / torch.sqrt(var + eps)
+    y = (centered * rstd).reshape(h.shape)                     # x_hat
+    per_channel = (1, c) + (1,) * (x.dim() - 2)
+    if weight is not None:
+        y = y * weight.to(compute).reshape(per_channel)
+    if bias is not None:
+        y = y + bias.to(compute).reshape(per_channel)
     if activation:
         y = F.silu(y)
-    return y.to(x.dtype)
+    y = y.to(x.dtype)
+    if x.dim() in (4, 5) and not x.is_contiguous():
+        memory_format = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
+        if x.is_contiguous(memory_format=memory_format):
+            y = y.contiguous(memory_format=memory_format)
+    return y
