@@ -177,8 +177,9 @@ def _fmt_time(s: float) -> str:
 
 
 def _table(rows: list[Row]) -> list[str]:
-    """Markdown table: one line per case; each implementation's time, its ratio to the baseline
-    (the row's first implementation, 'ours'), and GB/s and % of copy when bytes are known."""
+    """Markdown table: one line per case; each implementation's time, the ratio of every other
+    implementation's time to the first one's ("ours"; > 1 means ours is faster), and GB/s and
+    % of a same-size device copy when the bytes moved are known."""
     impls: list[str] = []
     for r in rows:
         for k in r.times:
@@ -189,6 +190,9 @@ def _table(rows: list[Row]) -> list[str]:
     if has_bytes:
         head += ["ours GB/s", "% of copy"]
     head += [f"{k} / ours" for k in impls[1:]]
+    has_notes = any(r.notes for r in rows)
+    if has_notes:
+        head.append("notes")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         ours = impls[0] if impls else None
@@ -200,5 +204,7 @@ def _table(rows: list[Row]) -> list[str]:
             cells += [f"{g:.3g}" if g else "-", f"{100 * g / copy:.3g}%" if g and copy else "-"]
         base = r.times.get(ours) if ours else None
         cells += [f"{r.times[k] / base:.2f}x" if base and k in r.times else "-" for k in impls[1:]]
+        if has_notes:
+            cells.append(r.notes)
         lines.append("| " + " | ".join(cells) + " |")
     return lines

@@ -1,0 +1,57 @@
+"""`python -m benchmarks` end to end at tiny sizes (the CI smoke run), and its output formats."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks.harness import Report, Row
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_quick_run_writes_json_and_markdown(tmp_path):
+    out_json, out_md = tmp_path / "r.json", tmp_path / "r.md"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--no-compile", "--device", "cpu",
+         "--json", str(out_json), "--md", str(out_md)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out_json.read_text())
+    for key in ("device", "torch", "triton", "commit", "date", "device_name"):
+        assert key in report["env"], key
+    assert report["command"].startswith("python -m benchmarks --quick")
+    suites = {r["suite"] for r in report["rows"]}
+    assert suites == {"kernels", "sampler", "training", "cpu"}
+    for row in report["rows"]:
+        assert row["times"], row
+        assert all(t > 0 for t in row["times"].values()), row
+    md = out_md.read_text()
+    assert "## kernels" in md and "## cpu" in md and "| case |" in md
+    kernel_rows = [r for r in report["rows"] if r["suite"] == "kernels"]
+    assert all("copy" in r["times"] and r["bytes_moved"] > 0 for r in kernel_rows)
+
+
+def test_bad_arguments():
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--suite", "nope"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "invalid choice" in proc.stderr
+
+
+def test_markdown_ratios_and_chart(tmp_path):
+    pytest.importorskip("matplotlib")
+    from benchmarks.chart import bandwidth_chart
+
+    report = Report(env=dict(date="2026-01-01T00:00:00", commit="abc", torch="x", triton="y", cupy=None,
+                             diffusers=None, numpy="z", python="3", device="cuda", device_name="GPU"),
+                    command="python -m benchmarks")
+    for numel in (2**16, 2**18):
+        report.add(Row("kernels", "q_sample-sweep", dict(dtype="fp32"),
+                       times={"triton": 1e-5, "torch-eager": 4e-5, "copy": 8e-6}, bytes_moved=12 * numel))
+    md = report.markdown()
+    assert "4.00x" in md          # torch-eager / ours
+    assert "80%" in md            # ours at 80% of the copy bandwidth
+    path = bandwidth_chart(report.to_json(), tmp_path / "chart.png")
+    assert path is not None and path.stat().st_size > 1000
