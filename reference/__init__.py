@@ -5,6 +5,9 @@ float64 by default, float32 on request. Imports nothing of `kernels`, `ddpm`, `t
 """
 
 from .losses import min_snr_weights, training_target, weighted_mse, weighted_mse_backward
+from .metrics import energy_distance, mean_pairwise_distance, sliced_wasserstein
+from .mlp import MLP
+from .optim import EMA, Adam, clip_grad_norm, global_norm
 from .norm import group_norm, group_norm_backward, group_norm_silu, group_norm_silu_backward
 from .noise import (
     SAMPLER_INIT_STREAM,
@@ -41,5 +44,7 @@ from .process import (
 )
 from .sampling import guided, initial_noise, sample_ddim, sample_ddpm, sample_dpm_solver_pp
 from .schedules import SCHEDULE_KINDS, SPACINGS, Schedule, make_schedule, timestep_subset
+from .toy_data import DATASETS, dataset_num_classes, make_dataset
+from .train import train_step, train_stream, training_draws  # the loop: reference.train.train
 from .unet_config import UNetConfig, count_parameters, parameter_shapes
 from .unet import UNet

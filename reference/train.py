@@ -1,0 +1,168 @@
+"""A generic NumPy training loop for diffusion models (DDPM Alg. 1), for the MLP and the UNet alike.
+
+Model protocol (what `train_step` and `train` use; `reference.MLP` and `reference.UNet` follow it):
+
+    model.params            flat dict name -> float array (float64 by default), updated in place
+    model.grads             the same keys and shapes, overwritten by every `backward`
+    model.forward(x_t, t, y=None) -> output   x_t (N, ...), t (N,) int64 in [0, T), y (N,) int64
+                            labels or None; caches what backward needs
+    model.backward(dout) -> dx               dout = dL/d output (N, ...); fills model.grads
+    model.num_classes       (conditional models only) labels 0..num_classes-1; the null class
+                            of classifier-free guidance is the id `num_classes`
+
+Randomness. Everything random in step `step` is a function of (seed, global sample index i,
+step) through the project's noise stream (DESIGN contract 2), so it does not depend on the
+batch composition or the number of processes, and a torch implementation can match it. With
+stream s = TRAIN_STREAM_BASE + step and counters (j, 0, i, s):
+
+    noise element j       Box-Muller of words 0 and 1 of counter j    (= reference.normal)
+    timestep t_i          (word 2 of counter j=0) * T >> 32            (uniform on [0, T);
+                          Lemire's multiply-shift, bias <= T / 2**32)
+    label dropout         uniform(word 3 of counter j=0) < class_dropout   (label -> null class)
+
+Words 2 and 3 are unused by the normals, so these draws are independent of the noise. In
+`train`, the rows of step `step` are `numpy.random.default_rng([seed, step]).integers(0, len(x0),
+batch_size)` (with replacement), so a resumed run draws the same batches.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from ._validate import check_float_array
+from .losses import min_snr_weights, training_target, weighted_mse, weighted_mse_backward
+from .noise import TRAIN_STREAM_BASE, normal, philox_words, uint_to_uniform_float
+from .optim import EMA, Adam, clip_grad_norm, global_norm
+from .process import PREDICTIONS, q_sample
+from .schedules import Schedule
+
+__all__ = ["training_draws", "train_step", "train", "train_stream"]
+
+
+def train_stream(step: int) -> int:
+    """The noise-stream id of optimisation step `step` (0-based): TRAIN_STREAM_BASE + step."""
+    if isinstance(step, bool) or not isinstance(step, (int, np.integer)):
+        raise TypeError(f"step must be an int, got {type(step).__name__}")
+    if not 0 <= step < 2**32 - TRAIN_STREAM_BASE:
+        raise ValueError(f"step must lie in [0, {2**32 - TRAIN_STREAM_BASE}), got {step}")
+    return TRAIN_STREAM_BASE + int(step)
+
+
+def _check_samples(samples, n: int) -> np.ndarray:
+    if samples is None:
+        return np.arange(n, dtype=np.int64)
+    arr = np.asarray(samples)
+    if arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer):
+        raise TypeError(f"samples must be integer sample indices, got dtype {arr.dtype}")
+    if arr.shape != (n,):
+        raise ValueError(f"samples must have shape ({n},), got {arr.shape}")
+    return arr.astype(np.int64)
+
+
+def training_draws(seed: int, samples, step: int, sample_shape, T: int, class_dropout: float = 0.0):
+    """The random numbers of one training step (see the module docstring).
+
+    samples: (N,) global sample indices. Returns t (N,) int64 in [0, T), noise (N, *sample_shape)
+    float32, and drop (N,) bool (True: replace the label by the null class).
+    """
+    if not 0.0 <= class_dropout <= 1.0:
+        raise ValueError(f"class_dropout must lie in [0, 1], got {class_dropout}")
+    if isinstance(T, bool) or not isinstance(T, (int, np.integer)) or T < 1:
+        raise ValueError(f"T must be a positive int, got {T!r}")
+    stream = train_stream(step)
+    samples = np.asarray(samples)
+    noise = normal(seed, samples, stream, sample_shape)
+    words = philox_words(seed, samples, stream, 1)[:, 0, :]  # counter j = 0: (N, 4)
+    t = ((words[:, 2].astype(np.uint64) * np.uint64(T)) >> np.uint64(32)).astype(np.int64)
+    drop = uint_to_uniform_float(words[:, 3]) < np.float32(class_dropout)
+    return t, noise, drop
+
+
+def train_step(model, optimizer: Adam, x0: np.ndarray, schedule: Schedule, seed: int, step: int,
+               y=None, *, samples=None, prediction: str = "epsilon", min_snr_gamma: float | None = None,
+               class_dropout: float = 0.0, ema: EMA | None = None,
+               grad_clip: float | None = None) -> dict:
+    """One optimisation step of DDPM Alg. 1 (Ho et al. 2020) on the batch x0 (N, ...).
+
+    t ~ U{0..T-1}, eps ~ N(0, I) (from the noise stream), x_t = q_sample(x0, t, eps);
+    loss = mean_i w_i mean_j (model(x_t, t, y)_ij - target_ij)^2 with target eps / x0 / v
+    (`prediction`) and w_i the Min-SNR-gamma weights (Hang et al. 2023) when min_snr_gamma is
+    set, else 1 (DDPM's "simple" loss, Eq. 14). Then backward, optional gradient-norm clipping,
+    the optimiser step and the EMA update.
+
+    y: (N,) int labels for a conditional model (dropped to the null class with probability
+    class_dropout). samples: the (N,) global indices of the rows (default arange(N)).
+    Returns {"loss": float, "grad_norm": float (before clipping)}.
+    """
+    if not isinstance(schedule, Schedule):
+        raise TypeError(f"schedule must be a reference Schedule, got {type(schedule).__name__}")
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+    x0 = check_float_array(x0, "x0", min_ndim=2)
+    n = x0.shape[0]
+    samples = _check_samples(samples, n)
+    num_classes = getattr(model, "num_classes", None)
+    if y is not None:
+        if num_classes is None:
+            raise ValueError("y was given but the model has no num_classes (unconditional)")
+        y = np.asarray(y)
+        if y.dtype == bool or not np.issubdtype(y.dtype, np.integer) or y.shape != (n,):
+            raise TypeError(f"y must be an integer array of shape ({n},), got {y.dtype} {y.shape}")
+    if class_dropout and num_classes is None:
+        raise ValueError("class_dropout needs a conditional model (num_classes set)")
+
+    t, noise, drop = training_draws(seed, samples, step, x0.shape[1:], schedule.T, class_dropout)
+    noise = noise.astype(x0.dtype)
+    if num_classes is not None:
+        labels = np.full(n, num_classes, dtype=np.int64) if y is None else y.astype(np.int64)
+        y = np.where(drop, num_classes, labels)
+    x_t = q_sample(x0, t, noise, schedule)
+    target = training_target(x0, noise, t, schedule, prediction)
+    weights = None if min_snr_gamma is None else min_snr_weights(t, schedule, prediction, min_snr_gamma)
+
+    output = model.forward(x_t, t, y)
+    loss, cache = weighted_mse(output, target, weights)
+    model.backward(weighted_mse_backward(cache))
+    grad_norm = clip_grad_norm(model.grads, grad_clip) if grad_clip is not None else global_norm(model.grads)
+    optimizer.step(model.grads)
+    if ema is not None:
+        ema.update(model.params)
+    return {"loss": loss, "grad_norm": grad_norm}
+
+
+def train(model, x0: np.ndarray, schedule: Schedule, *, steps: int, batch_size: int, seed: int = 0,
+          y=None, optimizer: Adam | None = None, ema: EMA | None = None, start_step: int = 0,
+          prediction: str = "epsilon", min_snr_gamma: float | None = None,
+          class_dropout: float = 0.0, grad_clip: float | None = None,
+          callback: Callable[[int, dict], None] | None = None) -> dict:
+    """Run `steps` optimisation steps (start_step, ..., start_step + steps - 1) on the dataset x0.
+
+    x0: (M, ...) float data; y: (M,) int labels or None. optimizer defaults to Adam(lr=1e-3).
+    callback(step, record) is called after every step. Returns {"loss": [...], "grad_norm": [...]}
+    with one entry per step, plus the optimizer under "optimizer".
+    """
+    x0 = check_float_array(x0, "x0", min_ndim=2)
+    for name, value in (("steps", steps), ("batch_size", batch_size), ("start_step", start_step)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if steps < 0 or batch_size < 1 or start_step < 0:
+        raise ValueError(f"need steps >= 0, batch_size >= 1, start_step >= 0; got {steps}, {batch_size}, {start_step}")
+    if y is not None:
+        y = np.asarray(y)
+        if y.shape != (x0.shape[0],):
+            raise ValueError(f"y must have shape ({x0.shape[0]},), got {y.shape}")
+    optimizer = Adam(model.params, lr=1e-3) if optimizer is None else optimizer
+    history: dict = {"loss": [], "grad_norm": [], "optimizer": optimizer}
+    for step in range(start_step, start_step + steps):
+        rows = np.random.default_rng([seed, step]).integers(0, x0.shape[0], batch_size)
+        record = train_step(model, optimizer, x0[rows], schedule, seed, step,
+                            None if y is None else y[rows], prediction=prediction,
+                            min_snr_gamma=min_snr_gamma, class_dropout=class_dropout,
+                            ema=ema, grad_clip=grad_clip)
+        history["loss"].append(record["loss"])
+        history["grad_norm"].append(record["grad_norm"])
+        if callback is not None:
+            callback(step, record)
+    return history
