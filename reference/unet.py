@@ -60,7 +60,8 @@ from .layers import embedding, embedding_backward, linear, linear_backward, silu
 from .norm import group_norm_silu, group_norm_silu_backward
 from .unet_config import UNetConfig, parameter_shapes
 
-__all__ = ["UNet", "resnet_block", "resnet_block_backward", "dropout", "dropout_backward"]
+__all__ = ["UNet", "resnet_block", "resnet_block_backward", "dropout", "dropout_backward",
+           "time_embedding_mlp", "time_embedding_mlp_backward"]
 
 
 # ----------------------------------------------------------------------------- dropout
@@ -120,6 +121,29 @@ def resnet_block_backward(dout: np.ndarray, cache):
         dx_skip, g["conv_shortcut.weight"], g["conv_shortcut.bias"] = conv2d_backward(dout, shortcut_cache)
         dx = dx + dx_skip
     return dx, dtemb_silu, g
+
+
+# ----------------------------------------------------------------------------- time embedding
+
+def time_embedding_mlp(t_emb: np.ndarray, params: Mapping[str, np.ndarray]):
+    """TimestepEmbedding: t_emb (N, ch) sinusoidal -> linear_1 -> SiLU -> linear_2 -> temb (N, 4ch).
+
+    params by local name linear_1.weight/.bias, linear_2.weight/.bias. Returns (temb, cache).
+    """
+    e1, linear_1_cache = linear(t_emb, params["linear_1.weight"], params["linear_1.bias"])
+    e2, silu_cache = silu(e1)
+    temb, linear_2_cache = linear(e2, params["linear_2.weight"], params["linear_2.bias"])
+    return temb, (linear_1_cache, silu_cache, linear_2_cache)
+
+
+def time_embedding_mlp_backward(dtemb: np.ndarray, cache):
+    """dtemb (N, 4ch) -> dt_emb (N, ch), grads {local name: array}."""
+    linear_1_cache, silu_cache, linear_2_cache = cache
+    g = {}
+    de2, g["linear_2.weight"], g["linear_2.bias"] = linear_backward(dtemb, linear_2_cache)
+    de1 = silu_backward(de2, silu_cache)
+    dt_emb, g["linear_1.weight"], g["linear_1.bias"] = linear_backward(de1, linear_1_cache)
+    return dt_emb, g
 
 
 def _local(params: Mapping[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
@@ -315,15 +339,13 @@ class UNet:
 
         # time (and class) embedding: temb (N, 4ch)
         t_emb = timestep_embedding(t, cfg.ch, cfg.flip_sin_to_cos, cfg.freq_shift, dtype=self.dtype)
-        e1, l1_cache = linear(t_emb, p["time_embedding.linear_1.weight"], p["time_embedding.linear_1.bias"])
-        e2, act_cache = silu(e1)
-        temb, l2_cache = linear(e2, p["time_embedding.linear_2.weight"], p["time_embedding.linear_2.bias"])
+        temb, mlp_cache = time_embedding_mlp(t_emb, _local(p, "time_embedding"))
         class_cache = None
         if cfg.num_classes is not None:
             class_rows, class_cache = embedding(y, p["class_embedding.weight"])
-            temb = temb + class_rows
+            temb = temb + class_rows                                    # row num_classes = null class
         temb_silu, temb_act_cache = silu(temb)                          # shared by every ResBlock
-        embed_caches = (l1_cache, act_cache, l2_cache, class_cache, temb_act_cache)
+        embed_caches = (mlp_cache, class_cache, temb_act_cache)
 
         def resnet(h, prefix, c_out):
             mask = None
@@ -407,7 +429,7 @@ class UNet:
             raise ValueError(f"dout must have the shape of the last output {out_shape}, got {dout.shape}")
         g = {name: np.zeros_like(value) for name, value in self.params.items()}
         dh = dout.astype(self.dtype, copy=False)
-        dtemb_silu = np.zeros(embed_caches[-1][0].shape, dtype=self.dtype)
+        dtemb_silu = np.zeros(embed_caches[-1][0].shape, dtype=self.dtype)   # SiLU cache (temb, s)
         dskips: list[np.ndarray] = []
 
         def put(prefix, local_grads):
@@ -440,13 +462,12 @@ class UNet:
                 raise AssertionError(kind)
         assert not dskips, "every skip consumed in forward must be returned in backward"
 
-        l1_cache, act_cache, l2_cache, class_cache, temb_act_cache = embed_caches
+        mlp_cache, class_cache, temb_act_cache = embed_caches
         dtemb = silu_backward(dtemb_silu, temb_act_cache)
         if class_cache is not None:
             g["class_embedding.weight"] = embedding_backward(dtemb, class_cache)
-        de2, g["time_embedding.linear_2.weight"], g["time_embedding.linear_2.bias"] = linear_backward(dtemb, l2_cache)
-        de1 = silu_backward(de2, act_cache)
-        _, g["time_embedding.linear_1.weight"], g["time_embedding.linear_1.bias"] = linear_backward(de1, l1_cache)
+        _, local_grads = time_embedding_mlp_backward(dtemb, mlp_cache)  # t is an integer input
+        put("time_embedding", local_grads)
 
         self.grads.update(g)                                # same dict object, fresh arrays
         self._tape = None

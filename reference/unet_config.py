@@ -81,6 +81,11 @@ class UNetConfig:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if not self.ch_mult or any(m < 1 for m in self.ch_mult):
             raise ValueError(f"ch_mult must be a non-empty tuple of positive ints, got {self.ch_mult}")
+        if self.ch_mult[0] != 1:
+            # diffusers' UNet2DModel ties the time embedding to block_out_channels[0]
+            # (sinusoid width ch*ch_mult[0], MLP 4*ch*ch_mult[0]); the DDPM code to ch. They only
+            # agree, and parameter_shapes only matches diffusers, when ch_mult[0] == 1.
+            raise ValueError(f"ch_mult[0] must be 1 (scale ch instead), got ch_mult={self.ch_mult}")
         if not 0.0 <= float(self.dropout) < 1.0:
             raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
         if not float(self.eps) > 0:

@@ -16,8 +16,24 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from reference import UNet, UNetConfig, count_parameters, parameter_shapes
-from reference.layers import timestep_embedding
-from tests.helpers import assert_close, numerical_gradient, rel_error
+from reference.layers import (
+    embedding,
+    embedding_backward,
+    linear,
+    linear_backward,
+    silu,
+    silu_backward,
+    timestep_embedding,
+)
+from reference.unet import (
+    dropout,
+    dropout_backward,
+    resnet_block,
+    resnet_block_backward,
+    time_embedding_mlp,
+    time_embedding_mlp_backward,
+)
+from tests.helpers import assert_close, check_gradient, numerical_gradient, rel_error
 
 @pytest.fixture(autouse=True)
 def _one_blas_thread():
@@ -54,6 +70,106 @@ def _inputs(config, n=2, seed=0):
     t = rng.integers(0, 1000, n)
     y = None if config.num_classes is None else rng.integers(0, config.num_classes + 1, n)
     return x, t, y, rng
+
+
+# ----------------------------------------------------------------------------- building blocks
+# Same FD bound as the layer tests: eps 1e-6, loss = sum(g * out), rtol 1e-7 of max |numerical|.
+
+def test_linear_silu_and_class_embedding_backward_match_finite_differences():
+    rng = np.random.default_rng(0)
+    x, w, b = rng.standard_normal((3, 5)), rng.standard_normal((4, 5)), rng.standard_normal(4)
+    out, cache = linear(x, w, b)
+    g = rng.standard_normal(out.shape)
+    dx, dw, db = linear_backward(g, cache)
+    for name, arr, grad in [("dx", x, dx), ("dweight", w, dw), ("dbias", b, db)]:
+        check_gradient(lambda: float(np.sum(g * linear(x, w, b)[0])), arr, grad, rtol=1e-7, name=name)
+
+    z = rng.standard_normal((2, 3, 1, 1)) * 4
+    out, cache = silu(z)
+    g = rng.standard_normal(out.shape)
+    check_gradient(lambda: float(np.sum(g * silu(z)[0])), z, silu_backward(g, cache), rtol=1e-7, name="dsilu")
+
+    table = rng.standard_normal((4, 6))                         # 3 classes + the null row 3
+    ids = np.array([3, 0, 0, 2])                                # repeated ids sum their rows
+    out, cache = embedding(ids, table)
+    g = rng.standard_normal(out.shape)
+    check_gradient(lambda: float(np.sum(g * embedding(ids, table)[0])), table,
+                   embedding_backward(g, cache), rtol=1e-7, name="dtable")
+
+
+def test_time_embedding_mlp_backward_matches_finite_differences():
+    rng = np.random.default_rng(1)
+    t_emb = timestep_embedding(np.array([0, 7, 999]), 6, freq_shift=1)
+    params = {"linear_1.weight": rng.standard_normal((24, 6)), "linear_1.bias": rng.standard_normal(24),
+              "linear_2.weight": rng.standard_normal((24, 24)) / 5, "linear_2.bias": rng.standard_normal(24)}
+    temb, cache = time_embedding_mlp(t_emb, params)
+    g = rng.standard_normal(temb.shape)
+    dt_emb, grads = time_embedding_mlp_backward(g, cache)
+
+    def loss():
+        return float(np.sum(g * time_embedding_mlp(t_emb, params)[0]))
+
+    check_gradient(loss, t_emb, dt_emb, rtol=1e-7, name="dt_emb")
+    for name in params:
+        check_gradient(loss, params[name], grads[name], rtol=1e-7, name=f"d{name}")
+
+
+# name: (C_in, C_out, H, W, groups, dropout p) -- shortcut conv when C_in != C_out
+RESNET_CASES = {
+    "shortcut_odd_hw": (4, 6, 3, 5, 2, 0.0),
+    "identity_groups_1": (3, 3, 2, 3, 1, 0.0),
+    "identity_groups_eq_C_dropout": (4, 4, 3, 2, 4, 0.4),
+    "shortcut_hw_1": (2, 4, 1, 1, 1, 0.0),
+}
+
+
+@pytest.mark.parametrize("case", list(RESNET_CASES))
+def test_resnet_block_backward_matches_finite_differences(case):
+    c_in, c_out, h, w, groups, p = RESNET_CASES[case]
+    rng = np.random.default_rng(len(case))
+    temb_dim = 5
+    shapes = {"norm1.weight": (c_in,), "norm1.bias": (c_in,), "conv1.weight": (c_out, c_in, 3, 3),
+              "conv1.bias": (c_out,), "time_emb_proj.weight": (c_out, temb_dim),
+              "time_emb_proj.bias": (c_out,), "norm2.weight": (c_out,), "norm2.bias": (c_out,),
+              "conv2.weight": (c_out, c_out, 3, 3), "conv2.bias": (c_out,)}
+    if c_in != c_out:
+        shapes.update({"conv_shortcut.weight": (c_out, c_in, 1, 1), "conv_shortcut.bias": (c_out,)})
+    params = {name: rng.standard_normal(shape) * (0.5 if len(shape) > 1 else 1.0) for name, shape in shapes.items()}
+    x = rng.standard_normal((2, c_in, h, w))
+    temb_silu = rng.standard_normal((2, temb_dim))
+    mask = (rng.random((2, c_out, h, w)) >= p) if p else None
+    out, cache = resnet_block(x, temb_silu, params, groups, 1e-6, mask, p)
+    g = rng.standard_normal(out.shape)
+    dx, dtemb_silu, grads = resnet_block_backward(g, cache)
+    assert set(grads) == set(params)
+
+    def loss():
+        return float(np.sum(g * resnet_block(x, temb_silu, params, groups, 1e-6, mask, p)[0]))
+
+    # One channel per group: norm2 subtracts each channel's mean, so every per-channel constant
+    # before it (conv1's bias, the time embedding) cancels exactly -- a property of the
+    # architecture, not a bug. Those gradients must be 0 and their FD estimate round-off only.
+    vanishing = {"conv1.bias", "time_emb_proj.weight", "time_emb_proj.bias"} if groups == c_out else set()
+    checks = [("x", x, dx), ("temb_silu", temb_silu, dtemb_silu)]
+    checks += [(name, params[name], grads[name]) for name in params]
+    for name, arr, grad in checks:
+        if name in vanishing or (vanishing and name == "temb_silu"):
+            assert np.max(np.abs(grad)) <= 1e-12, f"d{name} should vanish"
+            assert np.max(np.abs(numerical_gradient(loss, arr))) <= 1e-8, f"FD d{name}"
+        else:
+            check_gradient(loss, arr, grad, rtol=1e-7, name=f"d{name}")
+
+
+def test_dropout_scales_kept_values_and_backward_matches_finite_differences():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, 3, 2, 2))
+    mask = rng.random(x.shape) >= 0.25
+    out, cache = dropout(x, mask, 0.25)
+    assert_close(out, np.where(mask, x / 0.75, 0.0), atol=0, rtol=1e-15, name="inverted dropout")
+    g = rng.standard_normal(x.shape)
+    check_gradient(lambda: float(np.sum(g * dropout(x, mask, 0.25)[0])), x, dropout_backward(g, cache),
+                   rtol=1e-7, name="dx")
+    assert dropout(x, None, 0.25)[0] is x                      # no mask: the identity
 
 
 # ----------------------------------------------------------------------------- presets
@@ -331,3 +447,13 @@ def test_unet_backward_and_dropout_misuse_are_errors():
         net.forward(x, 0, train=True, dropout_masks={"mid_block.resnets.0": np.ones((1, 8, 4, 4))})
     with pytest.raises(TypeError, match="config must be a UNetConfig"):
         UNet({"ch": 4})
+
+
+def test_unet_config_rejects_channels_not_divisible_by_groups_and_sizes_not_divisible_by_levels():
+    with pytest.raises(ValueError, match="not divisible by groups=3"):
+        UNetConfig.tiny(groups=3)
+    with pytest.raises(ValueError, match=r"image_size 6 must be divisible by 2\^\(levels-1\) = 4"):
+        UNetConfig.tiny(image_size=6, ch_mult=(1, 2, 2), attn_resolutions=())
+    # diffusers sizes the time embedding by ch * ch_mult[0]; the names only match when it is ch
+    with pytest.raises(ValueError, match=r"ch_mult\[0\] must be 1"):
+        UNetConfig.tiny(ch_mult=(2, 2))
