@@ -1,0 +1,298 @@
+"""The CuPy backend's CUDA C, executed on the CPU: a host build of the very kernel sources.
+
+Machines without a GPU cannot run CuPy, so the CUDA C of kernels/cupy would otherwise only be
+compiled, never executed, before it meets a GPU. Here each kernel source is compiled with g++
+against a small shim (CUDA qualifiers removed, __umulhi / __fmul_rn / ... as their IEEE
+definitions, the two fp16 `cvt` PTX instructions as _Float16 conversions, a block = 256
+std::threads with __syncthreads as a std::barrier, __shared__ arrays static), and the real
+kernels/cupy launchers run on CPU tensors through it (their `get_kernel`/`launch` replaced).
+What this checks: indexing, layouts, the Philox/uniform/normal code, the update arithmetic and
+its rounding, the Welford/tree reductions and the backward formulas. What it cannot check: GPU
+math-library rounding, the memory model beyond the barrier, NVRTC itself (`nvcc -ptx` of the
+same sources is exercised in test_cuda_sources_compile_with_nvcc when nvcc is installed).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import reference
+from kernels import config
+from kernels.cupy import group_norm_silu as cupy_group_norm
+from kernels.cupy import philox as cupy_philox
+from kernels.cupy import q_sample as cupy_q_sample
+from kernels.cupy import sampler_step as cupy_sampler_step
+from tests.helpers import assert_close
+
+GXX = shutil.which("g++")
+pytestmark = pytest.mark.skipif(GXX is None, reason="g++ is not installed (needed for the host build)")
+
+SHIM = r"""
+#include <algorithm>
+#include <barrier>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __shared__ static
+struct dim3_t { unsigned int x = 0, y = 0, z = 0; };
+static thread_local dim3_t threadIdx, blockIdx;
+static dim3_t blockDim, gridDim;
+static std::barrier<>* g_barrier = nullptr;
+static inline void __syncthreads() { g_barrier->arrive_and_wait(); }
+static inline unsigned int __umulhi(unsigned int a, unsigned int b) {
+    return (unsigned int)(((unsigned long long)a * b) >> 32);
+}
+static inline float __fmul_rn(float a, float b) { return a * b; }
+static inline float __fadd_rn(float a, float b) { return a + b; }
+static inline float __fsub_rn(float a, float b) { return a - b; }
+static inline double __dmul_rn(double a, double b) { return a * b; }
+static inline double __dadd_rn(double a, double b) { return a + b; }
+static inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, 4); return f; }
+static inline float __uint_as_float(unsigned int i) { float f; std::memcpy(&f, &i, 4); return f; }
+static inline unsigned int __float_as_uint(float f) { unsigned int i; std::memcpy(&i, &f, 4); return i; }
+static inline double __longlong_as_double(long long i) { double d; std::memcpy(&d, &i, 8); return d; }
+using std::min;
+using std::max;
+"""
+
+LAUNCHER = r"""
+template <typename T> static T from_slot(std::uint64_t s) { T v; std::memcpy(&v, &s, sizeof(T)); return v; }
+template <typename... A, std::size_t... I>
+static void invoke(void (*k)(A...), const std::uint64_t* s, std::index_sequence<I...>) {
+    k(from_slot<A>(s[I])...);
+}
+template <typename... A>
+static int run(void (*k)(A...), unsigned gx, unsigned gy, unsigned bx, const std::uint64_t* slots,
+               int nslots) {
+    if (nslots != (int)sizeof...(A)) return -1;
+    gridDim = {gx, gy, 1};
+    blockDim = {bx, 1, 1};
+    for (unsigned y = 0; y < gy; ++y) {
+        for (unsigned x = 0; x < gx; ++x) {
+            std::barrier<> bar(bx);
+            g_barrier = &bar;
+            std::vector<std::thread> threads;
+            for (unsigned t = 0; t < bx; ++t) {
+                threads.emplace_back([=] {
+                    threadIdx = {t, 0, 0};
+                    blockIdx = {x, y, 0};
+                    invoke(k, slots, std::index_sequence_for<A...>{});
+                });
+            }
+            for (auto& th : threads) th.join();
+        }
+    }
+    return 0;
+}
+extern "C" int launch_kernel(const char* name, unsigned gx, unsigned gy, unsigned bx,
+                             const std::uint64_t* slots, int nslots) {
+    const std::string n(name);
+    KERNEL_TABLE
+    return -2;
+}
+"""
+
+_FP16_ASM = {
+    'asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));':
+        "{ _Float16 hv; std::memcpy(&hv, &h, 2); f = (float)hv; }",
+    'asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(v));':
+        "{ _Float16 hv = (_Float16)v; std::memcpy(&h, &hv, 2); }",
+}
+_BUILD_DIR = Path(tempfile.mkdtemp(prefix="ddpm_cuda_host_"))
+_LIBRARIES: dict[str, ctypes.CDLL] = {}
+
+
+def host_library(source: str, macros: dict) -> ctypes.CDLL:
+    for asm, replacement in _FP16_ASM.items():
+        assert asm in source or "STORAGE_ID == 1" not in source, "fp16 PTX changed: update the shim"
+        source = source.replace(asm, replacement)
+    names = re.findall(r'extern "C" __global__ void (\w+)\(', source)
+    table = "\n    ".join(f'if (n == "{k}") return run({k}, gx, gy, bx, slots, nslots);' for k in names)
+    code = SHIM + source + LAUNCHER.replace("KERNEL_TABLE", table)
+    flags = [f"-D{k}={int(v)}" for k, v in sorted(macros.items())]
+    key = hashlib.sha256((code + " ".join(flags)).encode()).hexdigest()[:16]
+    if key not in _LIBRARIES:
+        src, lib = _BUILD_DIR / f"{key}.cpp", _BUILD_DIR / f"{key}.so"
+        src.write_text(code)
+        subprocess.run([GXX, "-std=c++20", "-O0", "-pthread", "-shared", "-fPIC", "-ffp-contract=off",
+                        *flags, str(src), "-o", str(lib)], check=True, capture_output=True, text=True)
+        library = ctypes.CDLL(str(lib))
+        library.launch_kernel.argtypes = [ctypes.c_char_p, ctypes.c_uint, ctypes.c_uint, ctypes.c_uint,
+                                          ctypes.POINTER(ctypes.c_uint64), ctypes.c_int]
+        _LIBRARIES[key] = library
+    return _LIBRARIES[key]
+
+
+class HostKernel:
+    def __init__(self, source: str, name: str, macros: dict):
+        self.library, self.name = host_library(source, macros), name
+
+    def __call__(self, grid, block, args):
+        slots = (ctypes.c_uint64 * max(len(args), 1))()
+        for i, a in enumerate(args):
+            raw = np.asarray(a).tobytes()
+            assert len(raw) in (4, 8), f"argument {i} of {self.name} is not a 4/8-byte scalar"
+            slots[i] = int(np.frombuffer(raw.ljust(8, b"\0"), np.uint64)[0])
+        grid = tuple(grid) + (1,) * (2 - len(grid))
+        rc = self.library.launch_kernel(self.name.encode(), grid[0], grid[1], block[0], slots, len(args))
+        assert rc == 0, f"{self.name}: launch_kernel returned {rc} (argument count mismatch?)"
+
+
+@pytest.fixture
+def host_cupy(monkeypatch):
+    """Route the kernels/cupy launchers to the host build (CPU tensors stand in for device ones)."""
+    def get_kernel(source, name, **macros):
+        return HostKernel(source, name, macros)
+
+    def launch(kernel, grid, block, args, device, shared_mem=0):
+        kernel(grid, block, args)
+
+    for module in (cupy_philox, cupy_q_sample, cupy_sampler_step, cupy_group_norm):
+        monkeypatch.setattr(module, "get_kernel", get_kernel)
+        monkeypatch.setattr(module, "launch", launch)
+        if hasattr(module, "grid_1d"):
+            monkeypatch.setattr(module, "grid_1d", lambda total, block, device: 2)
+
+
+SCHEDULE = reference.make_schedule("linear", 1000)
+TABLES = (torch.tensor(SCHEDULE.sqrt_alpha_bars, dtype=torch.float32),
+          torch.tensor(SCHEDULE.sqrt_one_minus_alpha_bars, dtype=torch.float32))
+
+
+def test_host_words_uniforms_and_normals_match_reference(host_cupy):
+    samples = torch.tensor([0, 9, 2**32 - 1])
+    words, uniforms = cupy_philox.philox_words(2**40 + 1, samples, 2**31 + 3, 77)
+    expected = reference.philox_words(2**40 + 1, samples.numpy(), 2**31 + 3, 77)
+    np.testing.assert_array_equal(words.numpy(), expected.astype(np.int64))
+    np.testing.assert_array_equal(uniforms[..., 1].numpy(), reference.uint_to_uniform_float(expected[..., 1]))
+    z = cupy_philox.normal(5, samples, torch.tensor([1, 0, 2**32 - 1]), (4, 5), torch.float32)
+    assert_close(z, reference.normal(5, samples.numpy(), [1, 0, 2**32 - 1], (4, 5)), atol=1e-5, rtol=0,
+                 name="float32 Box-Muller")
+    for dtype in (torch.bfloat16, torch.float16):
+        half = cupy_philox.normal(5, samples, 3, (40,), dtype)
+        assert torch.equal(half, cupy_philox.normal(5, samples, 3, (40,), torch.float32).to(dtype))
+
+
+def test_host_float64_box_muller_matches_reference(host_cupy, monkeypatch):
+    monkeypatch.setattr(config, "NORMAL_FP64", True)
+    z = cupy_philox.normal(7, torch.tensor([0, 1]), 4, (500,), torch.float32)
+    expected = reference.normal(7, [0, 1], 4, (500,))
+    assert np.mean(z.numpy() == expected) > 0.999  # libm vs NumPy float64 log/cos: last-ulp ties
+    assert_close(z, expected, atol=1e-6, rtol=0, name="float64 Box-Muller")
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_host_q_sample_matches_reference(host_cupy, channels_last):
+    x0 = torch.randn(3, 4, 5, 3)
+    if channels_last:
+        x0 = x0.contiguous(memory_format=torch.channels_last)
+    t = torch.tensor([0, 500, 999])
+    eps = torch.randn(3, 4, 5, 3)
+    x_t, _ = cupy_q_sample.q_sample(x0, t, *TABLES, eps, None, None, 0)
+    np.testing.assert_array_equal(x_t.numpy(), reference.q_sample(x0.numpy(), t.numpy(), eps.numpy(), SCHEDULE))
+    x_t, noise = cupy_q_sample.q_sample(x0, t, *TABLES, None, 11, torch.tensor([4, 2, 7]), 3)
+    expected_noise = reference.normal(11, [4, 2, 7], 3, (4, 5, 3))
+    assert x_t.is_contiguous(memory_format=torch.channels_last) == channels_last
+    assert_close(noise, expected_noise, atol=1e-5, rtol=0, name="noise")
+    assert_close(x_t, reference.q_sample(x0.numpy(), t.numpy(), noise.numpy(), SCHEDULE), atol=1e-6,
+                 rtol=1e-6, name="x_t")
+    for dtype in (torch.bfloat16, torch.float16):
+        x_t, _ = cupy_q_sample.q_sample(x0.to(dtype), t, *TABLES, eps.to(dtype), None, None, 0)
+        expected = reference.q_sample(x0.to(dtype).float().numpy(), t.numpy(), eps.to(dtype).float().numpy(), SCHEDULE)
+        assert torch.equal(x_t, torch.from_numpy(expected).to(dtype))
+    bad_t = torch.tensor([0, 1000, -1])
+    x_t, _ = cupy_q_sample.q_sample(x0, bad_t, *TABLES, eps, None, None, 0)
+    assert torch.isfinite(x_t[0]).all() and torch.isnan(x_t[1:]).all()
+
+
+def test_host_sampler_step_matches_reference(host_cupy):
+    x_t, out, uncond, z = (torch.randn(3, 2, 4, 5) for _ in range(4))
+    c = reference.ddpm_coefficients(SCHEDULE, np.array([999, 7, 0]), "epsilon")
+    coefficients = torch.tensor(c)
+    got = cupy_sampler_step.sampler_step(x_t, out, coefficients, uncond, 3.5, (-1.0, 1.0), z, None,
+                                         None, 0, None)
+    cfg = reference.classifier_free_guidance(out.numpy(), uncond.numpy(), 3.5)
+    expected = reference.sampler_update(x_t.numpy(), cfg, c, z.numpy(), (-1.0, 1.0))
+    np.testing.assert_array_equal(got.numpy(), expected)
+    # in-kernel noise, channels_last, in place
+    x_cl = x_t.contiguous(memory_format=torch.channels_last)
+    out_cl = out.contiguous(memory_format=torch.channels_last)
+    result = cupy_sampler_step.sampler_step(x_cl, out_cl, coefficients, None, 1.0, None, None, 9,
+                                            torch.tensor([5, 6, 7]), 2, x_cl)
+    assert result is x_cl
+    noise = reference.normal(9, [5, 6, 7], 2, (2, 4, 5))
+    expected = reference.sampler_update(x_t.numpy(), out.numpy(), c, noise)
+    assert_close(result, expected, atol=1e-5, rtol=1e-6, name="in-kernel noise")
+    # sigma != 0 without a noise source: NaN for those samples only
+    got = cupy_sampler_step.sampler_step(x_t, out, coefficients, None, 1.0, None, None, None, None, 0, None)
+    assert torch.isnan(got[:2]).all() and torch.isfinite(got[2]).all()
+    got = cupy_sampler_step.sampler_step(x_t.to(torch.bfloat16), out.to(torch.bfloat16), coefficients,
+                                         None, 1.0, None, z.to(torch.bfloat16), None, None, 0, None)
+    expected = reference.sampler_update(x_t.to(torch.bfloat16).float().numpy(), out.to(torch.bfloat16).float().numpy(),
+                                        c, z.to(torch.bfloat16).float().numpy())
+    assert torch.equal(got, torch.from_numpy(expected).to(torch.bfloat16))
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("splits", [1, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_host_group_norm_silu_forward_and_backward_match_reference(host_cupy, channels_last, splits, dtype):
+    gen = torch.Generator().manual_seed(splits)
+    x = (torch.randn(2, 6, 5, 7, generator=gen) * 2 + 1).to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    weight, bias = torch.randn(6, generator=gen), torch.randn(6, generator=gen)
+    shift, dy = torch.randn(2, 6, generator=gen), torch.randn(2, 6, 5, 7, generator=gen).to(dtype)
+    y, mean, rstd = cupy_group_norm.forward(x, weight, bias, shift, 3, 1e-5, True, splits=splits)
+    dx, dw, db, dshift = cupy_group_norm.backward(dy, x, weight, bias, shift, mean, rstd, 3, True,
+                                                  (True, True, True, True), splits=splits)
+    x64 = x.double().numpy()
+    y_ref, cache = reference.group_norm_silu(x64, weight.double().numpy(), bias.double().numpy(), 3,
+                                             1e-5, True, shift=shift.double().numpy())
+    dx_ref, dw_ref, db_ref = reference.group_norm_silu_backward(dy.double().numpy(), cache)
+    atol, rtol = (1e-5, 1e-5) if dtype == torch.float32 else (1e-5, 1.6e-2)
+    assert y.is_contiguous(memory_format=torch.channels_last) == channels_last
+    assert_close(y, y_ref, atol=atol, rtol=rtol, name="y")
+    assert_close(dx, dx_ref, atol=atol, rtol=rtol, name="dx")
+    assert_close(dw, dw_ref, atol=1e-4, rtol=1e-5, name="dweight")
+    assert_close(db, db_ref, atol=1e-4, rtol=1e-5, name="dbias")
+    assert_close(dshift, dx_ref.sum(axis=(2, 3)), atol=1e-4, rtol=1e-5, name="dshift")
+    h = x64 + shift.double().numpy()[:, :, None, None]
+    assert_close(mean, h.reshape(2, 3, -1).mean(axis=2).reshape(-1), atol=1e-5, rtol=1e-6, name="mean")
+    assert_close(rstd, cache.rstd.reshape(-1), atol=1e-5, rtol=1e-5, name="rstd")
+
+
+NVCC = shutil.which("nvcc")
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc is not installed")
+@pytest.mark.parametrize("name, source", [
+    ("normal", cupy_philox._NORMAL_SOURCE), ("q_sample", cupy_q_sample._SOURCE),
+    ("sampler_step", cupy_sampler_step._SOURCE), ("group_norm_silu", cupy_group_norm._SOURCE),
+])
+def test_cuda_sources_compile_with_nvcc(name, source, tmp_path):
+    """Every storage dtype and Box-Muller variant compiles for sm_90 (as NVRTC will at run time)."""
+    path = tmp_path / f"{name}.cu"
+    path.write_text(source)
+    for storage in (0, 1, 2):
+        result = subprocess.run([NVCC, "-arch=sm_90", "-ptx", "-std=c++14", f"-DSTORAGE_ID={storage}",
+                                 "-DNORMAL_FP64=1", str(path), "-o", str(tmp_path / f"{name}.ptx")],
+                                capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
