@@ -54,7 +54,7 @@ from typing import Mapping
 import numpy as np
 
 from ._validate import check_float_array
-from .attention import ATTENTION_PARAMETERS, attention_block, attention_block_backward
+from .attention import attention_block, attention_block_backward
 from .conv import conv2d, conv2d_backward, downsample, downsample_backward, upsample, upsample_backward
 from .layers import embedding, embedding_backward, linear, linear_backward, silu, silu_backward, timestep_embedding
 from .norm import group_norm_silu, group_norm_silu_backward
@@ -160,7 +160,8 @@ class UNet:
     Args:
         config: the UNetConfig (architecture; see `reference.unet_config`).
         params: a mapping name -> array to load (validated like `load`), or None to initialise.
-        seed: initialisation seed, also the seed of `self.rng` (dropout masks when none given).
+        seed: initialisation seed (default_rng(seed)); `self.rng` = default_rng([seed, 1]) draws
+            the dropout masks when neither masks nor an rng are passed to `forward`.
         zero_init: zero conv2 of each ResBlock, each attention's to_out.0 and conv_out (DDPM).
         dtype: np.float64 (default) or np.float32, the dtype of the parameters and the math.
 
@@ -177,7 +178,7 @@ class UNet:
             raise TypeError(f"dtype must be float32 or float64, got {self.dtype}")
         self.config = config
         self.shapes = parameter_shapes(config)
-        self.rng = np.random.default_rng(seed)
+        self.rng = np.random.default_rng([seed, 1])                    # dropout masks; init uses [seed]
         if params is None:
             self.params = self._initial_params(np.random.default_rng(seed), zero_init)
         else:
@@ -257,7 +258,8 @@ class UNet:
         n = x.shape[0]
         t_arr = np.asarray(t)
         if t_arr.dtype == bool or not np.issubdtype(t_arr.dtype, np.integer):
-            raise TypeError(f"t must be an int or an integer array, got {t_arr.dtype if t_arr.dtype != object else type(t).__name__}")
+            got = t_arr.dtype if t_arr.dtype != object else type(t).__name__
+            raise TypeError(f"t must be an int or an integer array, got {got}")
         if t_arr.ndim == 0:
             t_arr = np.full(n, int(t_arr), dtype=np.int64)
         if t_arr.shape != (n,):

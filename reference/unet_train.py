@@ -23,7 +23,7 @@ from .sampling import sample_ddim
 from .schedules import make_schedule
 from .train import train
 from .unet import UNet
-from .unet_config import UNetConfig
+from .unet_config import UNetConfig, count_parameters
 
 __all__ = ["load_digits8", "train_digits", "forward_backward_seconds", "PRESETS"]
 
@@ -112,7 +112,7 @@ def main(argv=None) -> None:
         for name, make in PRESETS.items():
             config = make()
             forward, backward = forward_backward_seconds(config, args.timing_batch)
-            print(f"{name:13s} {UNet(config).num_parameters:>11,} params  batch {args.timing_batch}: "
+            print(f"{name:13s} {count_parameters(config):>11,} params  batch {args.timing_batch}: "
                   f"forward {forward:.3f} s  backward {backward:.3f} s  total {forward + backward:.3f} s")
         return
 

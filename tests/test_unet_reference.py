@@ -207,7 +207,8 @@ def test_unet_backward_matches_finite_differences(case):
     out = net.forward(x, t, y, train=train, rng=np.random.default_rng(3))
     masks = net.last_dropout_masks if train else None
     if train:  # the masks really drop something, and are reused by every loss evaluation below
-        assert len(masks) == config.levels * (2 * config.num_res_blocks + 1) + 2 and 0 < np.mean([m.mean() for m in masks.values()]) < 1
+        assert len(masks) == config.levels * (2 * config.num_res_blocks + 1) + 2
+        assert 0 < np.mean([m.mean() for m in masks.values()]) < 1
     g = rng.standard_normal(out.shape)
     dx = net.backward(g)
     grads = dict(net.grads)
