@@ -224,6 +224,8 @@ def ddim_coefficients(schedule: Schedule, t, t_prev, eta: float = 0.0,
     sigma = eta sqrt((1 - ab_prev) / (1 - ab_t)) sqrt(1 - ab_t / ab_prev); t_prev = -1: ab_prev = 1.
     """
     schedule = _check_schedule(schedule)
+    if isinstance(eta, bool) or not isinstance(eta, (int, float, np.integer, np.floating)):
+        raise TypeError(f"eta must be a number, got {type(eta).__name__}")
     if not np.isfinite(eta) or eta < 0:
         raise ValueError(f"eta must be a finite number >= 0, got {eta!r}")
     t = np.atleast_1d(schedule.check_t(t))
@@ -248,6 +250,8 @@ def dynamic_threshold(x0: np.ndarray, percentile: float = 0.995, max_value: floa
     s = max(quantile(|x0|, percentile), 1), capped at max_value; x0 -> clip(x0, -s, s) / s.
     """
     x0 = check_float_array(x0, "x0")
+    if isinstance(percentile, bool) or not isinstance(percentile, (int, float, np.integer, np.floating)):
+        raise TypeError(f"percentile must be a number, got {type(percentile).__name__}")
     if not 0.0 < percentile <= 1.0:
         raise ValueError(f"percentile must lie in (0, 1], got {percentile}")
     flat = np.abs(x0.reshape(x0.shape[0], -1))
@@ -381,6 +385,8 @@ def classifier_free_guidance(cond: np.ndarray, uncond: np.ndarray, guidance_scal
     cond = check_float_array(cond, "cond")
     uncond = check_float_array(uncond, "uncond")
     check_same_shape(cond, uncond, "cond", "uncond")
+    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float, np.integer, np.floating)):
+        raise TypeError(f"guidance_scale must be a number, got {type(guidance_scale).__name__}")
     if not np.isfinite(guidance_scale):
         raise ValueError(f"guidance_scale must be finite, got {guidance_scale!r}")
     return (uncond + guidance_scale * (cond - uncond)).astype(result_dtype(cond, uncond))
