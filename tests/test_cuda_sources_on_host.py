@@ -231,6 +231,10 @@ def test_host_sampler_step_matches_reference(host_cupy):
     cfg = reference.classifier_free_guidance(out.numpy(), uncond.numpy(), 3.5)
     expected = reference.sampler_update(x_t.numpy(), cfg, c, z.numpy(), (-1.0, 1.0))
     np.testing.assert_array_equal(got.numpy(), expected)
+    shared = torch.tensor(c[1]).expand(3, 8)  # one row for every sample: row stride 0, no copy
+    got = cupy_sampler_step.sampler_step(x_t, out, shared, None, 1.0, None, z, None, None, 0, None)
+    expected = reference.sampler_update(x_t.numpy(), out.numpy(), c[1], z.numpy())
+    np.testing.assert_array_equal(got.numpy(), expected)
     # in-kernel noise, channels_last, in place
     x_cl = x_t.contiguous(memory_format=torch.channels_last)
     out_cl = out.contiguous(memory_format=torch.channels_last)

@@ -30,7 +30,8 @@ extern "C" __global__ void sampler_step_kernel(
         unsigned long long uncond_addr,        /* (N, ...) unconditional output, or 0 (no CFG) */
         unsigned long long noise_addr,         /* (N, ...) z (noise_mode 1) */
         unsigned long long x_prev_addr,        /* (N, ...) out, may alias x_t */
-        unsigned long long coefficients_addr,  /* (N, 8) float64 row-major */
+        unsigned long long coefficients_addr,  /* (N, 8) float64, rows coefficient_stride apart */
+        long long coefficient_stride,          /* 8, or 0 for one row shared by all samples */
         unsigned long long samples_addr, unsigned long long streams_addr,  /* (N,) int64 or 0 */
         unsigned int seed_lo, unsigned int seed_hi, long long stream_scalar,
         float guidance_scale, double clip_lo, double clip_hi, int clip, int noise_mode,
@@ -46,7 +47,7 @@ extern "C" __global__ void sampler_step_kernel(
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
          i += (long long)blockDim.x * gridDim.x) {
         const long long n = i / numel;
-        const double* c = coefficients + 8 * n;
+        const double* c = coefficients + coefficient_stride * n;
         float out32 = load_f32(model_output, i);
         if (uncond != 0) {
             const float u = load_f32(uncond, i);
@@ -98,7 +99,8 @@ def sampler_step(x_t, model_output, coefficients, model_output_uncond, guidance_
         noise = same_layout_or_copy(noise, layout)
     direct = out is not None and dense_layout(out) == layout
     x_prev = out if direct else empty_like_layout(x_t_dense, layout)
-    coefficients = coefficients.contiguous()
+    if coefficients.stride(1) != 1 or coefficients.stride(0) not in (0, 8):
+        coefficients = coefficients.contiguous()  # (N, 8) floats: tiny
     batch = x_t.shape[0]
     numel = x_t.numel() // batch
     C, HW = channels_and_spatial(x_t)
@@ -111,7 +113,8 @@ def sampler_step(x_t, model_output, coefficients, model_output_uncond, guidance_
                         NORMAL_FP64=config.NORMAL_FP64)
     launch(kernel, (grid_1d(total, BLOCK, x_t.device),), (BLOCK,),
            (address(x_t_dense), address(model_output), address(model_output_uncond),
-            address(noise), address(x_prev), address(coefficients), address(samples),
+            address(noise), address(x_prev), address(coefficients), np.int64(coefficients.stride(0)),
+            address(samples),
             address(stream if has_stream else None), seed_lo, seed_hi,
             np.int64(0 if has_stream else stream), np.float32(guidance_scale), np.float64(lo),
             np.float64(hi), np.int32(clip is not None), np.int32(mode), np.int64(total),

@@ -36,16 +36,17 @@ def _sampler_step_kernel(x_t_ptr,          # (N, ...) x_t, memory order of its l
                          uncond_ptr,        # (N, ...) unconditional output (only with HAS_UNCOND)
                          noise_ptr,         # (N, ...) z (only with NOISE_MODE == 1)
                          x_prev_ptr,        # (N, ...) output, may alias x_t
-                         coefficients_ptr,  # (N, 8) float64, row-major
+                         coefficients_ptr,  # (N, 8) float64, rows coefficient_stride apart (0: shared)
                          samples_ptr, stream_ptr,  # (N,) int64 (only with HAS_SAMPLES/HAS_STREAM)
-                         seed, stream_scalar, guidance_scale, clip_lo, clip_hi, total, numel, C, HW,
+                         coefficient_stride, seed, stream_scalar, guidance_scale, clip_lo, clip_hi,
+                         total, numel, C, HW,
                          HAS_UNCOND: tl.constexpr, CLIP: tl.constexpr, NOISE_MODE: tl.constexpr,
                          HAS_SAMPLES: tl.constexpr, HAS_STREAM: tl.constexpr,
                          CHANNELS_LAST: tl.constexpr, FP64: tl.constexpr, BLOCK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < total
     n = offs // numel
-    row = coefficients_ptr + n * 8
+    row = coefficients_ptr + n * coefficient_stride
     c0 = tl.load(row + 0, mask=mask, other=0.0)
     c1 = tl.load(row + 1, mask=mask, other=0.0)
     c2 = tl.load(row + 2, mask=mask, other=0.0)
@@ -95,7 +96,8 @@ def sampler_step(x_t, model_output, coefficients, model_output_uncond, guidance_
         noise = same_layout_or_copy(noise, layout)
     direct = out is not None and dense_layout(out) == layout
     x_prev = out if direct else empty_like_layout(x_t_dense, layout)
-    coefficients = coefficients.contiguous()
+    if coefficients.stride(1) != 1 or coefficients.stride(0) not in (0, 8):
+        coefficients = coefficients.contiguous()  # (N, 8) floats: tiny
     batch = x_t.shape[0]
     numel = x_t.numel() // batch
     C, HW = channels_and_spatial(x_t)
@@ -108,6 +110,7 @@ def sampler_step(x_t, model_output, coefficients, model_output_uncond, guidance_
         x_t_dense, model_output, model_output_uncond if model_output_uncond is not None else x_t_dense,
         noise if noise is not None else x_t_dense, x_prev, coefficients,
         samples if samples is not None else coefficients, stream if has_stream else coefficients,
+        coefficients.stride(0),
         0 if seed is None else seed, 0 if has_stream else int(stream), float(guidance_scale),
         float(lo), float(hi), total, numel, C, HW,
         HAS_UNCOND=model_output_uncond is not None, CLIP=clip is not None, NOISE_MODE=mode,
