@@ -13,6 +13,7 @@ from typing import Callable
 
 import numpy as np
 
+from ._validate import check_float_array
 from .noise import SAMPLER_INIT_STREAM, normal, sampler_step_stream
 from .process import (
     classifier_free_guidance,
@@ -44,10 +45,35 @@ def guided(model, y, null_class: int, guidance_scale: float) -> Model:
 def _samples(samples, n):
     if samples is None:
         return np.arange(n, dtype=np.int64)
-    samples = np.asarray(samples, dtype=np.int64)
+    samples = np.asarray(samples)
+    if samples.dtype == bool or not np.issubdtype(samples.dtype, np.integer):
+        raise TypeError(f"samples must be integer sample indices, got dtype {samples.dtype}")
     if samples.shape != (n,):
         raise ValueError(f"samples must have shape ({n},), got {samples.shape}")
     return samples
+
+
+def _start(model, shape, schedule, seed, samples, x_T, dtype):
+    """Validate a sampling loop's arguments; returns (shape, samples, x_T)."""
+    if not callable(model):
+        raise TypeError(f"model must be callable as model(x_t, t), got {type(model).__name__}")
+    if not isinstance(schedule, Schedule):
+        raise TypeError(f"schedule must be a reference Schedule, got {type(schedule).__name__}")
+    if np.dtype(dtype) not in (np.float32, np.float64):
+        raise TypeError(f"dtype must be float32 or float64, got {np.dtype(dtype)}")
+    try:
+        shape = tuple(int(d) for d in shape)
+    except (TypeError, ValueError):
+        raise TypeError(f"shape must be a tuple of ints (N, ...), got {shape!r}") from None
+    if len(shape) < 2 or min(shape) < 1:
+        raise ValueError(f"shape must be (N, ...) with every size >= 1, got {shape}")
+    s = _samples(samples, shape[0])
+    if x_T is None:
+        return shape, s, initial_noise(shape, seed, s, dtype)
+    x_T = check_float_array(x_T, "x_T")
+    if x_T.shape != shape:
+        raise ValueError(f"x_T must have shape {shape}, got {x_T.shape}")
+    return shape, s, x_T.astype(dtype)
 
 
 def initial_noise(shape, seed: int, samples=None, dtype=np.float64) -> np.ndarray:
@@ -68,9 +94,7 @@ def sample_ddpm(model: Model, shape, schedule: Schedule, seed: int, samples=None
 
     Returns x_0 of the given shape. callback(step, t, x) is called after every step.
     """
-    shape = tuple(int(d) for d in shape)
-    s = _samples(samples, shape[0])
-    x = initial_noise(shape, seed, s, dtype) if x_T is None else np.asarray(x_T, dtype=dtype)
+    shape, s, x = _start(model, shape, schedule, seed, samples, x_T, dtype)
     if num_steps is None or num_steps == schedule.T:
         timesteps = np.arange(schedule.T - 1, -1, -1, dtype=np.int64)
         steps_schedule = schedule
@@ -82,7 +106,7 @@ def sample_ddpm(model: Model, shape, schedule: Schedule, seed: int, samples=None
         t_model = np.full(shape[0], t, dtype=np.int64)
         out = model(x, t_model)
         noise = _step_noise(seed, s, k, shape, dtype) if k_resp > 0 else None
-        x = ddpm_step(x, k_resp, out, steps_schedule, noise, prediction, variance, clip)
+        x = ddpm_step(x, k_resp, out, steps_schedule, noise, prediction, variance, clip).astype(dtype, copy=False)
         if callback is not None:
             callback(k, int(t), x)
     return x
@@ -92,15 +116,13 @@ def sample_ddim(model: Model, shape, schedule: Schedule, seed: int, samples=None
                 num_steps: int = 50, eta: float = 0.0, spacing: str = "leading", x_T=None,
                 prediction: str = "epsilon", clip=None, dtype=np.float64, callback=None):
     """DDIM sampling over a descending timestep subset (Song et al. 2021, Eq. 12)."""
-    shape = tuple(int(d) for d in shape)
-    s = _samples(samples, shape[0])
-    x = initial_noise(shape, seed, s, dtype) if x_T is None else np.asarray(x_T, dtype=dtype)
+    shape, s, x = _start(model, shape, schedule, seed, samples, x_T, dtype)
     timesteps = timestep_subset(schedule.T, num_steps, spacing)
     for k, t in enumerate(timesteps):
         t_prev = int(timesteps[k + 1]) if k + 1 < len(timesteps) else -1
         out = model(x, np.full(shape[0], t, dtype=np.int64))
         noise = _step_noise(seed, s, k, shape, dtype) if eta > 0 else None
-        x = ddim_step(x, int(t), t_prev, out, schedule, eta, noise, prediction, clip)
+        x = ddim_step(x, int(t), t_prev, out, schedule, eta, noise, prediction, clip).astype(dtype, copy=False)
         if callback is not None:
             callback(k, int(t), x)
     return x
@@ -110,15 +132,14 @@ def sample_dpm_solver_pp(model: Model, shape, schedule: Schedule, seed: int, sam
                          num_steps: int = 20, spacing: str = "leading", x_T=None,
                          prediction: str = "epsilon", clip=None, dtype=np.float64, callback=None):
     """DPM-Solver++(2M) sampling (Lu et al. 2022, Alg. 2), first order at the first and last step."""
-    shape = tuple(int(d) for d in shape)
-    s = _samples(samples, shape[0])
-    x = initial_noise(shape, seed, s, dtype) if x_T is None else np.asarray(x_T, dtype=dtype)
+    shape, s, x = _start(model, shape, schedule, seed, samples, x_T, dtype)
     timesteps = timestep_subset(schedule.T, num_steps, spacing)
     history = None
     for k, t in enumerate(timesteps):
         t_prev = int(timesteps[k + 1]) if k + 1 < len(timesteps) else -1
         out = model(x, np.full(shape[0], t, dtype=np.int64))
         x, history = dpm_solver_pp_2m_step(x, int(t), t_prev, out, schedule, history, prediction, clip)
+        x = x.astype(dtype, copy=False)  # a float64 model output would promote a float32 run
         if callback is not None:
             callback(k, int(t), x)
     return x
