@@ -4,8 +4,10 @@
     u_k     = uint_to_uniform_float(word_k)         float32, bit-exact with the reference
     normal  = sqrt(-2 log max(u_0, 1e-7)) cos(2 pi u_1)
 
-Philox is Triton's own `triton.language.random.philox` (the generator of tl.randn), so for
-sample = stream = 0 `stream_normal` IS tl.randn(seed, j). Box-Muller is evaluated in float32 as
+Philox is Triton's own `triton.language.random.philox_impl` (the generator of tl.randn), so
+for sample = stream = 0 `stream_normal` IS tl.randn(seed, j). The key words (seed lo, seed hi)
+are separate kernel arguments: a 64-bit seed never depends on how Triton types or specialises
+an integer argument. Box-Muller is evaluated in float32 as
 tl.randn does (within 1e-5 of the reference's float64-then-round) unless NORMAL_FP64, which
 evaluates it in float64 and rounds once (bit-exact under the interpreter, and on GPUs up to the
 last-ulp differences of libdevice's float64 log/cos, at the cost of float64 transcendentals).
@@ -16,7 +18,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from triton.language.random import philox as _triton_philox
+from triton.language.random import philox_impl as _philox_impl
 
 from .. import config
 from . import record_decoration
@@ -24,8 +26,13 @@ from .launch import elementwise_block
 
 record_decoration()
 
-__all__ = ["stream_normal", "logical_index", "normal", "philox_words"]
+__all__ = ["stream_normal", "logical_index", "seed_words", "normal", "philox_words"]
 
+
+
+def seed_words(seed: int) -> tuple[int, int]:
+    """(seed lo, seed hi): the Philox key of a 64-bit seed."""
+    return seed & 0xFFFFFFFF, seed >> 32
 
 
 @triton.jit
@@ -53,7 +60,13 @@ def pair_uniform_to_normal(u1, u2, FP64: tl.constexpr):
 
 
 @triton.jit
-def stream_normal(seed, n, j, mask, samples_ptr, stream_ptr, stream_scalar,
+def key_words(j, seed_lo, seed_hi):
+    """The Philox key (seed lo, seed hi) as uint32 blocks shaped like j (int64)."""
+    return (j * 0 + seed_lo).to(tl.uint32), (j * 0 + seed_hi).to(tl.uint32)
+
+
+@triton.jit
+def stream_normal(seed_lo, seed_hi, n, j, mask, samples_ptr, stream_ptr, stream_scalar,
                   HAS_SAMPLES: tl.constexpr, HAS_STREAM: tl.constexpr, FP64: tl.constexpr):
     """Normals for counters (j, 0, samples[n], stream[n]) (int64 blocks n, j); NaN where the
     sample index or stream read from memory is outside [0, 2**32) (the device-side guard)."""
@@ -68,7 +81,8 @@ def stream_normal(seed, n, j, mask, samples_ptr, stream_ptr, stream_scalar,
     bad = ((sample >> 32) != 0) | ((stream >> 32) != 0)
     c0 = j.to(tl.uint32)
     c1 = c0 * 0
-    w0, w1, _, _ = _triton_philox(seed, c0, c1, sample.to(tl.uint32), stream.to(tl.uint32))
+    k0, k1 = key_words(j, seed_lo, seed_hi)
+    w0, w1, _, _ = _philox_impl(c0, c1, sample.to(tl.uint32), stream.to(tl.uint32), k0, k1)
     z = pair_uniform_to_normal(uint_to_uniform_float(w0), uint_to_uniform_float(w1), FP64)
     return tl.where(bad, float("nan"), z)
 
@@ -89,14 +103,14 @@ def logical_index(m, C, HW, CHANNELS_LAST: tl.constexpr):
 def _normal_kernel(out_ptr,          # (N, numel) output, C order, any float dtype
                    samples_ptr,      # (N,) int64 sample indices (unused without HAS_SAMPLES)
                    stream_ptr,       # (N,) int64 streams (unused without HAS_STREAM)
-                   seed, stream_scalar, total, numel,
+                   seed_lo, seed_hi, stream_scalar, total, numel,
                    HAS_SAMPLES: tl.constexpr, HAS_STREAM: tl.constexpr, FP64: tl.constexpr,
                    BLOCK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < total
     n = offs // numel
     j = offs - n * numel
-    z = stream_normal(seed, n, j, mask, samples_ptr, stream_ptr, stream_scalar,
+    z = stream_normal(seed_lo, seed_hi, n, j, mask, samples_ptr, stream_ptr, stream_scalar,
                       HAS_SAMPLES, HAS_STREAM, FP64)
     tl.store(out_ptr + offs, z.to(out_ptr.dtype.element_ty), mask=mask)
 
@@ -113,7 +127,7 @@ def normal(seed: int, samples: torch.Tensor, stream, shape: tuple[int, ...],
     has_stream = isinstance(stream, torch.Tensor)
     block = elementwise_block(total)
     _normal_kernel[(triton.cdiv(total, block),)](
-        out, samples, stream if has_stream else samples, seed, 0 if has_stream else int(stream),
+        out, samples, stream if has_stream else samples, *seed_words(seed), 0 if has_stream else int(stream),
         total, numel, HAS_SAMPLES=True, HAS_STREAM=has_stream, FP64=config.NORMAL_FP64, BLOCK=block)
     return out
 
@@ -121,7 +135,7 @@ def normal(seed: int, samples: torch.Tensor, stream, shape: tuple[int, ...],
 @triton.jit
 def _words_kernel(words_ptr,         # (N, numel, 4) int64 output: the four uint32 words
                   uniforms_ptr,      # (N, numel, 2) float32 output: u_0, u_1
-                  samples_ptr, seed, stream_scalar, total, numel, BLOCK: tl.constexpr):
+                  samples_ptr, seed_lo, seed_hi, stream_scalar, total, numel, BLOCK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < total
     n = offs // numel
@@ -129,7 +143,8 @@ def _words_kernel(words_ptr,         # (N, numel, 4) int64 output: the four uint
     sample = tl.load(samples_ptr + n, mask=mask, other=0).to(tl.uint32)
     stream = (n * 0 + stream_scalar).to(tl.uint32)
     c0 = j.to(tl.uint32)
-    w0, w1, w2, w3 = _triton_philox(seed, c0, c0 * 0, sample, stream)
+    k0, k1 = key_words(j, seed_lo, seed_hi)
+    w0, w1, w2, w3 = _philox_impl(c0, c0 * 0, sample, stream, k0, k1)
     tl.store(words_ptr + 4 * offs, w0.to(tl.int64), mask=mask)
     tl.store(words_ptr + 4 * offs + 1, w1.to(tl.int64), mask=mask)
     tl.store(words_ptr + 4 * offs + 2, w2.to(tl.int64), mask=mask)
@@ -147,6 +162,6 @@ def philox_words(seed: int, samples: torch.Tensor, stream: int, numel: int):
     total = n * numel
     if total:
         block = elementwise_block(total)
-        _words_kernel[(triton.cdiv(total, block),)](words, uniforms, samples, seed, int(stream),
+        _words_kernel[(triton.cdiv(total, block),)](words, uniforms, samples, *seed_words(seed), int(stream),
                                                     total, numel, BLOCK=block)
     return words, uniforms

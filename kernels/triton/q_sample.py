@@ -17,7 +17,7 @@ from ..layout import channels_and_spatial, dense_layout, empty_like_layout, same
 from . import record_decoration
 from .launch import elementwise_block
 from .. import config
-from .philox import logical_index, stream_normal
+from .philox import logical_index, seed_words, stream_normal
 
 record_decoration()
 
@@ -33,7 +33,7 @@ def _q_sample_kernel(x0_ptr,            # (N, ...) input, memory order of its la
                      sqrt_alpha_bar_ptr,            # (T,) float32/float64
                      sqrt_one_minus_alpha_bar_ptr,  # (T,) float32/float64
                      samples_ptr, stream_ptr,       # (N,) int64 (only with HAS_SAMPLES/HAS_STREAM)
-                     seed, stream_scalar, total, numel, T, C, HW,
+                     seed_lo, seed_hi, stream_scalar, total, numel, T, C, HW,
                      DRAW_NOISE: tl.constexpr, HAS_SAMPLES: tl.constexpr, HAS_STREAM: tl.constexpr,
                      CHANNELS_LAST: tl.constexpr, FP64: tl.constexpr, BLOCK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -47,7 +47,7 @@ def _q_sample_kernel(x0_ptr,            # (N, ...) input, memory order of its la
     x0 = tl.load(x0_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     if DRAW_NOISE:
         j = logical_index(offs - n * numel, C, HW, CHANNELS_LAST)
-        eps = stream_normal(seed, n, j, mask, samples_ptr, stream_ptr, stream_scalar,
+        eps = stream_normal(seed_lo, seed_hi, n, j, mask, samples_ptr, stream_ptr, stream_scalar,
                             HAS_SAMPLES, HAS_STREAM, FP64)
         tl.store(noise_out_ptr + offs, eps.to(noise_out_ptr.dtype.element_ty), mask=mask)
     else:
@@ -76,7 +76,7 @@ def q_sample(x0, t, sqrt_alpha_bar, sqrt_one_minus_alpha_bar, noise, seed, sampl
     _q_sample_kernel[(triton.cdiv(total, block),)](
         x0, x0 if draw else noise, x_t, noise_out, t, sqrt_alpha_bar, sqrt_one_minus_alpha_bar,
         samples if samples is not None else t, stream if has_stream else t,
-        0 if seed is None else seed, 0 if has_stream else int(stream), total, numel,
+        *seed_words(0 if seed is None else seed), 0 if has_stream else int(stream), total, numel,
         sqrt_alpha_bar.numel(), C, HW,
         DRAW_NOISE=draw, HAS_SAMPLES=samples is not None, HAS_STREAM=has_stream,
         CHANNELS_LAST=layout == "channels_last", FP64=config.NORMAL_FP64, BLOCK=block)

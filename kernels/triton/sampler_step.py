@@ -21,7 +21,7 @@ from ..layout import channels_and_spatial, dense_layout, empty_like_layout, same
 from . import record_decoration
 from .launch import elementwise_block
 from .. import config
-from .philox import logical_index, stream_normal
+from .philox import logical_index, seed_words, stream_normal
 
 record_decoration()
 
@@ -38,8 +38,8 @@ def _sampler_step_kernel(x_t_ptr,          # (N, ...) x_t, memory order of its l
                          x_prev_ptr,        # (N, ...) output, may alias x_t
                          coefficients_ptr,  # (N, 8) float64, rows coefficient_stride apart (0: shared)
                          samples_ptr, stream_ptr,  # (N,) int64 (only with HAS_SAMPLES/HAS_STREAM)
-                         coefficient_stride, seed, stream_scalar, guidance_scale, clip_lo, clip_hi,
-                         total, numel, C, HW,
+                         coefficient_stride, seed_lo, seed_hi, stream_scalar, guidance_scale,
+                         clip_lo, clip_hi, total, numel, C, HW,
                          HAS_UNCOND: tl.constexpr, CLIP: tl.constexpr, NOISE_MODE: tl.constexpr,
                          HAS_SAMPLES: tl.constexpr, HAS_STREAM: tl.constexpr,
                          CHANNELS_LAST: tl.constexpr, FP64: tl.constexpr, BLOCK: tl.constexpr):
@@ -71,7 +71,7 @@ def _sampler_step_kernel(x_t_ptr,          # (N, ...) x_t, memory order of its l
         x_prev = x_prev + tl.where(sigma != 0.0, sigma * z, 0.0)
     elif NOISE_MODE == 2:
         j = logical_index(offs - n * numel, C, HW, CHANNELS_LAST)
-        z = stream_normal(seed, n, j, mask, samples_ptr, stream_ptr, stream_scalar,
+        z = stream_normal(seed_lo, seed_hi, n, j, mask, samples_ptr, stream_ptr, stream_scalar,
                           HAS_SAMPLES, HAS_STREAM, FP64).to(tl.float64)
         x_prev = x_prev + tl.where(sigma != 0.0, sigma * z, 0.0)
     else:
@@ -111,7 +111,7 @@ def sampler_step(x_t, model_output, coefficients, model_output_uncond, guidance_
         noise if noise is not None else x_t_dense, x_prev, coefficients,
         samples if samples is not None else coefficients, stream if has_stream else coefficients,
         coefficients.stride(0),
-        0 if seed is None else seed, 0 if has_stream else int(stream), float(guidance_scale),
+        *seed_words(0 if seed is None else seed), 0 if has_stream else int(stream), float(guidance_scale),
         float(lo), float(hi), total, numel, C, HW,
         HAS_UNCOND=model_output_uncond is not None, CLIP=clip is not None, NOISE_MODE=mode,
         HAS_SAMPLES=samples is not None, HAS_STREAM=has_stream,
