@@ -2,7 +2,9 @@
 
 Every forward returns (out, cache); every backward takes (dout, cache) and returns the gradient
 of the input first, then the parameter gradients. Shapes are stated in the first line of each.
-float64 unless the inputs are all float32.
+float64 unless the inputs are all float32. Forwards check shapes and dtypes (TypeError/ValueError
+naming the argument); values are not scanned for NaN here, on the hot path inside models: the
+models' entry points (x_t, t, labels) and the losses reject non-finite input.
 """
 
 from __future__ import annotations
@@ -20,14 +22,28 @@ __all__ = [
 ]
 
 
+def _check_float(x, name: str) -> None:
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{name} must be a NumPy array, got {type(x).__name__}")
+    if x.dtype not in (np.float32, np.float64):
+        raise TypeError(f"{name} must have dtype float32 or float64, got {x.dtype}")
+
+
 # ----------------------------------------------------------------------------- linear
 
 def linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None):
     """x (..., IN), weight (OUT, IN), bias (OUT,) -> out (..., OUT) = x W^T + b."""
-    if x.shape[-1] != weight.shape[1]:
-        raise ValueError(f"x has {x.shape[-1]} features but weight expects {weight.shape[1]}")
+    _check_float(x, "x")
+    _check_float(weight, "weight")
+    if weight.ndim != 2:
+        raise ValueError(f"weight must have shape (OUT, IN), got {weight.shape}")
+    if x.ndim < 1 or x.shape[-1] != weight.shape[1]:
+        raise ValueError(f"x has {x.shape[-1] if x.ndim else 0} features but weight expects {weight.shape[1]}")
     out = x @ weight.T
     if bias is not None:
+        _check_float(bias, "bias")
+        if bias.shape != (weight.shape[0],):
+            raise ValueError(f"bias must have shape ({weight.shape[0]},), got {bias.shape}")
         out = out + bias
     return out, (x, weight, bias is not None)
 
@@ -53,6 +69,7 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 def silu(x: np.ndarray):
     """x (any) -> x * sigmoid(x) (Elfwing et al. 2018), same shape."""
+    _check_float(x, "x")
     s = _sigmoid(x)
     return x * s, (x, s)
 
@@ -64,7 +81,8 @@ def silu_backward(dout: np.ndarray, cache) -> np.ndarray:
 
 
 def elu(x: np.ndarray, alpha: float = 1.0):
-    """x (any) -> x if x > 0 else alpha (exp(x) - 1), same shape."""
+    """x (any) -> x if x > 0 else alpha (exp(x) - 1), same shape (Clevert et al. 2016)."""
+    _check_float(x, "x")
     neg = alpha * np.expm1(np.minimum(x, 0.0))
     return np.where(x > 0, x, neg), (x, alpha)
 
@@ -80,7 +98,10 @@ def elu_backward(dout: np.ndarray, cache) -> np.ndarray:
 def embedding(ids: np.ndarray, table: np.ndarray):
     """ids (N,) integers in [0, V), table (V, D) -> rows (N, D)."""
     ids = np.asarray(ids)
-    if not np.issubdtype(ids.dtype, np.integer):
+    _check_float(table, "table")
+    if table.ndim != 2:
+        raise ValueError(f"table must have shape (V, D), got {table.shape}")
+    if ids.dtype == bool or not np.issubdtype(ids.dtype, np.integer):
         raise TypeError(f"ids must be integers, got dtype {ids.dtype}")
     if ids.size and (ids.min() < 0 or ids.max() >= table.shape[0]):
         raise ValueError(f"ids must lie in [0, {table.shape[0] - 1}], got min {ids.min()} max {ids.max()}")
@@ -103,8 +124,18 @@ def timestep_embedding(t, dim: int, flip_sin_to_cos: bool = False, freq_shift: f
     emb = [sin(t freq), cos(t freq)] ([cos, sin] when flipped); odd dim pads one zero column.
     No parameters, no backward: t is an integer input.
     """
-    t = np.asarray(t, dtype=np.float64).reshape(-1)
+    if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)):
+        raise TypeError(f"dim must be an int, got {type(dim).__name__}")
     half = dim // 2
+    if half < 1 or half - freq_shift <= 0:
+        # the exponent divides by half - freq_shift: dim 2 with freq_shift 1 would be 0 / 0
+        raise ValueError(f"dim must satisfy dim // 2 > freq_shift ({freq_shift}), got dim={dim}")
+    t_arr = np.asarray(t)
+    if t_arr.dtype == bool or not (np.issubdtype(t_arr.dtype, np.integer) or np.issubdtype(t_arr.dtype, np.floating)):
+        raise TypeError(f"t must be integer or float timesteps, got dtype {t_arr.dtype}")
+    t = t_arr.astype(np.float64).reshape(-1)
+    if not np.all(np.isfinite(t)):
+        raise ValueError("t contains NaN or inf")
     exponent = -math.log(max_period) * np.arange(half, dtype=np.float64) / (half - freq_shift)
     args = t[:, None] * np.exp(exponent)[None, :]
     emb = np.concatenate([np.sin(args), np.cos(args)], axis=-1)

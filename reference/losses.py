@@ -15,6 +15,12 @@ from .schedules import Schedule
 __all__ = ["training_target", "min_snr_weights", "weighted_mse", "weighted_mse_backward"]
 
 
+def _check_schedule(schedule) -> Schedule:
+    if not isinstance(schedule, Schedule):
+        raise TypeError(f"schedule must be a reference Schedule, got {type(schedule).__name__}")
+    return schedule
+
+
 def training_target(x0: np.ndarray, noise: np.ndarray, t, schedule: Schedule,
                     prediction: str = "epsilon") -> np.ndarray:
     """The regression target: eps (DDPM Eq. 14), x0, or v = sqrt(ab) eps - sqrt(1-ab) x0."""
@@ -23,6 +29,8 @@ def training_target(x0: np.ndarray, noise: np.ndarray, t, schedule: Schedule,
     x0 = check_float_array(x0, "x0")
     noise = check_float_array(noise, "noise")
     check_same_shape(x0, noise, "x0", "noise")
+    schedule = _check_schedule(schedule)
+    check_timesteps(t, x0.shape[0], schedule.T)  # checked for every target, used by v
     if prediction == "epsilon":
         return noise.copy()
     if prediction == "sample":
@@ -39,10 +47,13 @@ def min_snr_weights(t, schedule: Schedule, prediction: str = "epsilon",
     """
     if prediction not in PREDICTIONS:
         raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+    schedule = _check_schedule(schedule)
     t_arr = np.atleast_1d(np.asarray(t))
     t_arr = check_timesteps(t_arr, t_arr.shape[0], schedule.T)
     if gamma is None:
         return np.ones(t_arr.shape, dtype=np.float64)
+    if isinstance(gamma, bool) or not isinstance(gamma, (int, float, np.integer, np.floating)):
+        raise TypeError(f"gamma must be a number or None, got {type(gamma).__name__}")
     if not np.isfinite(gamma) or gamma <= 0:
         raise ValueError(f"gamma must be a positive number or None, got {gamma!r}")
     snr = schedule.snr[t_arr]
@@ -63,6 +74,8 @@ def weighted_mse(output: np.ndarray, target: np.ndarray, weights=None):
     w = np.ones(n) if weights is None else check_float_array(np.asarray(weights, dtype=np.float64), "weights")
     if w.shape != (n,):
         raise ValueError(f"weights must have shape ({n},), got {w.shape}")
+    if np.any(w < 0):
+        raise ValueError(f"weights must be >= 0, got min {w.min()}")
     diff = output.astype(np.float64) - target
     per_example = (diff.reshape(n, -1) ** 2).mean(axis=1)
     loss = float(np.mean(w * per_example))
