@@ -156,7 +156,10 @@ def test_triton_randn_is_the_stream_of_sample_0_stream_0():
         ours = kernels.normal(seed, [0], 0, (1000,), device=device, backend="triton")[0]
         assert_close(out, reference.normal(seed, [0], 0, (1000,))[0], atol=NORMAL_ATOL, rtol=0.0,
                      name="tl.randn vs reference")
-        assert torch.equal(out, ours), "tl.randn and kernels.normal(..., backend='triton') differ"
+        if device == "cpu":  # the interpreter evaluates both with the same NumPy float32 ops
+            assert torch.equal(out, ours), "tl.randn and kernels.normal(..., backend='triton') differ"
+        else:  # compiled: the same formula, but the compiler may schedule/contract differently
+            assert_close(ours, out, atol=1e-6, rtol=0.0, name="kernels.normal vs tl.randn")
 
 
 @pytest.mark.parametrize("backend, device", BACKEND_DEVICES)
