@@ -12,6 +12,9 @@ What a replay may change without re-capture: the seed of x_T (drawn outside the 
 sample indices and the class labels. The seed of the per-step noise (DDPM, DDIM with eta > 0)
 is a kernel argument baked into the graph, so a new seed there re-captures (one eager run's
 cost; graphs are cached per (batch, seed) for stochastic samplers and per batch otherwise).
+To draw more images, keep the seed and pass the next global sample indices
+(`samples=range(k * n, (k + 1) * n)`): they live in a device buffer, so no re-capture, and
+image i is the same as in any other batching (DESIGN contract 2).
 
 Without CUDA (or with cuda_graph=False) the same prepared model runs the same loop eagerly, so
 results are identical to `ddpm.sample(...)` with the same dtype on the same device.
