@@ -70,6 +70,9 @@ def run_demo(dataset: str = DEFAULTS["dataset"], steps: int = DEFAULTS["steps"],
     """
     if dataset not in DATASETS:
         raise ValueError(f"dataset must be one of {tuple(DATASETS)}, got {dataset!r}")
+    if isinstance(T, bool) or not isinstance(T, (int, np.integer)) or T < 25:
+        # beta_end = 0.02 * 1000 / T must stay well below 1
+        raise ValueError(f"T must be an int >= 25 for the rescaled linear schedule, got {T!r}")
     log = log or (lambda *args, **kwargs: None)
     # The linear schedule rescaled by 1000 / T keeps DDPM's T = 1000 noise range for any T.
     schedule = make_schedule("linear", T, rescale=True)
@@ -97,13 +100,16 @@ def run_demo(dataset: str = DEFAULTS["dataset"], steps: int = DEFAULTS["steps"],
 
     shape = (num_samples, 2)
     sample_seed = seed + 1
+    ddim_steps, dpm_steps = min(50, T), min(20, T)
     samplers = [
         (f"DDPM-{T}", T, lambda: sample_ddpm(ema_model, shape, schedule, sample_seed)),
-        ("DDIM-50", 50, lambda: sample_ddim(ema_model, shape, schedule, sample_seed, num_steps=min(50, T))),
+        (f"DDIM-{ddim_steps}", ddim_steps,
+         lambda: sample_ddim(ema_model, shape, schedule, sample_seed, num_steps=ddim_steps)),
         # trailing spacing: the last step is a first-order jump from t = T/20 - 1 to 0 noise,
         # not a second-order step into t = 0 with a tiny step ratio (see the README's numbers)
-        ("DPM-Solver++-20", 20, lambda: sample_dpm_solver_pp(ema_model, shape, schedule, sample_seed,
-                                                            num_steps=min(20, T), spacing="trailing")),
+        (f"DPM-Solver++-{dpm_steps}", dpm_steps,
+         lambda: sample_dpm_solver_pp(ema_model, shape, schedule, sample_seed, num_steps=dpm_steps,
+                                      spacing="trailing")),
     ]
     floor = energy_distance(floor_draw, reference_draw)
     rows, samples = [], {}
