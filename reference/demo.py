@@ -2,7 +2,7 @@
 
     python -m reference.demo                      # two moons, about a minute on 2 CPU cores
     python -m reference.demo --dataset 8gaussians --out gaussians.png
-    python -m reference.demo --quick              # a few seconds, smaller everything
+    python -m reference.demo --quick              # about 10 s, smaller everything
 
 Trains `reference.MLP` with `reference.train` (Adam, warmup + cosine learning rate, EMA of the
 weights), then draws samples from the EMA model with DDPM ancestral sampling over all T steps,
@@ -33,8 +33,8 @@ from .train import train
 
 __all__ = ["DEFAULTS", "QUICK", "run_demo", "main"]
 
-# About a minute on 2 CPU cores; --quick: a few seconds (the test's size).
-DEFAULTS = dict(dataset="moons", steps=8000, T=200, seed=0, num_samples=5000, batch_size=256,
+# About a minute on 2 CPU cores; --quick: about 10 s (the test's size).
+DEFAULTS = dict(dataset="moons", steps=16000, T=200, seed=0, num_samples=5000, batch_size=256,
                 hidden_dim=64, num_layers=3, lr=6e-3, ema_decay=0.995, activation="silu",
                 train_size=100_000)
 QUICK = dict(DEFAULTS, steps=3000, T=100, num_samples=1000)
@@ -167,7 +167,7 @@ def save_figure(result: dict, path: str, title: str) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m reference.demo", description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", default=DEFAULTS["dataset"], choices=tuple(DATASETS))
-    parser.add_argument("--steps", type=int, default=None, help="training steps (default 8000; quick 3000)")
+    parser.add_argument("--steps", type=int, default=None, help="training steps (default 16000; quick 3000)")
     parser.add_argument("--T", type=int, default=None, help="diffusion timesteps (default 200; quick 100)")
     parser.add_argument("--samples", type=int, default=None, help="points drawn per sampler (default 5000)")
     parser.add_argument("--seed", type=int, default=DEFAULTS["seed"])
