@@ -5,6 +5,8 @@ checked piece by piece (random draws, loss, gradients, optimiser) and end to end
 runs resume exactly, sample i's draws do not depend on the batch).
 """
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -15,6 +17,8 @@ from reference import (
     MLP,
     TRAIN_STREAM_BASE,
     Adam,
+    UNet,
+    UNetConfig,
     clip_grad_norm,
     global_norm,
     make_schedule,
@@ -154,18 +158,29 @@ def test_training_timesteps_are_uniform_and_dropout_has_its_rate():
 
 # ----------------------------------------------------------------------------- train_step
 
-@pytest.mark.parametrize("prediction, gamma", [("epsilon", None), ("sample", 5.0), ("v_prediction", 1.0)])
-def test_train_step_is_the_loss_of_its_draws_then_one_adam_step(prediction, gamma):
+def conditional_mlp():
+    return MLP(hidden_dim=8, num_layers=2, time_embed_dim=8, num_timesteps=40, num_classes=3, seed=0)
+
+
+def conditional_unet():  # the generic loop drives the reference UNet through the same protocol
+    return UNet(UNetConfig.tiny(num_classes=3))
+
+
+@pytest.mark.parametrize("prediction, gamma, make_model", [
+    ("epsilon", None, conditional_mlp), ("sample", 5.0, conditional_mlp), ("v_prediction", 1.0, conditional_mlp),
+    ("epsilon", 5.0, conditional_unet)])
+def test_train_step_is_the_loss_of_its_draws_then_one_adam_step(prediction, gamma, make_model):
     s = make_schedule("cosine", 40)
-    model = MLP(hidden_dim=8, num_layers=2, time_embed_dim=8, num_timesteps=40, num_classes=3, seed=0)
-    reference_model = model.copy()
-    x0 = np.random.default_rng(0).standard_normal((6, 2))
+    model = make_model()
+    reference_model = copy.deepcopy(model)
+    shape = (2,) if isinstance(model, MLP) else (1, 4, 4)
+    x0 = np.random.default_rng(0).standard_normal((6, *shape))
     y = np.array([0, 1, 2, 0, 1, 2])
     samples = np.arange(10, 16)
     record = train_step(model, Adam(model.params, lr=1e-2), x0, s, seed=7, step=4, y=y, samples=samples,
                         prediction=prediction, min_snr_gamma=gamma, class_dropout=0.5)
     # the same step by hand
-    t, noise, drop = training_draws(7, samples, 4, (2,), 40, 0.5)
+    t, noise, drop = training_draws(7, samples, 4, shape, 40, 0.5)
     labels = np.where(drop, 3, y)
     x_t = q_sample(x0, t, noise.astype(np.float64), s)
     out = reference_model.forward(x_t, t, labels)
