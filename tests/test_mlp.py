@@ -1,8 +1,10 @@
 """reference.MLP: the toy eps-model's hand-written backward, its protocol, dtypes and bad input.
 
 Gradient checks: central differences in float64, eps = 1e-6, of the training loss (weighted MSE
-of the model output) w.r.t. every parameter and x_t. Truncation O(eps^2) ~ 1e-12 plus round-off
-O(1e-16 |loss| / eps) ~ 1e-10 relative: bound rtol = 1e-7, which any wrong term would exceed.
+of the model output) w.r.t. every parameter and x_t, error relative to each tensor's largest
+gradient. Truncation is O(eps^2) ~ 1e-12; round-off is ~1e-16 |loss| / eps ~ 1e-10 absolute,
+which for the first layer's small gradients (max |g| ~ 5e-3 at |loss| ~ 0.5) is ~1e-8 relative
+(measured worst: 2.8e-8). Bound rtol = 1e-6 (DESIGN's); a wrong term is off by O(1).
 """
 
 import numpy as np
@@ -11,7 +13,7 @@ import pytest
 from helpers import assert_close, check_gradient
 from reference import MLP, weighted_mse, weighted_mse_backward
 
-GRAD_RTOL = 1e-7
+GRAD_RTOL = 1e-6
 
 
 def small_mlp(**overrides):
