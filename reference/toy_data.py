@@ -70,7 +70,9 @@ def make_dataset(name: str, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarr
         raise TypeError(f"n must be an int, got {type(n).__name__}")
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed must be a non-negative int, got {type(seed).__name__}")
+    if seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
     x, label = _MAKERS[name](np.random.default_rng(seed), int(n))
     x = np.ascontiguousarray(x, dtype=np.float64)

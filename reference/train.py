@@ -67,6 +67,8 @@ def training_draws(seed: int, samples, step: int, sample_shape, T: int, class_dr
     samples: (N,) global sample indices. Returns t (N,) int64 in [0, T), noise (N, *sample_shape)
     float32, and drop (N,) bool (True: replace the label by the null class).
     """
+    if isinstance(class_dropout, bool) or not isinstance(class_dropout, (int, float, np.integer, np.floating)):
+        raise TypeError(f"class_dropout must be a number, got {type(class_dropout).__name__}")
     if not 0.0 <= class_dropout <= 1.0:
         raise ValueError(f"class_dropout must lie in [0, 1], got {class_dropout}")
     if isinstance(T, bool) or not isinstance(T, (int, np.integer)) or T < 1:

@@ -264,6 +264,8 @@ X = np.zeros((3, 2))
      r"y must be an integer array of shape \(3,\)"),
     (lambda: train_step(MC, Adam(MC.params), X, S, 0, 0, class_dropout=1.5), ValueError,
      r"class_dropout must lie in \[0, 1\]"),
+    (lambda: train_step(MC, Adam(MC.params), X, S, 0, 0, class_dropout="0.1"), TypeError,
+     "class_dropout must be a number"),
     (lambda: train_step(M, Adam(M.params), X, S, 0, 0, prediction="x0"), ValueError, "prediction must be one of"),
     (lambda: train_step(M, Adam(M.params), X, "linear", 0, 0), TypeError, "schedule must be a reference Schedule"),
     (lambda: train_step(M, Adam(M.params), np.full((3, 2), np.nan), S, 0, 0), ValueError, "x0 contains NaN"),
