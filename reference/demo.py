@@ -6,11 +6,11 @@
 
 Trains `reference.MLP` with `reference.train` (Adam, warmup + cosine learning rate, EMA of the
 weights), then draws samples from the EMA model with DDPM ancestral sampling over all T steps,
-DDIM with 50 steps (eta = 0) and DPM-Solver++(2M) with 20 steps (trailing spacing). The quality figure is the
-energy distance (`reference.metrics.energy_distance`) between the samples and fresh data points,
-printed next to the same figure for two independent data draws of the same size: the floor,
-what a perfect model would score. Writes a PNG of data vs samples (needs matplotlib, the `demo`
-extra).
+DDIM with 50 steps (eta = 0) and DPM-Solver++(2M) with 20 steps (trailing spacing). The quality
+figure is the energy distance (`reference.metrics.energy_distance`) between the samples and
+fresh data points, printed next to the same figure for two independent data draws of the same
+size: the floor, what a perfect model would score. Writes a PNG of data vs samples (needs
+matplotlib, the `demo` extra).
 """
 
 from __future__ import annotations
