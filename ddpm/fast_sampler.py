@@ -61,7 +61,7 @@ class FastSampler:
     """
 
     def __init__(self, model: nn.Module, schedule, *, image_shape=None, sampler: str = "ddim",
-                 num_steps: int | None = None, eta: float = 0.0, spacing: str = "leading",
+                 num_steps: int | None = None, eta: float = 0.0, spacing: str | None = None,
                  guidance_scale: float = 1.0, clip=None, prediction: str = "epsilon",
                  variance: str = "fixed_small", dtype: torch.dtype | None = None,
                  channels_last: bool | None = None, cuda_graph: bool = True, device=None,

@@ -40,11 +40,15 @@ from reference.schedules import timestep_subset
 
 from .schedule import as_reference_schedule
 
-__all__ = ["SAMPLERS", "DEFAULT_NUM_STEPS", "Sampler", "sample"]
+__all__ = ["SAMPLERS", "DEFAULT_NUM_STEPS", "DEFAULT_SPACING", "Sampler", "sample"]
 
 SAMPLERS = ("ddpm", "ddim", "dpm_solver++")
 # num_steps=None: every timestep for DDPM, else these (capped at T), the reference's defaults.
 DEFAULT_NUM_STEPS = {"ddim": 50, "dpm_solver++": 20}
+# spacing=None: "leading" (diffusers' DDIM default) for ddpm/ddim; "trailing" for DPM-Solver++,
+# whose second-order step into t = 0 with leading/linspace spacing extrapolates over a very
+# uneven log-SNR step (r ~ 0.1): 2.7x vs 1.6x the data floor on the toy demo.
+DEFAULT_SPACING = {"ddpm": "leading", "ddim": "leading", "dpm_solver++": "trailing"}
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 Callback = Callable[[int, int, torch.Tensor], None]
@@ -114,7 +118,7 @@ class Sampler:
     """
 
     def __init__(self, model, shape, schedule, *, sampler: str = "ddim", num_steps: int | None = None,
-                 eta: float = 0.0, spacing: str = "leading", seed: int = 0, samples=None, y=None,
+                 eta: float = 0.0, spacing: str | None = None, seed: int = 0, samples=None, y=None,
                  guidance_scale: float = 1.0, clip=None, prediction: str = "epsilon",
                  variance: str = "fixed_small", device=None, dtype: torch.dtype = torch.float32,
                  backend: str = "auto"):
@@ -180,6 +184,8 @@ class Sampler:
 
         # ---- timesteps and per-step coefficients (float64 NumPy, as the reference)
         T = reference_schedule.T
+        if spacing is None:
+            spacing = DEFAULT_SPACING[sampler]
         if sampler == "ddpm":
             if num_steps is None or num_steps == T:
                 timesteps = np.arange(T - 1, -1, -1, dtype=np.int64)
@@ -332,7 +338,7 @@ class Sampler:
 
 
 def sample(model, shape, schedule, *, sampler: str = "ddim", num_steps: int | None = None,
-           eta: float = 0.0, spacing: str = "leading", seed: int = 0, samples=None, y=None,
+           eta: float = 0.0, spacing: str | None = None, seed: int = 0, samples=None, y=None,
            guidance_scale: float = 1.0, clip=None, prediction: str = "epsilon",
            variance: str = "fixed_small", device=None, dtype: torch.dtype = torch.float32,
            x_T: torch.Tensor | None = None, callback: Callback | None = None,
@@ -345,7 +351,8 @@ def sample(model, shape, schedule, *, sampler: str = "ddim", num_steps: int | No
     sampler: "ddpm" (ancestral, DDPM Alg. 2; all T steps, or num_steps on the respaced schedule
         of Improved DDPM Sec. 4), "ddim" (Song et al. 2021 Eq. 12, with eta), or "dpm_solver++"
         (Lu et al. 2022, 2M). num_steps None: T for ddpm, min(50, T) ddim, min(20, T) dpm_solver++.
-    spacing: "leading" | "trailing" | "linspace" timestep subsets (reference.timestep_subset).
+    spacing: "leading" | "trailing" | "linspace" timestep subsets (reference.timestep_subset);
+        None: DEFAULT_SPACING[sampler] ("trailing" for dpm_solver++, else "leading").
     seed, samples: noise-stream seed and the (N,) GLOBAL sample indices (default arange(N)).
     y: (N,) class ids in [0, model.null_class]; guidance_scale w != 1 runs classifier-free
         guidance out = uncond + w (cond - uncond) (Ho & Salimans 2022) with one batched call.

@@ -129,9 +129,12 @@ def sample_ddim(model: Model, shape, schedule: Schedule, seed: int, samples=None
 
 
 def sample_dpm_solver_pp(model: Model, shape, schedule: Schedule, seed: int, samples=None, *,
-                         num_steps: int = 20, spacing: str = "leading", x_T=None,
+                         num_steps: int = 20, spacing: str = "trailing", x_T=None,
                          prediction: str = "epsilon", clip=None, dtype=np.float64, callback=None):
-    """DPM-Solver++(2M) sampling (Lu et al. 2022, Alg. 2), first order at the first and last step."""
+    """DPM-Solver++(2M) sampling (Lu et al. 2022, Alg. 2), first order at the first and last step.
+
+    Default spacing "trailing": with "leading"/"linspace" the last second-order step goes into
+    t = 0 over a log-SNR step ~10x the previous one and its extrapolation costs quality."""
     shape, s, x = _start(model, shape, schedule, seed, samples, x_T, dtype)
     timesteps = timestep_subset(schedule.T, num_steps, spacing)
     history = None

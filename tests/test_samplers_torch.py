@@ -357,3 +357,15 @@ def test_unet_rejects_a_sample_shape_that_does_not_fit_it():
     unet = ddpm.UNet(reference.UNetConfig.tiny())
     with pytest.raises(ValueError, match=r"x must have shape \(N, 1, 4, 4\)"):
         ddpm.sample(unet, (2, 1, 8, 8), _schedule(), num_steps=2)
+
+
+def test_default_spacing_per_sampler():
+    """spacing=None: leading for ddpm/ddim (diffusers' DDIM default), trailing for DPM-Solver++
+    (its second-order step into t = 0 is badly conditioned on a leading grid)."""
+    from reference import timestep_subset
+
+    schedule = reference.make_schedule("linear", 100)
+    model = lambda x, t: torch.zeros_like(x)  # noqa: E731
+    for kind, spacing in (("ddim", "leading"), ("dpm_solver++", "trailing")):
+        runner = Sampler(model, (1, 2), schedule, sampler=kind, num_steps=7)
+        assert runner.timesteps.tolist() == timestep_subset(100, 7, spacing).tolist(), kind

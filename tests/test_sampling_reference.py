@@ -45,7 +45,7 @@ def ode_solution(x_start, t_start, t_end, schedule):
 def state_at_t0(sampler, model, schedule, num_steps, n=64):
     """Run a leading-spaced sampler and return (x_T, t_start, its state on landing at t = 0)."""
     states = {}
-    sampler(model, (n, 2), schedule, 11, num_steps=num_steps,
+    sampler(model, (n, 2), schedule, 11, num_steps=num_steps, spacing="leading",
             callback=lambda k, t, x: states.__setitem__(k, x.copy()))
     return initial_noise((n, 2), 11), timestep_subset(schedule.T, num_steps)[0], states[num_steps - 2]
 
