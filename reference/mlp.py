@@ -160,9 +160,10 @@ class MLP:
             self._cache = (embed_cache, layer_caches, out_cache, out.shape)
         return out
 
-    def forward(self, x_t: np.ndarray, t, y=None) -> np.ndarray:
+    def forward(self, x_t: np.ndarray, t, y=None, *, train: bool = False) -> np.ndarray:
         """x_t (N, D) float, t (N,) ints in [0, T) or an int, y (N,) ints in [0, num_classes] or
-        None -> eps estimate (N, D) in the model's dtype; caches what `backward` needs."""
+        None -> eps estimate (N, D) in the model's dtype; caches what `backward` needs.
+        `train` is accepted for the training protocol (the MLP has no dropout)."""
         return self._run(x_t, t, y, keep_cache=True)
 
     def __call__(self, x_t: np.ndarray, t, y=None) -> np.ndarray:

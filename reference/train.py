@@ -4,8 +4,9 @@ Model protocol (what `train_step` and `train` use; `reference.MLP` and `referenc
 
     model.params            flat dict name -> float array (float64 by default), updated in place
     model.grads             the same keys and shapes, overwritten by every `backward`
-    model.forward(x_t, t, y=None) -> output   x_t (N, ...), t (N,) int64 in [0, T), y (N,) int64
-                            labels or None; caches what backward needs
+    model.forward(x_t, t, y=None, *, train=False) -> output   x_t (N, ...), t (N,) int64 in
+                            [0, T), y (N,) int64 labels or None; caches what backward needs;
+                            train=True turns on training-only behaviour (the UNet's dropout)
     model.backward(dout) -> dx               dout = dL/d output (N, ...); fills model.grads
     model.num_classes       (conditional models only) labels 0..num_classes-1; the null class
                             of classifier-free guidance is the id `num_classes`
@@ -124,7 +125,7 @@ def train_step(model, optimizer: Adam, x0: np.ndarray, schedule: Schedule, seed:
     target = training_target(x0, noise, t, schedule, prediction)
     weights = None if min_snr_gamma is None else min_snr_weights(t, schedule, prediction, min_snr_gamma)
 
-    output = model.forward(x_t, t, y)
+    output = model.forward(x_t, t, y, train=True)
     loss, cache = weighted_mse(output, target, weights)
     model.backward(weighted_mse_backward(cache))
     grad_norm = clip_grad_norm(model.grads, grad_clip) if grad_clip is not None else global_norm(model.grads)

@@ -283,3 +283,16 @@ X = np.zeros((3, 2))
 def test_bad_input_raises_naming_the_argument(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+def test_train_step_runs_the_model_in_training_mode():
+    """train_step calls forward(..., train=True): the UNet's dropout is on while training."""
+    from reference import UNet, UNetConfig
+
+    schedule = make_schedule("linear", 50)
+    model = UNet(UNetConfig.tiny(dropout=0.5), seed=0, zero_init=False)
+    optimizer = Adam(model.params, lr=1e-3)
+    x0 = np.random.default_rng(0).standard_normal((3, 1, 4, 4))
+    train_step(model, optimizer, x0, schedule, seed=0, step=0)
+    masks = model.last_dropout_masks
+    assert masks and all(np.any(m == 0) for m in masks.values())
