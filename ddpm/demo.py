@@ -42,8 +42,8 @@ __all__ = ["DemoSettings", "run_demo"]
 class DemoSettings:
     """What the demo trains and draws. The defaults are the tuned ones (see the README)."""
 
-    steps: int = 1000
-    batch_size: int = 128
+    steps: int = 800
+    batch_size: int = 64
     lr: float = 2e-3
     warmup_steps: int = 50
     ema_decay: float = 0.999

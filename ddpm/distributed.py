@@ -33,6 +33,7 @@ __all__ = [
     "all_reduce_mean",
     "all_gather_rows",
     "sample_distributed",
+    "split_counts",
 ]
 
 
@@ -153,7 +154,9 @@ def all_gather_rows(local: torch.Tensor, counts: list[int], ctx: DistributedCont
     return torch.cat([b[:c] for b, c in zip(blocks, counts)])
 
 
-def _split_counts(n: int, world_size: int) -> list[int]:
+def split_counts(n: int, world_size: int) -> list[int]:
+    """How many of n samples each rank draws: contiguous blocks, the first n % world_size ranks
+    one more."""
     base, extra = divmod(n, world_size)
     return [base + (1 if r < extra else 0) for r in range(world_size)]
 
@@ -166,6 +169,8 @@ def sample_distributed(model: nn.Module, shape, schedule, ctx: DistributedContex
     sample indices (default arange(N)). Rank r draws a contiguous block; because every Gaussian
     comes from the counter-based noise stream keyed by the global index, the result equals one
     process drawing all N (bit-for-bit on the CPU). Returns (N, C, H, W) on ctx.device.
+    A `callback(step, t, x)` in sample_kwargs sees this rank's block only (gather what it keeps
+    with `all_gather_rows(kept, split_counts(N, world_size), ctx)`).
     """
     from .samplers import sample
 
@@ -180,7 +185,7 @@ def sample_distributed(model: nn.Module, shape, schedule, ctx: DistributedContex
         y = torch.as_tensor(y, dtype=torch.int64).reshape(-1)
         if y.shape != (n,):
             raise ValueError(f"y must have shape ({n},), got {tuple(y.shape)}")
-    counts = _split_counts(n, ctx.world_size)
+    counts = split_counts(n, ctx.world_size)
     start = sum(counts[: ctx.rank])
     block = slice(start, start + counts[ctx.rank])
     local_y = None if y is None else y[block].to(ctx.device)

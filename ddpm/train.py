@@ -45,7 +45,7 @@ from .checkpoint import (
 )
 from .data import EpochSampler, ImageDataset
 from .distributed import DistributedContext, all_reduce_mean, barrier, rank_slice, single_process, wrap_model
-from .ema import EMA, unwrap_model
+from .ema import EMA
 
 __all__ = ["TrainConfig", "Trainer", "StepResult", "NonFiniteLossError"]
 
@@ -234,7 +234,11 @@ class Trainer:
                                  f"num_classes={cfg.num_classes}")
 
     def check_batch(self, x0: torch.Tensor, y: torch.Tensor | None) -> None:
-        """Raise TypeError/ValueError unless (x0, y) fit the model (shape, dtype, class range)."""
+        """Raise TypeError/ValueError unless (x0, y) fit the model (shape, dtype, class range).
+
+        The class range is checked for CPU labels only (on a GPU it would synchronise every
+        step); the trainer's own labels come from a validated dataset.
+        """
         cfg = self.unet_config
         if not isinstance(x0, torch.Tensor) or not x0.is_floating_point():
             raise TypeError(f"x0 must be a float tensor, got {getattr(x0, 'dtype', type(x0).__name__)}")
@@ -249,7 +253,7 @@ class Trainer:
             raise ValueError(f"the model is class-conditional (num_classes={cfg.num_classes}); y is required")
         if y.dtype != torch.int64 or y.shape != (x0.shape[0],):
             raise ValueError(f"y must be int64 of shape ({x0.shape[0]},), got {y.dtype} {tuple(y.shape)}")
-        if y.numel() and (int(y.min()) < 0 or int(y.max()) > cfg.num_classes):
+        if y.device.type == "cpu" and y.numel() and (int(y.min()) < 0 or int(y.max()) > cfg.num_classes):
             raise ValueError(f"y must lie in [0, {cfg.num_classes}] ({cfg.num_classes} = null class), "
                              f"got min {int(y.min())} max {int(y.max())}")
 

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,6 +21,7 @@ import torch.multiprocessing as mp
 import ddpm
 import reference
 from ddpm.checkpoint import load_checkpoint
+from ddpm.cli import main
 from ddpm.data import ImageDataset
 from ddpm.distributed import init_distributed, sample_distributed, shutdown_distributed, single_process
 from ddpm.train import TrainConfig, Trainer
@@ -114,3 +118,21 @@ def test_sampling_split_over_two_ranks_equals_one_process(two_ranks):
     assert torch.equal(results[0]["images"], results[1]["images"])  # gathered on every rank
     # same weights, same noise stream; only the batch composition of the model calls differs
     assert_close(results[0]["images"], alone, atol=1e-6, rtol=1e-6, name="split samples")
+
+
+def test_torchrun_sample_on_two_ranks_writes_the_one_process_pictures(two_ranks, tmp_path):
+    """`torchrun --nproc_per_node 2 -m ddpm sample` (gloo) == `python -m ddpm sample`, byte for byte."""
+    out, _ = two_ranks
+    root = Path(__file__).resolve().parents[1]
+    common = ["sample", "--checkpoint", str(out / "run"), "--num-samples", "2", "--class", "all",
+              "--guidance", "2", "--steps", "3", "--ema", "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "ddpm", *common, "--out", str(tmp_path / "two.png"), "--gif", str(tmp_path / "two.gif")],
+        cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert main(common + ["--out", str(tmp_path / "one.png"), "--gif", str(tmp_path / "one.gif")]) == 0
+    for name in ("png", "gif"):
+        assert (tmp_path / f"two.{name}").read_bytes() == (tmp_path / f"one.{name}").read_bytes(), name
