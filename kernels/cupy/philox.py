@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .. import operands
 from .. import config
 from .runtime import STORAGE_CUH, address, get_kernel, grid_1d, launch, storage_id
 
@@ -135,7 +136,9 @@ BLOCK = 256
 
 
 def seed_words(seed: int) -> tuple[np.uint32, np.uint32]:
-    return np.uint32(seed & 0xFFFFFFFF), np.uint32(seed >> 32)
+    """The Philox key words as the uint32 kernel arguments CuPy needs."""
+    lo, hi = operands.seed_words(seed)
+    return np.uint32(lo), np.uint32(hi)
 
 
 def normal(seed: int, samples: torch.Tensor, stream, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 from .. import config
-from ..layout import channels_and_spatial, dense_layout, empty_like_layout, same_layout_or_copy
-from .philox import PHILOX_CUH, seed_words
+from ..operands import q_sample_operands
+from .philox import PHILOX_CUH
 from .runtime import STORAGE_CUH, address, get_kernel, grid_1d, launch, storage_id
 
 __all__ = ["q_sample"]
@@ -76,29 +76,18 @@ def q_sample(x0, t, sqrt_alpha_bar, sqrt_one_minus_alpha_bar, noise, seed, sampl
     """kernels.q_sample on CuPy (validated inputs). x0 in neither NCHW-contiguous nor
     channels_last layout is copied once to contiguous; noise is brought to x0's layout; t and
     float64 tables are converted (t to int64, tables to float32, as the reference casts them)."""
-    layout = dense_layout(x0) or "contiguous"
-    x0 = same_layout_or_copy(x0, layout)
-    draw = noise is None
-    if not draw:
-        noise = same_layout_or_copy(noise, layout)
-    x_t = empty_like_layout(x0, layout)
-    noise_out = empty_like_layout(x0, layout) if draw else None
+    ops = q_sample_operands(x0, noise, seed, stream)
+    g = ops.geometry
     t = t.to(torch.int64).contiguous()
     sqrt_alpha_bar = sqrt_alpha_bar.to(torch.float32).contiguous()
     sqrt_one_minus_alpha_bar = sqrt_one_minus_alpha_bar.to(torch.float32).contiguous()
-    batch = x0.shape[0]
-    numel = x0.numel() // batch
-    C, HW = channels_and_spatial(x0)
-    has_stream = isinstance(stream, torch.Tensor)
-    total = x0.numel()
-    lo, hi = seed_words(0 if seed is None else seed)
     kernel = get_kernel(_SOURCE, "q_sample_kernel", STORAGE_ID=storage_id(x0.dtype),
                         NORMAL_FP64=config.NORMAL_FP64)
-    launch(kernel, (grid_1d(total, BLOCK, x0.device),), (BLOCK,),
-           (address(x0), address(noise), address(x_t), address(noise_out), address(t),
-            address(sqrt_alpha_bar), address(sqrt_one_minus_alpha_bar), address(samples),
-            address(stream if has_stream else None), lo, hi,
-            np.int64(0 if has_stream else stream), np.int64(total), np.int64(numel),
-            np.int64(sqrt_alpha_bar.numel()), np.int64(C), np.int64(HW), np.int32(draw),
-            np.int32(layout == "channels_last")), x0.device)
-    return x_t, (noise_out if draw else noise)
+    launch(kernel, (grid_1d(g.total, BLOCK, x0.device),), (BLOCK,),
+           (address(ops.x0), address(ops.noise), address(ops.x_t), address(ops.noise_out),
+            address(t), address(sqrt_alpha_bar), address(sqrt_one_minus_alpha_bar),
+            address(samples), address(g.stream_tensor), np.uint32(g.seed_lo), np.uint32(g.seed_hi),
+            np.int64(g.stream_scalar), np.int64(g.total), np.int64(g.numel),
+            np.int64(sqrt_alpha_bar.numel()), np.int64(g.C), np.int64(g.HW), np.int32(ops.draw),
+            np.int32(g.channels_last)), x0.device)
+    return ops.result()

@@ -12,16 +12,14 @@ FMA contraction), so with the same z the float32 result equals the reference's b
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from .. import config
-from ..layout import channels_and_spatial, dense_layout, empty_like_layout, same_layout_or_copy
-from .philox import PHILOX_CUH, seed_words
+from ..operands import sampler_step_operands
+from .philox import PHILOX_CUH
 from .runtime import STORAGE_CUH, address, get_kernel, grid_1d, launch, storage_id
 
 __all__ = ["sampler_step"]
 
-NOISE_NONE, NOISE_TENSOR, NOISE_STREAM = 0, 1, 2
 
 _SOURCE = STORAGE_CUH + PHILOX_CUH + r"""
 extern "C" __global__ void sampler_step_kernel(
@@ -90,36 +88,19 @@ def sampler_step(x_t, model_output, coefficients, model_output_uncond, guidance_
     Inputs not in x_t's layout (NCHW-contiguous or channels_last; anything else is copied once
     to contiguous) are copied to it; `out` in another layout receives a copy of the result.
     """
-    layout = dense_layout(x_t) or "contiguous"
-    x_t_dense = same_layout_or_copy(x_t, layout)
-    model_output = same_layout_or_copy(model_output, layout)
-    if model_output_uncond is not None:
-        model_output_uncond = same_layout_or_copy(model_output_uncond, layout)
-    if noise is not None:
-        noise = same_layout_or_copy(noise, layout)
-    direct = out is not None and dense_layout(out) == layout
-    x_prev = out if direct else empty_like_layout(x_t_dense, layout)
-    if coefficients.stride(1) != 1 or coefficients.stride(0) not in (0, 8):
-        coefficients = coefficients.contiguous()  # (N, 8) floats: tiny
-    batch = x_t.shape[0]
-    numel = x_t.numel() // batch
-    C, HW = channels_and_spatial(x_t)
-    mode = NOISE_TENSOR if noise is not None else (NOISE_STREAM if seed is not None else NOISE_NONE)
-    has_stream = isinstance(stream, torch.Tensor)
+    ops = sampler_step_operands(x_t, model_output, model_output_uncond, noise, coefficients, seed,
+                                stream, out)
+    g = ops.geometry
     lo, hi = clip if clip is not None else (0.0, 0.0)
-    seed_lo, seed_hi = seed_words(0 if seed is None else seed)
-    total = x_t.numel()
     kernel = get_kernel(_SOURCE, "sampler_step_kernel", STORAGE_ID=storage_id(x_t.dtype),
                         NORMAL_FP64=config.NORMAL_FP64)
-    launch(kernel, (grid_1d(total, BLOCK, x_t.device),), (BLOCK,),
-           (address(x_t_dense), address(model_output), address(model_output_uncond),
-            address(noise), address(x_prev), address(coefficients), np.int64(coefficients.stride(0)),
-            address(samples),
-            address(stream if has_stream else None), seed_lo, seed_hi,
-            np.int64(0 if has_stream else stream), np.float32(guidance_scale), np.float64(lo),
-            np.float64(hi), np.int32(clip is not None), np.int32(mode), np.int64(total),
-            np.int64(numel), np.int64(C), np.int64(HW), np.int32(layout == "channels_last")),
+    launch(kernel, (grid_1d(g.total, BLOCK, x_t.device),), (BLOCK,),
+           (address(ops.x_t), address(ops.model_output), address(ops.model_output_uncond),
+            address(ops.noise), address(ops.x_prev), address(ops.coefficients),
+            np.int64(ops.coefficients.stride(0)), address(samples), address(g.stream_tensor),
+            np.uint32(g.seed_lo), np.uint32(g.seed_hi), np.int64(g.stream_scalar), np.float32(guidance_scale),
+            np.float64(lo), np.float64(hi), np.int32(clip is not None), np.int32(ops.noise_mode),
+            np.int64(g.total), np.int64(g.numel), np.int64(g.C), np.int64(g.HW),
+            np.int32(g.channels_last)),
            x_t.device)
-    if out is not None and not direct:
-        return out.copy_(x_prev)
-    return x_prev
+    return ops.result(out)

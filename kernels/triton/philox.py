@@ -21,6 +21,7 @@ import triton.language as tl
 from triton.language.random import philox_impl as _philox_impl
 
 from .. import config
+from ..operands import seed_words
 from . import record_decoration
 from .launch import elementwise_block
 
@@ -30,9 +31,6 @@ __all__ = ["stream_normal", "logical_index", "seed_words", "normal", "philox_wor
 
 
 
-def seed_words(seed: int) -> tuple[int, int]:
-    """(seed lo, seed hi): the Philox key of a 64-bit seed."""
-    return seed & 0xFFFFFFFF, seed >> 32
 
 
 @triton.jit

@@ -9,15 +9,14 @@ With DRAW_NOISE, eps comes from the noise stream and is written out for the loss
 
 from __future__ import annotations
 
-import torch
 import triton
 import triton.language as tl
 
-from ..layout import channels_and_spatial, dense_layout, empty_like_layout, same_layout_or_copy
+from ..operands import q_sample_operands
 from . import record_decoration
 from .launch import elementwise_block
 from .. import config
-from .philox import logical_index, seed_words, stream_normal
+from .philox import logical_index, stream_normal
 
 record_decoration()
 
@@ -60,24 +59,14 @@ def _q_sample_kernel(x0_ptr,            # (N, ...) input, memory order of its la
 def q_sample(x0, t, sqrt_alpha_bar, sqrt_one_minus_alpha_bar, noise, seed, samples, stream):
     """kernels.q_sample on Triton (validated inputs). x0 in neither NCHW-contiguous nor
     channels_last layout is copied once to contiguous; noise is brought to x0's layout."""
-    layout = dense_layout(x0) or "contiguous"
-    x0 = same_layout_or_copy(x0, layout)
-    draw = noise is None
-    if not draw:
-        noise = same_layout_or_copy(noise, layout)
-    x_t = empty_like_layout(x0, layout)
-    noise_out = empty_like_layout(x0, layout) if draw else x_t
-    batch = x0.shape[0]
-    numel = x0.numel() // batch
-    C, HW = channels_and_spatial(x0)
-    has_stream = isinstance(stream, torch.Tensor)
-    total = x0.numel()
-    block = elementwise_block(total)
-    _q_sample_kernel[(triton.cdiv(total, block),)](
-        x0, x0 if draw else noise, x_t, noise_out, t, sqrt_alpha_bar, sqrt_one_minus_alpha_bar,
-        samples if samples is not None else t, stream if has_stream else t,
-        *seed_words(0 if seed is None else seed), 0 if has_stream else int(stream), total, numel,
-        sqrt_alpha_bar.numel(), C, HW,
-        DRAW_NOISE=draw, HAS_SAMPLES=samples is not None, HAS_STREAM=has_stream,
-        CHANNELS_LAST=layout == "channels_last", FP64=config.NORMAL_FP64, BLOCK=block)
-    return x_t, (noise_out if draw else noise)
+    ops = q_sample_operands(x0, noise, seed, stream)
+    g = ops.geometry
+    block = elementwise_block(g.total)
+    _q_sample_kernel[(triton.cdiv(g.total, block),)](
+        ops.x0, ops.x0 if ops.draw else ops.noise, ops.x_t,
+        ops.noise_out if ops.draw else ops.x_t, t, sqrt_alpha_bar, sqrt_one_minus_alpha_bar,
+        samples if samples is not None else t, g.stream_tensor if g.stream_tensor is not None else t,
+        g.seed_lo, g.seed_hi, g.stream_scalar, g.total, g.numel, sqrt_alpha_bar.numel(), g.C, g.HW,
+        DRAW_NOISE=ops.draw, HAS_SAMPLES=samples is not None, HAS_STREAM=g.stream_tensor is not None,
+        CHANNELS_LAST=g.channels_last, FP64=config.NORMAL_FP64, BLOCK=block)
+    return ops.result()

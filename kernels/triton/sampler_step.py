@@ -13,21 +13,19 @@ evaluated in float64 because c0, c1 reach ~1/sqrt(alpha_bar) near t = T and floa
 
 from __future__ import annotations
 
-import torch
 import triton
 import triton.language as tl
 
-from ..layout import channels_and_spatial, dense_layout, empty_like_layout, same_layout_or_copy
+from ..operands import sampler_step_operands
 from . import record_decoration
 from .launch import elementwise_block
 from .. import config
-from .philox import logical_index, seed_words, stream_normal
+from .philox import logical_index, stream_normal
 
 record_decoration()
 
 __all__ = ["sampler_step"]
 
-NOISE_NONE, NOISE_TENSOR, NOISE_STREAM = 0, 1, 2
 
 
 @triton.jit
@@ -87,35 +85,21 @@ def sampler_step(x_t, model_output, coefficients, model_output_uncond, guidance_
     Inputs not in x_t's layout (NCHW-contiguous or channels_last; anything else is copied once
     to contiguous) are copied to it; `out` in another layout receives a copy of the result.
     """
-    layout = dense_layout(x_t) or "contiguous"
-    x_t_dense = same_layout_or_copy(x_t, layout)
-    model_output = same_layout_or_copy(model_output, layout)
-    if model_output_uncond is not None:
-        model_output_uncond = same_layout_or_copy(model_output_uncond, layout)
-    if noise is not None:
-        noise = same_layout_or_copy(noise, layout)
-    direct = out is not None and dense_layout(out) == layout
-    x_prev = out if direct else empty_like_layout(x_t_dense, layout)
-    if coefficients.stride(1) != 1 or coefficients.stride(0) not in (0, 8):
-        coefficients = coefficients.contiguous()  # (N, 8) floats: tiny
-    batch = x_t.shape[0]
-    numel = x_t.numel() // batch
-    C, HW = channels_and_spatial(x_t)
-    mode = NOISE_TENSOR if noise is not None else (NOISE_STREAM if seed is not None else NOISE_NONE)
-    has_stream = isinstance(stream, torch.Tensor)
+    ops = sampler_step_operands(x_t, model_output, model_output_uncond, noise, coefficients, seed,
+                                stream, out)
+    g = ops.geometry
+    c = ops.coefficients
     lo, hi = clip if clip is not None else (0.0, 0.0)
-    total = x_t.numel()
-    block = elementwise_block(total)
-    _sampler_step_kernel[(triton.cdiv(total, block),)](
-        x_t_dense, model_output, model_output_uncond if model_output_uncond is not None else x_t_dense,
-        noise if noise is not None else x_t_dense, x_prev, coefficients,
-        samples if samples is not None else coefficients, stream if has_stream else coefficients,
-        coefficients.stride(0),
-        *seed_words(0 if seed is None else seed), 0 if has_stream else int(stream), float(guidance_scale),
-        float(lo), float(hi), total, numel, C, HW,
-        HAS_UNCOND=model_output_uncond is not None, CLIP=clip is not None, NOISE_MODE=mode,
-        HAS_SAMPLES=samples is not None, HAS_STREAM=has_stream,
-        CHANNELS_LAST=layout == "channels_last", FP64=config.NORMAL_FP64, BLOCK=block)
-    if out is not None and not direct:
-        return out.copy_(x_prev)
-    return x_prev
+    block = elementwise_block(g.total)
+    _sampler_step_kernel[(triton.cdiv(g.total, block),)](
+        ops.x_t, ops.model_output,
+        ops.model_output_uncond if ops.model_output_uncond is not None else ops.x_t,
+        ops.noise if ops.noise is not None else ops.x_t, ops.x_prev, c,
+        samples if samples is not None else c, g.stream_tensor if g.stream_tensor is not None else c,
+        c.stride(0), g.seed_lo, g.seed_hi, g.stream_scalar, float(guidance_scale),
+        float(lo), float(hi), g.total, g.numel, g.C, g.HW,
+        HAS_UNCOND=ops.model_output_uncond is not None, CLIP=clip is not None,
+        NOISE_MODE=ops.noise_mode, HAS_SAMPLES=samples is not None,
+        HAS_STREAM=g.stream_tensor is not None, CHANNELS_LAST=g.channels_last,
+        FP64=config.NORMAL_FP64, BLOCK=block)
+    return ops.result(out)
