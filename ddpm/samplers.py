@@ -10,8 +10,8 @@ trajectory equals the reference's to round-off:
 - every Gaussian number comes from the noise stream (DESIGN contract 2): x_T from stream
   `SAMPLER_INIT_STREAM`, step k (0-based) from stream `sampler_step_stream(k)` = k + 1, for the
   GLOBAL sample indices `samples`, so sample i is the same whatever batch it is drawn in;
-- DPM-Solver++(2M) has no fused kernel: its update is one line of tensor math with float64
-  coefficients computed in NumPy exactly as `reference.dpm_solver_pp_2m_step` computes them.
+- DPM-Solver++(2M) has no fused kernel: its update is one line of tensor math with the float64
+  coefficients of `reference.dpm_solver_pp_coefficients` (what the reference step uses).
 
 `Sampler` precomputes everything a run needs (timesteps, coefficients, sample indices, the
 batched class labels) so that `Sampler.step(x, k)` does no host-side work but the model call and
@@ -34,7 +34,7 @@ from reference.process import (
     VARIANCES,
     ddim_coefficients,
     ddpm_coefficients,
-    prediction_coefficients,
+    dpm_solver_pp_coefficients,
 )
 from reference.schedules import timestep_subset
 
@@ -204,8 +204,10 @@ class Sampler:
             if sampler == "ddim":
                 coefficients = ddim_coefficients(reference_schedule, timesteps, t_prev, eta, prediction)
             else:
-                coefficients = self._dpm_solver_coefficients(reference_schedule, timesteps, t_prev,
-                                                             prediction)
+                # step k's history is step k-1 (its t); the first step has none (-1)
+                t_last = np.concatenate([[-1], timesteps[:-1]]).astype(np.int64)
+                coefficients = dpm_solver_pp_coefficients(reference_schedule, timesteps, t_prev,
+                                                          t_last, prediction)
         self.timesteps = timesteps
         self.num_steps = len(timesteps)
         self.coefficients = torch.as_tensor(np.ascontiguousarray(coefficients), dtype=torch.float64,
@@ -221,41 +223,6 @@ class Sampler:
         self._x0_last = None
 
     # ------------------------------------------------------------------ DPM-Solver++(2M)
-
-    @staticmethod
-    def _dpm_solver_coefficients(schedule, timesteps, t_prev, prediction) -> np.ndarray:
-        """(K, 7) float64 per step: x0 = c0 x + c1 out; D = c2 x0 - c3 x0_last; x = c4 x - c5 D.
-
-        Lu et al. 2022, Alg. 2 (data prediction), computed exactly as
-        reference.dpm_solver_pp_2m_step: lambda = log(alpha / sigma), h = lambda_prev - lambda_t,
-        x_prev = (sigma_prev / sigma_t) x - alpha_prev expm1(-h) D; first order (D = x0) at the
-        first step and at t_prev = -1, else D = (1 + 1/(2r)) x0 - 1/(2r) x0_last, r = h_last / h.
-        Column 6 is 1 where the step is second order.
-        """
-        def lam(tt):  # half log-SNR; +inf at t = -1
-            ab = schedule.alpha_bar_at(tt)
-            with np.errstate(divide="ignore"):
-                return 0.5 * (np.log(ab) - np.log1p(-ab))
-
-        pred = prediction_coefficients(schedule.alpha_bars[timesteps], prediction)
-        ab_t, ab_prev = schedule.alpha_bars[timesteps], schedule.alpha_bar_at(t_prev)
-        sigma_t, sigma_prev = np.sqrt(1.0 - ab_t), np.sqrt(1.0 - ab_prev)
-        alpha_prev = np.sqrt(ab_prev)
-        final = t_prev < 0
-        h = np.where(final, np.inf, lam(t_prev) - lam(timesteps))
-        phi = np.where(final, -1.0, np.expm1(-np.where(final, 0.0, h)))  # expm1(-inf) = -1
-        second = np.zeros(len(timesteps), dtype=bool)
-        c_x0, c_last = np.ones(len(timesteps)), np.zeros(len(timesteps))
-        if len(timesteps) > 1:
-            t_last = np.concatenate([[timesteps[0]], timesteps[:-1]])
-            h_last = lam(timesteps) - lam(t_last)
-            second = ~final & (np.arange(len(timesteps)) > 0)
-            # step 0 has no history (h_last = 0 there): r = 1 keeps the unused entries finite
-            r = np.where(second, h_last / np.where(final, 1.0, h), 1.0)
-            c_x0 = np.where(second, 1.0 + 0.5 / r, 1.0)
-            c_last = np.where(second, 0.5 / r, 0.0)
-        return np.stack([pred[:, 0], pred[:, 1], c_x0, c_last, sigma_prev / sigma_t, alpha_prev * phi,
-                         second.astype(np.float64)], axis=-1)
 
     def _dpm_solver_step(self, x: torch.Tensor, out: torch.Tensor, k: int) -> torch.Tensor:
         c = self._state_coefficients[k]

@@ -39,13 +39,19 @@ __all__ = [
     "sampler_update",
     "ddpm_step",
     "ddim_step",
+    "dpm_solver_pp_coefficients",
     "dpm_solver_pp_2m_step",
+    "DPM_SOLVER_COEFFICIENTS",
     "classifier_free_guidance",
     "dynamic_threshold",
 ]
 
 PREDICTIONS = ("epsilon", "sample", "v_prediction")
 VARIANCES = ("fixed_small", "fixed_large")
+DPM_SOLVER_COEFFICIENTS = (
+    "x0_from_xt", "x0_from_out", "d_from_x0", "d_from_x0_last", "prev_from_xt", "prev_from_d",
+    "second_order",
+)
 STEP_COEFFICIENTS = (
     "x0_from_xt", "x0_from_out", "eps_from_xt", "eps_from_out",
     "prev_from_x0", "prev_from_xt", "prev_from_eps", "sigma",
@@ -324,14 +330,61 @@ def ddim_step(x_t, t, t_prev, model_output, schedule: Schedule, eta: float = 0.0
     return sampler_update(x_t, model_output, c, noise, clip, threshold)
 
 
+def dpm_solver_pp_coefficients(schedule: Schedule, t, t_prev, t_last=None,
+                               prediction: str = "epsilon") -> np.ndarray:
+    """(N, 7) float64 coefficients of DPM-Solver++(2M) steps t -> t_prev  (Lu et al. 2022, Alg. 2).
+
+    Columns (DPM_SOLVER_COEFFICIENTS): x0_hat = c0 x_t + c1 out;  D = c2 x0_hat - c3 x0_last;
+    x_prev = c4 x_t - c5 D;  c6 = 1 where the step is second order. With lambda = log(alpha/sigma),
+    alpha = sqrt(ab), sigma = sqrt(1 - ab), h = lambda_prev - lambda_t:  c4 = sigma_prev / sigma_t,
+    c5 = alpha_prev expm1(-h); second order (D = (1 + 1/(2r)) x0_hat - 1/(2r) x0_last,
+    r = h_last / h) where a previous step exists (t_last >= 0, the previous step's t, > t) and
+    t_prev >= 0; first order (D = x0_hat) otherwise, so the step into t_prev = -1 returns x0_hat.
+    t_last: None (no history) or integers, -1 marking samples without history.
+    """
+    schedule = _check_schedule(schedule)
+    t = np.atleast_1d(schedule.check_t(t))
+    n = t.shape[0]
+    t_prev = check_timesteps(np.broadcast_to(np.asarray(t_prev), (n,)) if np.ndim(t_prev) == 0 else t_prev,
+                             n, schedule.T, "t_prev", allow_minus_one=True)
+    if np.any(t_prev >= t):
+        raise ValueError(f"t_prev must be < t, got t={t.tolist()}, t_prev={t_prev.tolist()}")
+    if t_last is None:
+        t_last = np.full(n, -1, dtype=np.int64)
+    t_last = check_timesteps(np.broadcast_to(np.asarray(t_last), (n,)) if np.ndim(t_last) == 0 else t_last,
+                             n, schedule.T, "t_last", allow_minus_one=True)
+    has_history = t_last >= 0
+    if np.any(has_history & (t_last <= t)):
+        raise ValueError("t_last (the previous step's t) must be > t")
+
+    def lam(tt):  # half log-SNR; +inf at t = -1
+        ab = schedule.alpha_bar_at(tt)
+        with np.errstate(divide="ignore"):
+            return 0.5 * (np.log(ab) - np.log1p(-ab))
+
+    pred = prediction_coefficients(schedule.alpha_bars[t], prediction)
+    ab_t, ab_prev = schedule.alpha_bars[t], schedule.alpha_bar_at(t_prev)
+    sigma_t, sigma_prev = np.sqrt(1.0 - ab_t), np.sqrt(1.0 - ab_prev)
+    final = t_prev < 0
+    h = np.where(final, np.inf, lam(t_prev) - lam(t))
+    phi = np.where(final, -1.0, np.expm1(-np.where(final, 0.0, h)))  # expm1(-inf) = -1
+    second = has_history & ~final
+    h_last = lam(t) - lam(np.where(has_history, t_last, t))
+    r = np.where(second, h_last / np.where(final, 1.0, h), 1.0)  # r = 1 where unused: finite
+    c_x0 = np.where(second, 1.0 + 0.5 / r, 1.0)
+    c_last = np.where(second, 0.5 / r, 0.0)
+    return np.stack([pred[:, 0], pred[:, 1], c_x0, c_last, sigma_prev / sigma_t,
+                     np.sqrt(ab_prev) * phi, second.astype(np.float64)], axis=-1)
+
+
 def dpm_solver_pp_2m_step(x_t, t, t_prev, model_output, schedule: Schedule, history=None,
                           prediction: str = "epsilon", clip=None):
     """One DPM-Solver++(2M) step t -> t_prev  (Lu et al. 2022, Alg. 2, data prediction).
 
-    lambda = log(alpha / sigma) with alpha = sqrt(ab), sigma = sqrt(1 - ab); h = lambda_prev - lambda_t.
-    First order (first step, or t_prev = -1):  x = (sigma_prev / sigma_t) x_t - alpha_prev expm1(-h) D,
-    D = x0_hat; second order: D = (1 + 1/(2r)) x0_hat - 1/(2r) x0_last, r = h_last / h.
-    history: None or (x0_last, t_last) from the previous step. Returns (x_prev, (x0_hat, t)).
+    x_prev = (sigma_prev / sigma_t) x_t - alpha_prev expm1(-h) D with D = x0_hat (first order:
+    the first step, or t_prev = -1) or (1 + 1/(2r)) x0_hat - 1/(2r) x0_last (second order);
+    coefficients from `dpm_solver_pp_coefficients`. history: None or (x0_last, t_last) from the
+    previous step. Returns (x_prev, (x0_hat, t)).
     """
     schedule = _check_schedule(schedule)
     x_t = check_float_array(x_t, "x_t")
@@ -341,28 +394,7 @@ def dpm_solver_pp_2m_step(x_t, t, t_prev, model_output, schedule: Schedule, hist
     n = x_t.shape[0]
     t = check_timesteps(t, n, schedule.T)
     t_prev = check_timesteps(t_prev, n, schedule.T, "t_prev", allow_minus_one=True)
-    if np.any(t_prev >= t):
-        raise ValueError("t_prev must be < t")
-    dtype = result_dtype(x_t, model_output)
-
-    pred = prediction_coefficients(schedule.alpha_bars[t], prediction)
-    x0 = per_sample(pred[:, 0], x_t.ndim) * x_t + per_sample(pred[:, 1], x_t.ndim) * model_output
-    if clip is not None:
-        x0 = np.clip(x0, clip[0], clip[1])
-
-    def lam(tt):  # half log-SNR; +inf at t = -1
-        ab = schedule.alpha_bar_at(tt)
-        with np.errstate(divide="ignore"):
-            return 0.5 * (np.log(ab) - np.log1p(-ab))
-
-    ab_t, ab_prev = schedule.alpha_bars[t], schedule.alpha_bar_at(t_prev)
-    sigma_t, sigma_prev = np.sqrt(1.0 - ab_t), np.sqrt(1.0 - ab_prev)
-    alpha_prev = np.sqrt(ab_prev)
-    final = t_prev < 0
-    h = np.where(final, np.inf, lam(t_prev) - lam(t))
-    phi = np.where(final, -1.0, np.expm1(-np.where(final, 0.0, h)))  # expm1(-inf) = -1
-
-    D = x0
+    x0_last, t_last = None, None
     if history is not None:
         x0_last, t_last = history
         x0_last = check_float_array(x0_last, "history[0]")
@@ -370,13 +402,14 @@ def dpm_solver_pp_2m_step(x_t, t, t_prev, model_output, schedule: Schedule, hist
         t_last = check_timesteps(t_last, n, schedule.T, "history[1]")
         if np.any(t_last <= t):
             raise ValueError("history[1] (the previous step's t) must be > t")
-        h_last = lam(t) - lam(t_last)
-        r = np.where(final, 1.0, h_last / np.where(final, 1.0, h))
-        second = per_sample(~final, x_t.ndim)
-        D2 = per_sample(1.0 + 0.5 / r, x_t.ndim) * x0 - per_sample(0.5 / r, x_t.ndim) * x0_last
-        D = np.where(second, D2, x0)
-    x_prev = (per_sample(sigma_prev / sigma_t, x_t.ndim) * x_t
-              - per_sample(alpha_prev * phi, x_t.ndim) * D)
+    dtype = result_dtype(x_t, model_output)
+    c = dpm_solver_pp_coefficients(schedule, t, t_prev, t_last, prediction)
+    col = [per_sample(c[:, k], x_t.ndim) for k in range(7)]
+    x0 = col[0] * x_t + col[1] * model_output
+    if clip is not None:
+        x0 = np.clip(x0, clip[0], clip[1])
+    D = x0 if x0_last is None else np.where(col[6] != 0, col[2] * x0 - col[3] * x0_last, x0)
+    x_prev = col[4] * x_t - col[5] * D
     return x_prev.astype(dtype), (x0.astype(dtype), t)
 
 

@@ -463,3 +463,22 @@ COEF = ddim_coefficients(S, 5, 2)
 def test_bad_input_raises_naming_the_argument(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+def test_dpm_solver_pp_coefficients_orders_and_errors():
+    """First order without history (t_last = -1) and into t_prev = -1 (returns x0_hat: c4 = 0,
+    c5 = -1); second order otherwise with D = (1 + 1/(2r)) x0 - 1/(2r) x0_last."""
+    from reference import dpm_solver_pp_coefficients
+
+    s = make_schedule("linear", 100)
+    c = dpm_solver_pp_coefficients(s, [50, 30, 10], [30, 10, -1], [-1, 50, 30])
+    assert c[:, 6].tolist() == [0.0, 1.0, 0.0]
+    assert c[0, 2:4].tolist() == [1.0, 0.0] and c[2, 2:4].tolist() == [1.0, 0.0]
+    assert c[2, 4] == 0.0 and c[2, 5] == -1.0
+    lam = 0.5 * np.log(s.alpha_bars / (1 - s.alpha_bars))
+    r = (lam[30] - lam[50]) / (lam[10] - lam[30])
+    assert abs(c[1, 2] - (1 + 0.5 / r)) < 1e-12 and abs(c[1, 3] - 0.5 / r) < 1e-12
+    with pytest.raises(ValueError, match="t_last"):
+        dpm_solver_pp_coefficients(s, [50], [30], [40])
+    with pytest.raises(ValueError, match="t_prev"):
+        dpm_solver_pp_coefficients(s, [50], [60])
