@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import reference
+from reference.layers import timestep_frequencies
 from reference.mlp import MLP
 from ddpm import UNet as TorchUNet
 
@@ -28,8 +29,7 @@ class _TorchMLP(torch.nn.Module):
         self.ref = ref
         self.params = torch.nn.ParameterDict(
             {k.replace(".", "_"): torch.nn.Parameter(torch.tensor(v, dtype=dtype)) for k, v in ref.params.items()})
-        half = ref.time_embed_dim // 2
-        freqs = np.exp(-np.log(10000.0) * np.arange(half) / (half - 1))
+        freqs = timestep_frequencies(ref.time_embed_dim)
         self.register_buffer("freqs", torch.tensor(freqs, dtype=dtype))
         self.act = F.silu if ref.activation == "silu" else F.elu
 

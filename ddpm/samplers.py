@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 import kernels
+from reference._validate import check_clip
 from reference.noise import SAMPLER_INIT_STREAM, sampler_step_stream
 from reference.process import (
     PREDICTIONS,
@@ -71,18 +72,6 @@ def _check_finite_number(value, name: str) -> float:
     if not math.isfinite(float(value)):
         raise ValueError(f"{name} must be finite, got {value!r}")
     return float(value)
-
-
-def _check_clip(clip):
-    if clip is None:
-        return None
-    try:
-        lo, hi = (float(v) for v in clip)
-    except (TypeError, ValueError):
-        raise TypeError(f"clip must be None or a pair (lo, hi), got {clip!r}") from None
-    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-        raise ValueError(f"clip must satisfy lo < hi (finite), got {clip!r}")
-    return lo, hi
 
 
 def _index_tensor(values, n: int, name: str, device: torch.device) -> torch.Tensor:
@@ -145,7 +134,7 @@ class Sampler:
         if sampler != "ddim" and eta != 0.0:
             raise ValueError(f"eta applies to the ddim sampler only, got eta={eta} with sampler={sampler!r}")
         guidance_scale = _check_finite_number(guidance_scale, "guidance_scale")
-        self.clip = _check_clip(clip)
+        self.clip = check_clip(clip)
 
         device = torch.device(device) if device is not None else (_model_device(model) or torch.device("cpu"))
         n = shape[0]

@@ -19,7 +19,6 @@ ResBlock's time-embedding add is passed to norm2 as its `shift` (the fused "add 
 
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 from os import PathLike
 
@@ -29,16 +28,15 @@ import torch.nn.functional as F
 from torch import nn
 
 import kernels
+from reference.layers import timestep_frequencies
 from reference.unet_config import UNetConfig, parameter_shapes
 
 __all__ = ["UNet", "ResnetBlock", "AttentionBlock", "sinusoidal_frequencies"]
 
 
 def sinusoidal_frequencies(dim: int, freq_shift: float = 1.0, max_period: float = 10000.0) -> np.ndarray:
-    """(dim // 2,) float64 exp(-log(max_period) k / (dim/2 - freq_shift)), as reference.layers."""
-    half = dim // 2
-    exponent = -math.log(max_period) * np.arange(half, dtype=np.float64) / (half - freq_shift)
-    return np.exp(exponent)
+    """(dim // 2,) float64 frequencies of the time embedding: reference.layers.timestep_frequencies."""
+    return timestep_frequencies(dim, freq_shift, max_period)
 
 
 class ResnetBlock(nn.Module):

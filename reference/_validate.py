@@ -51,3 +51,28 @@ def check_timesteps(t, batch: int, T: int, name: str = "t", *, allow_minus_one: 
 def per_sample(values: np.ndarray, ndim: int) -> np.ndarray:
     """(N,) -> (N, 1, ..., 1) broadcastable against an ndim-dimensional batch."""
     return values.reshape(values.shape + (1,) * (ndim - values.ndim))
+
+
+def check_clip(clip):
+    """None, or a finite pair (lo, hi) with lo < hi, returned as floats."""
+    if clip is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in clip)
+    except (TypeError, ValueError):
+        raise TypeError(f"clip must be None or a pair (lo, hi), got {clip!r}") from None
+    if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
+        raise ValueError(f"clip must satisfy lo < hi (finite), got {clip!r}")
+    return lo, hi
+
+
+def check_samples(samples, n: int) -> np.ndarray:
+    """Global sample indices as an (n,) int64 array; None means arange(n)."""
+    if samples is None:
+        return np.arange(n, dtype=np.int64)
+    arr = np.asarray(samples)
+    if arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer):
+        raise TypeError(f"samples must be integer sample indices, got dtype {arr.dtype}")
+    if arr.shape != (n,):
+        raise ValueError(f"samples must have shape ({n},), got {arr.shape}")
+    return arr.astype(np.int64)

@@ -18,6 +18,7 @@ __all__ = [
     "silu", "silu_backward",
     "elu", "elu_backward",
     "embedding", "embedding_backward",
+    "timestep_frequencies",
     "timestep_embedding",
 ]
 
@@ -116,6 +117,20 @@ def embedding_backward(dout: np.ndarray, cache) -> np.ndarray:
     return dtable
 
 
+def timestep_frequencies(dim: int, freq_shift: float = 1.0, max_period: float = 10000.0) -> np.ndarray:
+    """(dim // 2,) float64 freq_k = exp(-log(max_period) k / (dim/2 - freq_shift)), k < dim/2.
+
+    The frequencies of `timestep_embedding` (DDPM's get_timestep_embedding: freq_shift = 1).
+    """
+    if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)):
+        raise TypeError(f"dim must be an int, got {type(dim).__name__}")
+    half = dim // 2
+    if half < 1 or half - freq_shift <= 0:
+        # the exponent divides by half - freq_shift: dim 2 with freq_shift 1 would be 0 / 0
+        raise ValueError(f"dim must satisfy dim // 2 > freq_shift ({freq_shift}), got dim={dim}")
+    return np.exp(-math.log(max_period) * np.arange(half, dtype=np.float64) / (half - freq_shift))
+
+
 def timestep_embedding(t, dim: int, flip_sin_to_cos: bool = False, freq_shift: float = 1.0,
                        max_period: float = 10000.0, dtype=np.float64) -> np.ndarray:
     """t (N,) -> (N, dim) sinusoidal embedding (Vaswani et al. 2017, as in the DDPM UNet).
@@ -124,20 +139,15 @@ def timestep_embedding(t, dim: int, flip_sin_to_cos: bool = False, freq_shift: f
     emb = [sin(t freq), cos(t freq)] ([cos, sin] when flipped); odd dim pads one zero column.
     No parameters, no backward: t is an integer input.
     """
-    if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)):
-        raise TypeError(f"dim must be an int, got {type(dim).__name__}")
-    half = dim // 2
-    if half < 1 or half - freq_shift <= 0:
-        # the exponent divides by half - freq_shift: dim 2 with freq_shift 1 would be 0 / 0
-        raise ValueError(f"dim must satisfy dim // 2 > freq_shift ({freq_shift}), got dim={dim}")
+    freqs = timestep_frequencies(dim, freq_shift, max_period)
+    half = freqs.shape[0]
     t_arr = np.asarray(t)
     if t_arr.dtype == bool or not (np.issubdtype(t_arr.dtype, np.integer) or np.issubdtype(t_arr.dtype, np.floating)):
         raise TypeError(f"t must be integer or float timesteps, got dtype {t_arr.dtype}")
     t = t_arr.astype(np.float64).reshape(-1)
     if not np.all(np.isfinite(t)):
         raise ValueError("t contains NaN or inf")
-    exponent = -math.log(max_period) * np.arange(half, dtype=np.float64) / (half - freq_shift)
-    args = t[:, None] * np.exp(exponent)[None, :]
+    args = t[:, None] * freqs[None, :]
     emb = np.concatenate([np.sin(args), np.cos(args)], axis=-1)
     if flip_sin_to_cos:
         emb = np.concatenate([emb[:, half:], emb[:, :half]], axis=-1)

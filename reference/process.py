@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._validate import check_float_array, check_same_shape, check_timesteps, per_sample, result_dtype
+from ._validate import check_clip, check_float_array, check_same_shape, check_timesteps, per_sample, result_dtype
 from .schedules import Schedule
 
 __all__ = [
@@ -62,18 +62,6 @@ def _check_schedule(schedule) -> Schedule:
     if not isinstance(schedule, Schedule):
         raise TypeError(f"schedule must be a reference Schedule, got {type(schedule).__name__}")
     return schedule
-
-
-def _check_clip(clip):
-    if clip is None:
-        return None
-    try:
-        lo, hi = (float(v) for v in clip)
-    except (TypeError, ValueError):
-        raise TypeError(f"clip must be None or a pair (lo, hi), got {clip!r}") from None
-    if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
-        raise ValueError(f"clip must satisfy lo < hi (finite), got {clip!r}")
-    return lo, hi
 
 
 def _check_prediction(prediction: str) -> str:
@@ -278,7 +266,7 @@ def sampler_update(x_t: np.ndarray, model_output: np.ndarray, coefficients: np.n
     x_t = check_float_array(x_t, "x_t")
     model_output = check_float_array(model_output, "model_output")
     check_same_shape(x_t, model_output, "x_t", "model_output")
-    clip = _check_clip(clip)
+    clip = check_clip(clip)
     c = np.asarray(coefficients, dtype=np.float64)
     if c.shape == (8,):
         c = np.broadcast_to(c, (x_t.shape[0], 8))
@@ -390,7 +378,7 @@ def dpm_solver_pp_2m_step(x_t, t, t_prev, model_output, schedule: Schedule, hist
     x_t = check_float_array(x_t, "x_t")
     model_output = check_float_array(model_output, "model_output")
     check_same_shape(x_t, model_output, "x_t", "model_output")
-    clip = _check_clip(clip)
+    clip = check_clip(clip)
     n = x_t.shape[0]
     t = check_timesteps(t, n, schedule.T)
     t_prev = check_timesteps(t_prev, n, schedule.T, "t_prev", allow_minus_one=True)

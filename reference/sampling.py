@@ -13,7 +13,7 @@ from typing import Callable
 
 import numpy as np
 
-from ._validate import check_float_array
+from ._validate import check_float_array, check_samples
 from .noise import SAMPLER_INIT_STREAM, normal, sampler_step_stream
 from .process import (
     classifier_free_guidance,
@@ -42,17 +42,6 @@ def guided(model, y, null_class: int, guidance_scale: float) -> Model:
     return fn
 
 
-def _samples(samples, n):
-    if samples is None:
-        return np.arange(n, dtype=np.int64)
-    samples = np.asarray(samples)
-    if samples.dtype == bool or not np.issubdtype(samples.dtype, np.integer):
-        raise TypeError(f"samples must be integer sample indices, got dtype {samples.dtype}")
-    if samples.shape != (n,):
-        raise ValueError(f"samples must have shape ({n},), got {samples.shape}")
-    return samples
-
-
 def _start(model, shape, schedule, seed, samples, x_T, dtype):
     """Validate a sampling loop's arguments; returns (shape, samples, x_T)."""
     if not callable(model):
@@ -67,7 +56,7 @@ def _start(model, shape, schedule, seed, samples, x_T, dtype):
         raise TypeError(f"shape must be a tuple of ints (N, ...), got {shape!r}") from None
     if len(shape) < 2 or min(shape) < 1:
         raise ValueError(f"shape must be (N, ...) with every size >= 1, got {shape}")
-    s = _samples(samples, shape[0])
+    s = check_samples(samples, shape[0])
     if x_T is None:
         return shape, s, initial_noise(shape, seed, s, dtype)
     x_T = check_float_array(x_T, "x_T")
@@ -79,7 +68,7 @@ def _start(model, shape, schedule, seed, samples, x_T, dtype):
 def initial_noise(shape, seed: int, samples=None, dtype=np.float64) -> np.ndarray:
     """x_T ~ N(0, I) from the noise stream (stream SAMPLER_INIT_STREAM)."""
     shape = tuple(int(d) for d in shape)
-    s = _samples(samples, shape[0])
+    s = check_samples(samples, shape[0])
     return normal(seed, s, SAMPLER_INIT_STREAM, shape[1:]).astype(dtype)
 
 

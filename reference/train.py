@@ -32,7 +32,7 @@ from typing import Callable
 
 import numpy as np
 
-from ._validate import check_float_array
+from ._validate import check_float_array, check_samples
 from .losses import min_snr_weights, training_target, weighted_mse, weighted_mse_backward
 from .noise import TRAIN_STREAM_BASE, normal, philox_words, uint_to_uniform_float
 from .optim import EMA, Adam, clip_grad_norm, global_norm
@@ -49,17 +49,6 @@ def train_stream(step: int) -> int:
     if not 0 <= step < 2**32 - TRAIN_STREAM_BASE:
         raise ValueError(f"step must lie in [0, {2**32 - TRAIN_STREAM_BASE}), got {step}")
     return TRAIN_STREAM_BASE + int(step)
-
-
-def _check_samples(samples, n: int) -> np.ndarray:
-    if samples is None:
-        return np.arange(n, dtype=np.int64)
-    arr = np.asarray(samples)
-    if arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer):
-        raise TypeError(f"samples must be integer sample indices, got dtype {arr.dtype}")
-    if arr.shape != (n,):
-        raise ValueError(f"samples must have shape ({n},), got {arr.shape}")
-    return arr.astype(np.int64)
 
 
 def training_draws(seed: int, samples, step: int, sample_shape, T: int, class_dropout: float = 0.0):
@@ -105,7 +94,7 @@ def train_step(model, optimizer: Adam, x0: np.ndarray, schedule: Schedule, seed:
         raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
     x0 = check_float_array(x0, "x0", min_ndim=2)
     n = x0.shape[0]
-    samples = _check_samples(samples, n)
+    samples = check_samples(samples, n)
     num_classes = getattr(model, "num_classes", None)
     if y is not None:
         if num_classes is None:
