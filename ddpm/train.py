@@ -3,9 +3,9 @@
 One optimisation step s on a global batch of B images (split over ranks, see ddpm.distributed):
 
     indices  = EpochSampler(seed).next(B)                  data order (NumPy, per-epoch permutation)
-    t        ~ U{0, ..., T-1}                               torch.Generator(seed), global batch
-    drop     = U[0,1) < label_dropout -> y = null class     classifier-free guidance (Ho & Salimans 2022)
-    flip     = U[0,1) < 1/2 (data that allows flips)
+    t        ~ U{0, ..., T-1}                               } words 2 and 3 of the noise-stream
+    drop     = U[0,1) < label_dropout -> y = null class     } counters, as reference.training_draws
+    flip     = U[0,1) < 1/2 (data that allows flips)        torch.Generator(seed), global batch
     x_t, eps = kernels.q_sample(x0, t, ..., seed, samples=global batch positions,
                                 stream=TRAIN_STREAM_BASE + s)         DDPM Eq. 4, the noise stream
     loss     = mean_i w_i mean_j (model(x_t, t, y) - target)^2        target eps / x0 / v,
@@ -33,6 +33,7 @@ from torch import nn
 
 import kernels
 import reference
+from kernels.torch_ops import philox_words, uint_to_uniform_float
 
 from .checkpoint import (
     Checkpoint,
@@ -301,8 +302,12 @@ class Trainer:
         """Global-batch draws (identical on every rank), then this rank's slice, on the device."""
         cfg, B = self.config, self.config.batch_size
         indices = torch.from_numpy(self.sampler.next(B))
-        t = torch.randint(0, self.schedule.T, (B,), generator=self.generator, dtype=torch.int64)
-        drop = torch.rand(B, generator=self.generator) < cfg.label_dropout
+        # t and label dropout from words 2 and 3 of the step's noise-stream counters, exactly as
+        # reference.training_draws: a function of (seed, global sample index, step) only.
+        words = philox_words(cfg.seed, torch.arange(B, dtype=torch.int64),
+                             reference.TRAIN_STREAM_BASE + self.step, 1)[:, 0, :]
+        t = (words[:, 2] * self.schedule.T) >> 32                 # Lemire multiply-shift on [0, T)
+        drop = uint_to_uniform_float(words[:, 3]) < cfg.label_dropout
         flip = torch.rand(B, generator=self.generator) < 0.5
         mine = rank_slice(B, self.ctx)
         device = self.ctx.device

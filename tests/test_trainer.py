@@ -81,12 +81,31 @@ def test_global_batch_draws_are_sliced_by_rank():
 
 def test_label_dropout_uses_the_null_class_at_the_requested_rate():
     trainer = make_trainer(batch_size=24, label_dropout=0.25)
-    labels = torch.cat([trainer._draw_batch()[2] for _ in range(100)])
+    labels = []
+    for step in range(100):  # the draws are keyed by the step's noise-stream counters
+        trainer.step = step
+        labels.append(trainer._draw_batch()[2])
+    labels = torch.cat(labels)
     null = (labels == trainer.model.null_class).float().mean().item()
     assert abs(null - 0.25) < 0.03  # 2400 draws: 3 sigma of a binomial is ~0.027
     assert labels.max() == 3 and labels.min() == 0
     none = make_trainer(batch_size=24, label_dropout=0.0)
     assert not (none._draw_batch()[2] == 3).any()
+
+
+def test_timesteps_and_label_dropout_are_the_reference_training_draws():
+    """t and the dropped labels of a step are reference.training_draws of the same (seed, global
+    sample indices, step): the torch trainer and the NumPy reference draw the same numbers."""
+    from reference.train import training_draws
+
+    trainer = make_trainer(batch_size=8, label_dropout=0.3)
+    for step in (0, 5):
+        trainer.step = step
+        _, t, y, samples = trainer._draw_batch()
+        t_ref, _, drop_ref = training_draws(trainer.config.seed, samples.cpu().numpy(), step, (1,),
+                                            trainer.schedule.T, 0.3)
+        assert t.cpu().tolist() == t_ref.tolist()
+        assert ((y == trainer.model.null_class).cpu().numpy() == drop_ref).all()
 
 
 def test_horizontal_flip_only_when_the_data_allows_it():
