@@ -20,6 +20,7 @@ import contextlib
 import math
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -195,9 +196,12 @@ def main(argv=None) -> int:
     total = time.perf_counter() - start
     print(f"\ntraining {result['train_seconds']:.1f} s, total {total:.1f} s")
     if args.out:
-        save_figure(result, args.out, f"MLP DDPM on {config['dataset']}, {config['steps']} steps, "
-                                      f"T={config['T']} (NumPy reference)")
-        print(f"wrote {args.out}")
+        out = Path(args.out)
+        out = out if out.suffix else out.with_suffix(".png")  # what matplotlib would write anyway
+        out.parent.mkdir(parents=True, exist_ok=True)
+        save_figure(result, out, f"MLP DDPM on {config['dataset']}, {config['steps']} steps, "
+                                 f"T={config['T']} (NumPy reference)")
+        print(f"wrote {out}")
     return 0
 
 
