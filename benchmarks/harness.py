@@ -178,8 +178,8 @@ def _fmt_time(s: float) -> str:
 
 def _table(rows: list[Row]) -> list[str]:
     """Markdown table: one line per case; each implementation's time, the ratio of every other
-    implementation's time to the first one's ("ours"; > 1 means ours is faster), and GB/s and
-    % of a same-size device copy when the bytes moved are known."""
+    implementation's time to the first one's (> 1: the first is faster), and the first one's GB/s
+    and % of a same-size device copy when the bytes moved are known."""
     impls: list[str] = []
     for r in rows:
         for k in r.times:
@@ -187,9 +187,10 @@ def _table(rows: list[Row]) -> list[str]:
                 impls.append(k)
     has_bytes = any(r.bytes_moved for r in rows)
     head = ["case", "params"] + [f"{k}" for k in impls]
+    base_name = impls[0] if impls else "first"
     if has_bytes:
-        head += ["ours GB/s", "% of copy"]
-    head += [f"{k} / ours" for k in impls[1:]]
+        head += [f"{base_name} GB/s", "% of copy"]
+    head += [f"{k} / {base_name}" for k in impls[1:]]
     has_notes = any(r.notes for r in rows)
     if has_notes:
         head.append("notes")
