@@ -7,6 +7,8 @@ Model protocol (what `train_step` and `train` use; `reference.MLP` and `referenc
     model.forward(x_t, t, y=None, *, train=False) -> output   x_t (N, ...), t (N,) int64 in
                             [0, T), y (N,) int64 labels or None; caches what backward needs;
                             train=True turns on training-only behaviour (the UNet's dropout)
+    model.dropout_mask_shapes() (models with dropout: the UNet) -> [(name, per-sample shape)],
+                            and forward(..., dropout_masks={name: (N, *shape) bool}) takes them
     model.backward(dout) -> dx               dout = dL/d output (N, ...); fills model.grads
     model.num_classes       (conditional models only) labels 0..num_classes-1; the null class
                             of classifier-free guidance is the id `num_classes`
@@ -20,6 +22,9 @@ stream s = TRAIN_STREAM_BASE + step and counters (j, 0, i, s):
     timestep t_i          (word 2 of counter j=0) * T >> 32            (uniform on [0, T);
                           Lemire's multiply-shift, bias <= T / 2**32)
     label dropout         uniform(word 3 of counter j=0) < class_dropout   (label -> null class)
+    dropout masks         uniform(word 0 of counter j) >= p, kept; j = D + o_b + k for element k
+                          of block b's mask, D = elements of one x0 sample, o_b = the sizes of
+                          the blocks before b (forward order): counters the noise never uses
 
 Words 2 and 3 are unused by the normals, so these draws are independent of the noise. In
 `train`, the rows of step `step` are `numpy.random.default_rng([seed, step]).integers(0, len(x0),
@@ -34,12 +39,12 @@ import numpy as np
 
 from ._validate import check_float_array, check_samples
 from .losses import min_snr_weights, training_target, weighted_mse, weighted_mse_backward
-from .noise import TRAIN_STREAM_BASE, normal, philox_words, uint_to_uniform_float
+from .noise import TRAIN_STREAM_BASE, normal, philox_words, uniform, uint_to_uniform_float
 from .optim import EMA, Adam, clip_grad_norm, global_norm
 from .process import PREDICTIONS, q_sample
 from .schedules import Schedule
 
-__all__ = ["training_draws", "train_step", "train", "train_stream"]
+__all__ = ["training_draws", "dropout_masks", "train_step", "train", "train_stream"]
 
 
 def train_stream(step: int) -> int:
@@ -70,6 +75,25 @@ def training_draws(seed: int, samples, step: int, sample_shape, T: int, class_dr
     t = ((words[:, 2].astype(np.uint64) * np.uint64(T)) >> np.uint64(32)).astype(np.int64)
     drop = uint_to_uniform_float(words[:, 3]) < np.float32(class_dropout)
     return t, noise, drop
+
+
+def dropout_masks(model, seed: int, samples, step: int, offset: int) -> dict | None:
+    """The dropout masks of one training step from the noise stream (module docstring), or None.
+
+    None when the model has no dropout (no `dropout_mask_shapes`, or config.dropout == 0).
+    offset: D, the elements of one x0 sample (the counters j < D belong to the noise).
+    """
+    p = getattr(getattr(model, "config", None), "dropout", 0.0)
+    if not p or not hasattr(model, "dropout_mask_shapes"):
+        return None
+    shapes = model.dropout_mask_shapes()
+    sizes = [int(np.prod(shape)) for _, shape in shapes]
+    u = uniform(seed, samples, train_stream(step), (offset + sum(sizes),))[:, offset:]
+    masks, start = {}, 0
+    for (name, shape), size in zip(shapes, sizes):
+        masks[name] = (u[:, start:start + size] >= np.float32(p)).reshape((len(samples),) + tuple(shape))
+        start += size
+    return masks
 
 
 def train_step(model, optimizer: Adam, x0: np.ndarray, schedule: Schedule, seed: int, step: int,
@@ -114,7 +138,9 @@ def train_step(model, optimizer: Adam, x0: np.ndarray, schedule: Schedule, seed:
     target = training_target(x0, noise, t, schedule, prediction)
     weights = None if min_snr_gamma is None else min_snr_weights(t, schedule, prediction, min_snr_gamma)
 
-    output = model.forward(x_t, t, y, train=True)
+    masks = dropout_masks(model, seed, samples, step, int(np.prod(x0.shape[1:])))
+    extra = {} if masks is None else {"dropout_masks": masks}
+    output = model.forward(x_t, t, y, train=True, **extra)
     loss, cache = weighted_mse(output, target, weights)
     model.backward(weighted_mse_backward(cache))
     grad_norm = clip_grad_norm(model.grads, grad_clip) if grad_clip is not None else global_norm(model.grads)

@@ -296,6 +296,18 @@ class UNet:
             out += [(f"up_blocks.{i}.resnets.{j}", c) for j in range(cfg.num_res_blocks + 1)]
         return out
 
+    def dropout_mask_shapes(self) -> list[tuple[str, tuple[int, int, int]]]:
+        """(prefix, (C_out, H, W)) of every ResBlock's dropout mask, in forward order."""
+        cfg = self.config
+        res = cfg.resolution
+        shapes = []
+        for prefix, c in self._resnet_prefixes():
+            kind, index = prefix.split(".")[0], prefix.split(".")[1]
+            level = (int(index) if kind == "down_blocks" else cfg.levels - 1 if kind == "mid_block"
+                     else cfg.levels - 1 - int(index))
+            shapes.append((prefix, (c, res(level), res(level))))
+        return shapes
+
     def _check_masks(self, dropout_masks, train: bool):
         if dropout_masks is None:
             return {}

@@ -296,3 +296,22 @@ def test_train_step_runs_the_model_in_training_mode():
     train_step(model, optimizer, x0, schedule, seed=0, step=0)
     masks = model.last_dropout_masks
     assert masks and all(np.any(m == 0) for m in masks.values())
+
+
+def test_dropout_masks_depend_on_sample_index_and_step_only():
+    """The UNet's dropout masks in train_step come from the noise stream: sample i's masks are the
+    same whatever batch it is in, and differ between steps (so a resumed run draws the same)."""
+    from reference import UNet, UNetConfig
+
+    schedule = make_schedule("linear", 50)
+    x0 = np.random.default_rng(0).standard_normal((3, 1, 4, 4))
+    seen = {}
+    for rows, samples in (([0, 1, 2], [0, 1, 2]), ([2], [2])):
+        model = UNet(UNetConfig.tiny(dropout=0.5), seed=0, zero_init=False)
+        train_step(model, Adam(model.params, lr=1e-3), x0[rows], schedule, seed=7, step=3, samples=samples)
+        seen[len(rows)] = {k: v[-1] for k, v in model.last_dropout_masks.items()}
+    assert seen[1].keys() == seen[3].keys()
+    assert all(np.array_equal(seen[1][k], seen[3][k]) for k in seen[1])
+    model = UNet(UNetConfig.tiny(dropout=0.5), seed=0, zero_init=False)
+    train_step(model, Adam(model.params, lr=1e-3), x0[[2]], schedule, seed=7, step=4, samples=[2])
+    assert any(not np.array_equal(seen[1][k], model.last_dropout_masks[k][-1]) for k in seen[1])
