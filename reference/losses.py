@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._validate import check_float_array, check_same_shape, check_timesteps, per_sample
+from ._validate import check_float_array, check_same_shape, check_timesteps, per_sample, result_dtype
 from .process import PREDICTIONS, v_from_x0_eps
 from .schedules import Schedule
 
@@ -31,10 +31,11 @@ def training_target(x0: np.ndarray, noise: np.ndarray, t, schedule: Schedule,
     check_same_shape(x0, noise, "x0", "noise")
     schedule = _check_schedule(schedule)
     check_timesteps(t, x0.shape[0], schedule.T)  # checked for every target, used by v
+    dtype = result_dtype(x0, noise)
     if prediction == "epsilon":
-        return noise.copy()
+        return noise.astype(dtype)
     if prediction == "sample":
-        return x0.copy()
+        return x0.astype(dtype)
     return v_from_x0_eps(x0, noise, t, schedule)
 
 
@@ -79,12 +80,13 @@ def weighted_mse(output: np.ndarray, target: np.ndarray, weights=None):
     diff = output.astype(np.float64) - target
     per_example = (diff.reshape(n, -1) ** 2).mean(axis=1)
     loss = float(np.mean(w * per_example))
-    return loss, (diff, w)
+    return loss, (diff, w, result_dtype(output, target))
 
 
 def weighted_mse_backward(cache, dloss: float = 1.0) -> np.ndarray:
-    """d loss / d output = 2 w_i (output - target) / (N D), D elements per sample."""
-    diff, w = cache
+    """d loss / d output = 2 w_i (output - target) / (N D), D elements per sample; in the dtype of
+    the forward's arrays (float32 only when output and target both are)."""
+    diff, w, dtype = cache
     n = diff.shape[0]
     d = diff[0].size
-    return dloss * 2.0 * per_sample(w, diff.ndim) * diff / (n * d)
+    return (dloss * 2.0 * per_sample(w, diff.ndim) * diff / (n * d)).astype(dtype)

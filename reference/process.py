@@ -274,7 +274,8 @@ def sampler_update(x_t: np.ndarray, model_output: np.ndarray, coefficients: np.n
         raise ValueError(f"coefficients must have shape (8,) or ({x_t.shape[0]}, 8), got {c.shape}")
     if not np.all(np.isfinite(c)):
         raise ValueError("coefficients contain NaN or inf")
-    dtype = result_dtype(x_t, model_output)
+    # float32 only when every array given is float32 (noise counts even where it is not used)
+    dtype = result_dtype(x_t, model_output, *([noise] if isinstance(noise, np.ndarray) else []))
     col = [per_sample(c[:, k], x_t.ndim) for k in range(8)]
     x0 = col[0] * x_t + col[1] * model_output
     eps = col[2] * x_t + col[3] * model_output
@@ -390,7 +391,7 @@ def dpm_solver_pp_2m_step(x_t, t, t_prev, model_output, schedule: Schedule, hist
         t_last = check_timesteps(t_last, n, schedule.T, "history[1]")
         if np.any(t_last <= t):
             raise ValueError("history[1] (the previous step's t) must be > t")
-    dtype = result_dtype(x_t, model_output)
+    dtype = result_dtype(x_t, model_output, x0_last)
     c = dpm_solver_pp_coefficients(schedule, t, t_prev, t_last, prediction)
     col = [per_sample(c[:, k], x_t.ndim) for k in range(7)]
     x0 = col[0] * x_t + col[1] * model_output

@@ -110,3 +110,18 @@ X = np.zeros((2, 3))
 def test_bad_input_raises_naming_the_argument(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+def test_dtypes_follow_every_input():
+    """float32 only when every array is float32: targets and the loss gradient included."""
+    from reference import make_schedule, training_target, weighted_mse, weighted_mse_backward
+
+    s = make_schedule("linear", 10)
+    x32, x64 = np.ones((2, 3), np.float32), np.ones((2, 3), np.float64)
+    for prediction in ("epsilon", "sample", "v_prediction"):
+        assert training_target(x64, x32, 3, s, prediction).dtype == np.float64, prediction
+        assert training_target(x32, x32, 3, s, prediction).dtype == np.float32, prediction
+    _, cache = weighted_mse(x32, x32 * 2)
+    assert weighted_mse_backward(cache).dtype == np.float32
+    _, cache = weighted_mse(x32, x64)
+    assert weighted_mse_backward(cache).dtype == np.float64

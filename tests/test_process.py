@@ -482,3 +482,12 @@ def test_dpm_solver_pp_coefficients_orders_and_errors():
         dpm_solver_pp_coefficients(s, [50], [30], [40])
     with pytest.raises(ValueError, match="t_prev"):
         dpm_solver_pp_coefficients(s, [50], [60])
+
+
+def test_step_dtypes_count_the_noise_and_the_history():
+    s = make_schedule("linear", 10)
+    x32, z64 = np.ones((2, 3), np.float32), np.zeros((2, 3), np.float64)
+    assert ddpm_step(x32, 5, x32, s, noise=z64).dtype == np.float64
+    assert ddpm_step(x32, 5, x32, s, noise=z64.astype(np.float32)).dtype == np.float32
+    out, _ = dpm_solver_pp_2m_step(x32, 5, 2, x32, s, (z64, 7))
+    assert out.dtype == np.float64
