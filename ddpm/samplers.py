@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 import kernels
-from reference._validate import check_clip
+from reference._validate import check_clip, check_eta
 from reference.noise import SAMPLER_INIT_STREAM, sampler_step_stream
 from reference.process import (
     PREDICTIONS,
@@ -128,9 +128,7 @@ class Sampler:
             raise TypeError(f"shape must be a tuple (N, C, ...) of at least 2 ints, got {shape!r}")
         shape = tuple(_check_int(d, f"shape[{i}]", low=1) for i, d in enumerate(shape))
         seed = _check_int(seed, "seed", low=0, high=2**64 - 1)
-        eta = _check_finite_number(eta, "eta")
-        if eta < 0:
-            raise ValueError(f"eta must be >= 0, got {eta}")
+        eta = check_eta(eta)
         if sampler != "ddim" and eta != 0.0:
             raise ValueError(f"eta applies to the ddim sampler only, got eta={eta} with sampler={sampler!r}")
         guidance_scale = _check_finite_number(guidance_scale, "guidance_scale")

@@ -76,3 +76,12 @@ def check_samples(samples, n: int) -> np.ndarray:
     if arr.shape != (n,):
         raise ValueError(f"samples must have shape ({n},), got {arr.shape}")
     return arr.astype(np.int64)
+
+
+def check_eta(eta) -> float:
+    """DDIM's eta: a number in [0, 1] (eta > 1 asks for sigma^2 > 1 - alpha_bar_prev)."""
+    if isinstance(eta, bool) or not isinstance(eta, (int, float, np.integer, np.floating)):
+        raise TypeError(f"eta must be a number, got {type(eta).__name__}")
+    if not np.isfinite(eta) or not 0.0 <= eta <= 1.0:
+        raise ValueError(f"eta must lie in [0, 1], got {eta!r}")
+    return float(eta)

@@ -49,6 +49,11 @@ TRAIN_STREAM_BASE = 1 << 31
 
 def sampler_step_stream(step: int) -> int:
     """The stream of the noise added by a sampler's `step`-th update (0-based)."""
+    if isinstance(step, bool) or not isinstance(step, (int, np.integer)):
+        raise TypeError(f"step must be an int, got {type(step).__name__}")
+    if not 0 <= step < TRAIN_STREAM_BASE - 1:
+        raise ValueError(f"step must lie in [0, {TRAIN_STREAM_BASE - 1}) (stream 0 is x_T, streams "
+                         f">= {TRAIN_STREAM_BASE} are training's), got {step}")
     return int(step) + 1
 
 
@@ -93,12 +98,14 @@ def _check_seed(seed) -> int:
     return int(seed)
 
 
-def _check_index(values, name: str) -> np.ndarray:
+def _check_index(values, name: str, max_ndim: int = 1) -> np.ndarray:
     arr = np.asarray(values)
-    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool):
-        if arr.size == 0:
+    if arr.dtype == bool or arr.dtype == object or not np.issubdtype(arr.dtype, np.integer):
+        if arr.size == 0 and arr.dtype != bool:
             return arr.astype(np.uint32)
         raise TypeError(f"{name} must be integers, got dtype {arr.dtype}")
+    if arr.ndim > max_ndim:
+        raise ValueError(f"{name} must have at most {max_ndim} dimension(s), got shape {arr.shape}")
     if arr.size and (arr.min() < 0 or arr.max() >= 2**32):
         raise ValueError(f"{name} must lie in [0, 2**32), got min {arr.min()} max {arr.max()}")
     return arr.astype(np.uint32)
@@ -111,7 +118,7 @@ def philox_words(seed: int, samples, stream, numel: int) -> np.ndarray:
     Returns uint32 of shape (N, numel, 4).
     """
     seed = _check_seed(seed)
-    samples = _check_index(samples, "samples").reshape(-1)
+    samples = _check_index(samples, "samples").reshape(-1)  # an int is one sample
     stream = _check_index(stream, "stream")
     if stream.ndim == 0:
         stream = np.full(samples.shape, stream, dtype=np.uint32)
@@ -153,9 +160,15 @@ def pair_uniform_to_normal(u1, u2) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _sample_shape(sample_shape) -> tuple[int, ...]:
-    if isinstance(sample_shape, (int, np.integer)):
+    if isinstance(sample_shape, (int, np.integer)) and not isinstance(sample_shape, bool):
         sample_shape = (int(sample_shape),)
-    shape = tuple(int(d) for d in sample_shape)
+    try:
+        dims = tuple(sample_shape)
+    except TypeError:
+        raise TypeError(f"sample_shape must be an int or a tuple of ints, got {sample_shape!r}") from None
+    if any(isinstance(d, bool) or not isinstance(d, (int, np.integer)) for d in dims):
+        raise TypeError(f"sample_shape must hold ints, got {sample_shape!r}")
+    shape = tuple(int(d) for d in dims)
     if any(d < 0 for d in shape):
         raise ValueError(f"sample_shape must be non-negative, got {shape}")
     return shape

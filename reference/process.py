@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._validate import check_clip, check_float_array, check_same_shape, check_timesteps, per_sample, result_dtype
+from ._validate import check_clip, check_eta, check_float_array, check_same_shape, check_timesteps, per_sample, result_dtype
 from .schedules import Schedule
 
 __all__ = [
@@ -220,8 +220,7 @@ def ddim_coefficients(schedule: Schedule, t, t_prev, eta: float = 0.0,
     schedule = _check_schedule(schedule)
     if isinstance(eta, bool) or not isinstance(eta, (int, float, np.integer, np.floating)):
         raise TypeError(f"eta must be a number, got {type(eta).__name__}")
-    if not np.isfinite(eta) or eta < 0:
-        raise ValueError(f"eta must be a finite number >= 0, got {eta!r}")
+    eta = check_eta(eta)  # eta > 1: sigma^2 > 1 - alpha_bar_prev, no DDIM step (diffusers: NaN)
     t = np.atleast_1d(schedule.check_t(t))
     t_prev = np.atleast_1d(np.asarray(t_prev))
     if not np.issubdtype(t_prev.dtype, np.integer):
@@ -248,6 +247,8 @@ def dynamic_threshold(x0: np.ndarray, percentile: float = 0.995, max_value: floa
         raise TypeError(f"percentile must be a number, got {type(percentile).__name__}")
     if not 0.0 < percentile <= 1.0:
         raise ValueError(f"percentile must lie in (0, 1], got {percentile}")
+    if not (max_value >= 1.0):  # also rejects NaN
+        raise ValueError(f"max_value must be >= 1 (s is clipped to [1, max_value]), got {max_value!r}")
     flat = np.abs(x0.reshape(x0.shape[0], -1))
     s = np.clip(np.quantile(flat, percentile, axis=1), 1.0, max_value)
     s = per_sample(s, x0.ndim)

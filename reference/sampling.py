@@ -13,7 +13,7 @@ from typing import Callable
 
 import numpy as np
 
-from ._validate import check_float_array, check_samples
+from ._validate import check_eta, check_float_array, check_samples
 from .noise import SAMPLER_INIT_STREAM, normal, sampler_step_stream
 from .process import (
     classifier_free_guidance,
@@ -105,6 +105,7 @@ def sample_ddim(model: Model, shape, schedule: Schedule, seed: int, samples=None
                 num_steps: int = 50, eta: float = 0.0, spacing: str = "leading", x_T=None,
                 prediction: str = "epsilon", clip=None, dtype=np.float64, callback=None):
     """DDIM sampling over a descending timestep subset (Song et al. 2021, Eq. 12)."""
+    eta = check_eta(eta)
     shape, s, x = _start(model, shape, schedule, seed, samples, x_T, dtype)
     timesteps = timestep_subset(schedule.T, num_steps, spacing)
     for k, t in enumerate(timesteps):

@@ -217,9 +217,13 @@ def make_schedule(kind: str, T: int, **params) -> Schedule:
         if not isinstance(value, (int, float, np.floating, np.integer)) or not np.isfinite(value):
             raise ValueError(f"{name} must be a finite number, got {value!r}")
     if kind == "linear":
-        if not (0.0 < p["beta_start"] <= p["beta_end"] < 1.0):
+        if not isinstance(p["rescale"], (bool, np.bool_)):
+            raise TypeError(f"rescale must be a bool, got {p['rescale']!r}")
+        scale = 1000.0 / T if p["rescale"] else 1.0
+        if not (0.0 < scale * p["beta_start"] <= scale * p["beta_end"] < 1.0):
+            extra = f" (rescaled by 1000/T = {scale:g} for T = {T})" if p["rescale"] else ""
             raise ValueError(
-                "linear schedule needs 0 < beta_start <= beta_end < 1, got "
+                "linear schedule needs 0 < beta_start <= beta_end < 1" + extra + ", got "
                 f"beta_start={p['beta_start']}, beta_end={p['beta_end']}"
             )
         betas = _linear_betas(T, p["beta_start"], p["beta_end"], bool(p["rescale"]))
@@ -254,6 +258,11 @@ def timestep_subset(T: int, num_steps: int, spacing: str = "leading", offset: in
         raise TypeError(f"num_steps must be an int, got {type(num_steps).__name__}")
     if not 1 <= num_steps <= T:
         raise ValueError(f"num_steps must lie in [1, T={T}], got {num_steps}")
+    if isinstance(offset, bool) or not isinstance(offset, (int, np.integer)):
+        raise TypeError(f"offset must be an int, got {type(offset).__name__}")
+    if offset and spacing != "leading":
+        raise ValueError(f"offset applies to leading spacing only (diffusers' steps_offset), got "
+                         f"offset={offset} with spacing={spacing!r}")
     if spacing == "leading":
         ts = (np.arange(num_steps, dtype=np.int64) * (T // num_steps))[::-1] + int(offset)
     elif spacing == "trailing":

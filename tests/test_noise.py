@@ -203,3 +203,17 @@ def test_noise_matches_tritons_philox_and_randn_in_the_interpreter():
 def test_bad_input_raises_naming_the_argument(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+def test_sample_indices_and_shapes_are_checked():
+    from reference import normal, sampler_step_stream
+
+    with pytest.raises(TypeError, match="samples must be integers"):
+        normal(0, np.array([True, False]), 0, (2,))
+    with pytest.raises(ValueError, match="samples must have at most 1 dimension"):
+        normal(0, np.arange(6).reshape(2, 3), 0, (2,))
+    with pytest.raises(TypeError, match="sample_shape must hold ints"):
+        normal(0, [0], 0, (2.7,))
+    with pytest.raises(ValueError, match="step must lie in"):
+        sampler_step_stream(-1)
+    assert normal(0, 3, 0, (2,)).shape == (1, 2)  # an int is one sample

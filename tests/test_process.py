@@ -429,8 +429,9 @@ COEF = ddim_coefficients(S, 5, 2)
     (lambda: ddim_coefficients(S, 5, 5), ValueError, "t_prev must satisfy -1 <= t_prev < t"),
     (lambda: ddim_coefficients(S, 5, -2), ValueError, "t_prev must satisfy"),
     (lambda: ddim_coefficients(S, 5, 2.0), TypeError, "t_prev must be integer"),
-    (lambda: ddim_coefficients(S, 5, 2, eta=-0.1), ValueError, "eta must be a finite number >= 0"),
-    (lambda: ddim_coefficients(S, 5, 2, eta=float("nan")), ValueError, "eta must be a finite number"),
+    (lambda: ddim_coefficients(S, 5, 2, eta=-0.1), ValueError, r"eta must lie in \[0, 1\]"),
+    (lambda: ddim_coefficients(S, 5, 2, eta=1.5), ValueError, r"eta must lie in \[0, 1\]"),
+    (lambda: ddim_coefficients(S, 5, 2, eta=float("nan")), ValueError, r"eta must lie in \[0, 1\]"),
     (lambda: ddim_coefficients(S, 5, 2, eta="1"), TypeError, "eta must be a number"),
     (lambda: sampler_update(X, X, np.zeros((3, 8))), ValueError, r"coefficients must have shape \(8,\) or \(2, 8\)"),
     (lambda: sampler_update(X, X, np.full(8, np.nan)), ValueError, "coefficients contain NaN"),
@@ -491,3 +492,12 @@ def test_step_dtypes_count_the_noise_and_the_history():
     assert ddpm_step(x32, 5, x32, s, noise=z64.astype(np.float32)).dtype == np.float32
     out, _ = dpm_solver_pp_2m_step(x32, 5, 2, x32, s, (z64, 7))
     assert out.dtype == np.float64
+
+
+def test_dynamic_threshold_max_value_is_checked():
+    from reference import dynamic_threshold
+
+    with pytest.raises(ValueError, match="max_value"):
+        dynamic_threshold(np.ones((2, 3)), max_value=float("nan"))
+    with pytest.raises(ValueError, match="max_value"):
+        dynamic_threshold(np.ones((2, 3)), max_value=0.5)

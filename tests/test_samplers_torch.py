@@ -314,8 +314,9 @@ def test_class_id_out_of_range_is_rejected(y):
 @pytest.mark.parametrize("kwargs, error, match", [
     (dict(sampler="euler"), ValueError, "sampler must be one of"),
     (dict(sampler="ddpm", eta=0.5), ValueError, "eta applies to the ddim sampler only"),
-    (dict(eta=-0.1), ValueError, "eta must be >= 0"),
-    (dict(eta=float("nan")), ValueError, "eta must be finite"),
+    (dict(eta=-0.1), ValueError, r"eta must lie in \[0, 1\]"),
+    (dict(eta=1.5), ValueError, r"eta must lie in \[0, 1\]"),
+    (dict(eta=float("nan")), ValueError, r"eta must lie in \[0, 1\]"),
     (dict(num_steps=T + 1), ValueError, "num_steps must lie in"),
     (dict(num_steps=0), ValueError, "num_steps must lie in"),
     (dict(spacing="quadratic"), ValueError, "spacing must be one of"),

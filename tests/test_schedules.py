@@ -167,3 +167,39 @@ def test_alpha_bar_at_minus_one_is_one():
 def test_bad_input_raises_naming_the_argument(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+def test_rescale_and_offset_are_checked():
+    with pytest.raises(TypeError, match="rescale must be a bool"):
+        make_schedule("linear", 500, rescale="no")
+    with pytest.raises(ValueError, match="rescaled by 1000/T"):
+        make_schedule("linear", 10, rescale=True)
+    with pytest.raises(TypeError, match="offset must be an int"):
+        timestep_subset(100, 10, "leading", offset=0.7)
+    with pytest.raises(ValueError, match="offset applies to leading spacing only"):
+        timestep_subset(100, 10, "trailing", offset=1)
+    assert timestep_subset(100, 10, "leading", offset=1)[0] == 91
+
+
+def test_sigmoid_schedule_matches_lucidrains():
+    """lucidrains/denoising-diffusion-pytorch's sigmoid_beta_schedule, re-typed here from its
+    source (start=-3, end=3, tau=1, clamp to [0, 0.999]). Verbatim, its v_start/v_end are float32
+    tensors (torch.tensor of a Python float), which moves betas by ~1e-5 relative; the reference
+    is float64 throughout, equal to the same formula with float64 endpoints to round-off."""
+    torch = pytest.importorskip("torch")
+
+    def lucidrains(timesteps, start=-3, end=3, tau=1, endpoint_dtype=torch.float64):
+        steps = timesteps + 1
+        t = torch.linspace(0, timesteps, steps, dtype=torch.float64) / timesteps
+        v_start = torch.tensor(start / tau, dtype=endpoint_dtype).sigmoid()
+        v_end = torch.tensor(end / tau, dtype=endpoint_dtype).sigmoid()
+        alphas_cumprod = (-((t * (end - start) + start) / tau).sigmoid() + v_end) / (v_end - v_start)
+        alphas_cumprod = alphas_cumprod / alphas_cumprod[0]
+        betas = 1 - (alphas_cumprod[1:] / alphas_cumprod[:-1])
+        return torch.clip(betas, 0, 0.999)
+
+    for T, kw in ((1000, {}), (37, dict(start=-2.0, end=4.0, tau=0.7))):
+        got = make_schedule("sigmoid", T, **kw).betas
+        np.testing.assert_allclose(got, lucidrains(T, **kw).numpy(), rtol=1e-9, atol=1e-15)
+        verbatim = lucidrains(T, **kw, endpoint_dtype=torch.float32).numpy()
+        np.testing.assert_allclose(got, verbatim, rtol=5e-5)
