@@ -79,7 +79,8 @@ def _index_tensor(values, n: int, name: str, device: torch.device) -> torch.Tens
     if isinstance(values, torch.Tensor):
         if values.dtype.is_floating_point or values.dtype.is_complex or values.dtype == torch.bool:
             raise TypeError(f"{name} must hold integers, got dtype {values.dtype}")
-        tensor = values.to(device=device, dtype=torch.int64)
+        # a private copy: runners (and FastSampler's captured graphs) write into these buffers
+        tensor = values.to(device=device, dtype=torch.int64, copy=True)
     else:
         array = np.asarray(values)
         if array.dtype == object or not np.issubdtype(array.dtype, np.integer):

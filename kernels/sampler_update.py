@@ -79,10 +79,15 @@ def sampler_step(x_t: torch.Tensor, model_output: torch.Tensor, coefficients, *,
         raise ValueError(f"guidance_scale={guidance_scale} needs model_output_uncond (classifier-free "
                          f"guidance combines the conditional and unconditional outputs)")
     clip = check_clip(clip)
-    host = (not isinstance(coefficients, torch.Tensor) or coefficients.device.type == "cpu"
-            or sync_checks_enabled())
-    coefficients = check_coefficients(coefficients, batch, x_t.device)
-    host_sigma_nonzero = bool((coefficients[:, 7] != 0).any()) if host else None
+    if not isinstance(coefficients, torch.Tensor) or coefficients.device.type == "cpu":
+        # host values: checked (finite, noise source where sigma != 0) before the one copy over
+        coefficients = check_coefficients(coefficients, batch, torch.device("cpu"))
+        host_sigma_nonzero = bool((coefficients[:, 7] != 0).any())
+        coefficients = coefficients.to(x_t.device)
+    else:
+        coefficients = check_coefficients(coefficients, batch, x_t.device)
+        readable = sync_checks_enabled() and not torch.cuda.is_current_stream_capturing()
+        host_sigma_nonzero = bool((coefficients[:, 7] != 0).any()) if readable else None
     if noise is not None:
         _check_like(noise, "noise", x_t)
         if seed is not None:

@@ -29,7 +29,11 @@ def sync_checks_enabled() -> bool:
 
 
 def _host_checkable(t: torch.Tensor) -> bool:
-    return t.device.type == "cpu" or sync_checks_enabled()
+    """Host-resident values are always checked; device values only under the env flag, and
+    never while a CUDA graph is being captured (reading them back is not allowed then)."""
+    if t.device.type == "cpu":
+        return True
+    return sync_checks_enabled() and not torch.cuda.is_current_stream_capturing()
 
 
 def check_float_tensor(x, name: str, *, dtypes: Sequence[torch.dtype] = TORCH_DTYPES,

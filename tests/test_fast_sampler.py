@@ -93,3 +93,13 @@ def test_cuda_bf16_close_to_fp32_eager(model, schedule):
     fast = FastSampler(model.to(dev), schedule, num_steps=10, clip=(-1, 1))
     want = ddpm.sample(model.to(dev), (8, 1, 4, 4), schedule, num_steps=10, clip=(-1, 1), seed=0, y=y)
     assert_close(fast(8, seed=0, y=y).float(), want, atol=0.1, rtol=0.0, name="bf16 fast vs fp32 eager")
+
+
+def test_callers_index_and_label_tensors_are_not_written(model, schedule):
+    """The runner keeps private copies of samples and y: later calls copy into those, not into
+    the tensors a caller passed before."""
+    fast = FastSampler(model, schedule, num_steps=3)
+    samples, y = torch.tensor([0, 1]), torch.tensor([2, 3])
+    fast(2, samples=samples, y=y)
+    fast(2, samples=torch.tensor([5, 6]), y=torch.tensor([7, 8]))
+    assert samples.tolist() == [0, 1] and y.tolist() == [2, 3]
