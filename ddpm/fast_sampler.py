@@ -11,7 +11,8 @@ one launch for the whole loop, no Python or host work per step.
 What a replay may change without re-capture: the seed of x_T (drawn outside the graph), the
 sample indices and the class labels. The seed of the per-step noise (DDPM, DDIM with eta > 0)
 is a kernel argument baked into the graph, so a new seed there re-captures (one eager run's
-cost; graphs are cached per (batch, seed) for stochastic samplers and per batch otherwise).
+cost; graphs are cached per (batch, seed) for stochastic samplers and per batch otherwise, the
+`max_graphs` most recent kept: each graph holds its own memory pool).
 To draw more images, keep the seed and pass the next global sample indices
 (`samples=range(k * n, (k + 1) * n)`): they live in a device buffer, so no re-capture, and
 image i is the same as in any other batching (DESIGN contract 2).
@@ -22,7 +23,9 @@ results are identical to `ddpm.sample(...)` with the same dtype on the same devi
 
 from __future__ import annotations
 
+import contextlib
 import copy
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
@@ -56,6 +59,8 @@ class FastSampler:
         cuda_graph: capture and replay the loop in a CUDA graph (CUDA only; default True).
         device: where to run (default: the model's device).
         backend: kernels backend for the fused update ("auto" = triton on CUDA).
+        max_graphs: how many captured graphs (batch sizes / seeds) to keep; the least recently
+            used is dropped first.
 
     Call: `fast(n, seed=0, samples=None, y=None) -> x_0 (n, C, H, W)` in `dtype`.
     """
@@ -65,7 +70,7 @@ class FastSampler:
                  guidance_scale: float = 1.0, clip=None, prediction: str = "epsilon",
                  variance: str = "fixed_small", dtype: torch.dtype | None = None,
                  channels_last: bool | None = None, cuda_graph: bool = True, device=None,
-                 backend: str = "auto"):
+                 backend: str = "auto", max_graphs: int = 4):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if sampler not in SAMPLERS:
@@ -97,7 +102,10 @@ class FastSampler:
             fast = fast.to(memory_format=torch.channels_last)
         self.model = fast
         self.stochastic = sampler == "ddpm" or (sampler == "ddim" and eta > 0)
-        self._cache: dict[tuple, _Captured] = {}
+        if isinstance(max_graphs, bool) or not isinstance(max_graphs, int) or max_graphs < 1:
+            raise ValueError(f"max_graphs must be a positive int, got {max_graphs!r}")
+        self.max_graphs = max_graphs
+        self._cache: "OrderedDict[tuple, _Captured]" = OrderedDict()
         # Validate every option once, now, on a batch of one (raises like ddpm.sample would).
         self._make_sampler(1, seed=0, samples=None, y=self._validation_labels())
 
@@ -116,6 +124,10 @@ class FastSampler:
     def _state_buffer(self, n: int) -> torch.Tensor:
         x = torch.empty((n,) + self.image_shape, device=self.device, dtype=self.dtype)
         return x.to(memory_format=torch.channels_last) if self.channels_last else x
+
+    def _device(self):
+        """Graphs capture and replay on the current CUDA device: make it ours."""
+        return torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext()
 
     def _loop(self, runner: Sampler, x: torch.Tensor) -> torch.Tensor:
         runner._x0_last = None  # DPM-Solver++ history starts empty
@@ -156,8 +168,12 @@ class FastSampler:
         key = (n, y is None) + ((seed,) if self.stochastic else ())
         entry = self._cache.get(key)
         if entry is None:
-            entry = self._capture(n, seed, samples, y)
+            while len(self._cache) >= self.max_graphs:
+                self._cache.popitem(last=False)  # least recently used: its memory pool goes too
+            with self._device():
+                entry = self._capture(n, seed, samples, y)
             self._cache[key] = entry
+        self._cache.move_to_end(key)
         runner = entry.sampler
         runner.samples.copy_(fresh.samples)
         if fresh.y_model is not None:
@@ -165,7 +181,8 @@ class FastSampler:
         entry.x_T.copy_(fresh.initial_noise())
         if entry.graph is None:
             return self._loop(runner, entry.x_T).clone()
-        entry.graph.replay()
+        with self._device():
+            entry.graph.replay()
         return entry.x_0.clone()
 
     def reset(self) -> None:

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import os
@@ -23,7 +24,7 @@ BACKENDS = ("auto", "triton", "cupy", "torch")
 BACKEND_ENV = "DDPM_KERNELS_BACKEND"
 
 __all__ = ["BACKENDS", "BACKEND_ENV", "resolve_backend", "backend_unavailable_reason",
-           "available_backends", "triton_interpreted"]
+           "available_backends", "triton_interpreted", "device_guard"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -105,3 +106,11 @@ def available_backends(device: torch.device | str = "cuda") -> list[str]:
     """The concrete backends that can run on tensors of `device` in this process."""
     device = torch.device(device)
     return [b for b in ("triton", "cupy", "torch") if backend_unavailable_reason(b, device) is None]
+
+
+def device_guard(device: torch.device):
+    """Make `device` current for a fused launch: Triton (and CUDA graphs) use the current device,
+    so a tensor on cuda:1 while cuda:0 is current would otherwise run on the wrong GPU."""
+    if device.type == "cuda":
+        return torch.cuda.device(device)
+    return contextlib.nullcontext()

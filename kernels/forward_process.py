@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from . import torch_ops
-from .dispatch import resolve_backend
+from .dispatch import device_guard, resolve_backend
 from .validate import (
     check_float_tensor,
     check_index_values,
@@ -82,4 +82,5 @@ def q_sample(x0: torch.Tensor, t: torch.Tensor, sqrt_alpha_bar: torch.Tensor,
         from .triton.q_sample import q_sample as fused
     else:
         from .cupy.q_sample import q_sample as fused
-    return fused(x0, t, sqrt_alpha_bar, sqrt_one_minus_alpha_bar, noise, seed, samples_t, stream_v)
+    with device_guard(x0.device):
+        return fused(x0, t, sqrt_alpha_bar, sqrt_one_minus_alpha_bar, noise, seed, samples_t, stream_v)

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from . import torch_ops
-from .dispatch import resolve_backend
+from .dispatch import device_guard, resolve_backend
 from .validate import (
     FAST_DTYPES,
     check_eps,
@@ -45,7 +45,8 @@ class GroupNormSiLUFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, shift, groups: int, eps: float, activation: bool, backend: str):
         module = _fused_module(backend)
-        y, mean, rstd = module.forward(x, weight, bias, shift, groups, eps, activation)
+        with device_guard(x.device):
+            y, mean, rstd = module.forward(x, weight, bias, shift, groups, eps, activation)
         ctx.save_for_backward(x, weight, bias, shift, mean, rstd)
         ctx.groups, ctx.activation, ctx.backend = groups, activation, backend
         return y
@@ -56,8 +57,9 @@ class GroupNormSiLUFunction(torch.autograd.Function):
         x, weight, bias, shift, mean, rstd = ctx.saved_tensors
         needs = ctx.needs_input_grad[:4]
         module = _fused_module(ctx.backend)
-        dx, dweight, dbias, dshift = module.backward(dy, x, weight, bias, shift, mean, rstd,
-                                                     ctx.groups, ctx.activation, needs)
+        with device_guard(x.device):
+            dx, dweight, dbias, dshift = module.backward(dy, x, weight, bias, shift, mean, rstd,
+                                                         ctx.groups, ctx.activation, needs)
         return dx, dweight, dbias, dshift, None, None, None, None
 
 

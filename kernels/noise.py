@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from . import torch_ops
-from .dispatch import resolve_backend
+from .dispatch import device_guard, resolve_backend
 from .validate import TORCH_DTYPES, check_index_values, check_numel_per_sample, check_seed
 
 __all__ = ["normal", "check_sample_shape"]
@@ -62,9 +62,8 @@ def normal(seed: int, samples: torch.Tensor | Sequence[int], stream: int | torch
     if name == "torch":
         return torch_ops.normal(seed, samples, stream, shape, dtype)
     if name == "triton":
-        from .triton.philox import normal as triton_normal
-
-        return triton_normal(seed, samples, stream, shape, dtype)
-    from .cupy.philox import normal as cupy_normal
-
-    return cupy_normal(seed, samples, stream, shape, dtype)
+        from .triton.philox import normal as fused
+    else:
+        from .cupy.philox import normal as fused
+    with device_guard(device):
+        return fused(seed, samples, stream, shape, dtype)

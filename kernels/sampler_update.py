@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from . import torch_ops
-from .dispatch import resolve_backend
+from .dispatch import device_guard, resolve_backend
 from .validate import (
     check_clip,
     check_coefficients,
@@ -122,8 +122,9 @@ def sampler_step(x_t: torch.Tensor, model_output: torch.Tensor, coefficients, *,
         from .triton.sampler_step import sampler_step as fused
     else:
         from .cupy.sampler_step import sampler_step as fused
-    return fused(x_t, model_output, coefficients, model_output_uncond, guidance_scale, clip,
-                 noise, seed, samples_t, stream_v, out)
+    with device_guard(x_t.device):
+        return fused(x_t, model_output, coefficients, model_output_uncond, guidance_scale, clip,
+                     noise, seed, samples_t, stream_v, out)
 
 
 ddpm_step = sampler_step  # DDPM ancestral step: coefficients from reference.ddpm_coefficients

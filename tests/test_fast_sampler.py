@@ -103,3 +103,12 @@ def test_callers_index_and_label_tensors_are_not_written(model, schedule):
     fast(2, samples=samples, y=y)
     fast(2, samples=torch.tensor([5, 6]), y=torch.tensor([7, 8]))
     assert samples.tolist() == [0, 1] and y.tolist() == [2, 3]
+
+
+def test_graph_cache_keeps_the_most_recent(model, schedule):
+    fast = FastSampler(model, schedule, sampler="ddpm", num_steps=3, max_graphs=2)
+    for seed in (0, 1, 2, 1):
+        fast(1, seed=seed)
+    assert list(fast._cache) == [(1, True, 2), (1, True, 1)]
+    with pytest.raises(ValueError, match="max_graphs"):
+        FastSampler(model, schedule, max_graphs=0)
