@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import kernels
+from kernels.validate import sync_checks_enabled
 from reference.layers import timestep_frequencies
 from reference.unet_config import UNetConfig, parameter_shapes
 
@@ -300,8 +301,12 @@ class UNet(nn.Module):
             raise TypeError(f"x must have the parameters' dtype {self.dtype} (or run under "
                             f"autocast), got {x.dtype}")
         n = x.shape[0]
-        check_values = x.device.type == "cpu" or not (
-            x.device.type == "cuda" and torch.cuda.is_current_stream_capturing())
+        # Values are read back only for host tensors, as in kernels: on a GPU every check would be
+        # a device sync per forward. Device-resident t and y are checked where they are made
+        # (ddpm.sample, the Trainer) or here with DDPM_KERNELS_SYNC_CHECKS=1 (never mid-capture);
+        # an out-of-range class id on the GPU still fails the embedding's device-side bound check.
+        check_values = x.device.type == "cpu" or (
+            sync_checks_enabled() and not torch.cuda.is_current_stream_capturing())
 
         if isinstance(t, bool):
             raise TypeError("t must be an int or an integer tensor, got bool")
