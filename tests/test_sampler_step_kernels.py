@@ -261,3 +261,19 @@ def test_sampler_step_accepts_coefficients_as_tensor_or_list():
     c = args.pop("coefficients")
     assert torch.equal(kernels.sampler_step(coefficients=torch.tensor(c), **args), reference_result)
     assert torch.equal(kernels.sampler_step(coefficients=c.tolist(), **args), reference_result)
+
+
+@pytest.mark.parametrize("backend, device", BACKEND_DEVICES)
+def test_clip_bounds_are_float64_on_every_backend(backend, device):
+    """clip=(-0.9, 0.9): bounds not representable in float32 clip at their float64 values
+    (compiled Triton would type a Python float argument as fp32; the kernel takes their bits)."""
+    schedule = reference.make_schedule("linear", 100)
+    coefficients = reference.ddim_coefficients(schedule, 90, 60)[0]
+    rng = np.random.default_rng(0)
+    x_t = rng.standard_normal((2, 3, 5, 7)).astype(np.float32) * 3
+    out = rng.standard_normal((2, 3, 5, 7)).astype(np.float32)
+    want = reference.sampler_update(x_t, out, coefficients, clip=(-0.9, 0.9))
+    got = kernels.sampler_step(torch.tensor(x_t, device=device), torch.tensor(out, device=device),
+                               torch.tensor(coefficients, device=device), clip=(-0.9, 0.9),
+                               backend=backend)
+    assert np.array_equal(got.cpu().numpy(), want)

@@ -13,6 +13,8 @@ evaluated in float64 because c0, c1 reach ~1/sqrt(alpha_bar) near t = T and floa
 
 from __future__ import annotations
 
+import struct
+
 import triton
 import triton.language as tl
 
@@ -37,7 +39,8 @@ def _sampler_step_kernel(x_t_ptr,          # (N, ...) x_t, memory order of its l
                          coefficients_ptr,  # (N, 8) float64, rows coefficient_stride apart (0: shared)
                          samples_ptr, stream_ptr,  # (N,) int64 (only with HAS_SAMPLES/HAS_STREAM)
                          coefficient_stride, seed_lo, seed_hi, stream_scalar, guidance_scale,
-                         clip_lo, clip_hi, total, numel, C, HW,
+                         clip_lo_bits, clip_hi_bits,  # float64 bounds as int64 bit patterns
+                         total, numel, C, HW,
                          HAS_UNCOND: tl.constexpr, CLIP: tl.constexpr, NOISE_MODE: tl.constexpr,
                          HAS_SAMPLES: tl.constexpr, HAS_STREAM: tl.constexpr,
                          CHANNELS_LAST: tl.constexpr, FP64: tl.constexpr, BLOCK: tl.constexpr):
@@ -62,6 +65,9 @@ def _sampler_step_kernel(x_t_ptr,          # (N, ...) x_t, memory order of its l
     x0_hat = c0 * x_t + c1 * out
     eps_hat = c2 * x_t + c3 * out
     if CLIP:
+        # compiled Triton types a Python float argument as fp32: the bounds travel as bits
+        clip_lo = clip_lo_bits.to(tl.int64).to(tl.float64, bitcast=True)
+        clip_hi = clip_hi_bits.to(tl.int64).to(tl.float64, bitcast=True)
         x0_hat = tl.minimum(tl.maximum(x0_hat, clip_lo), clip_hi)
     x_prev = c4 * x0_hat + c5 * x_t + c6 * eps_hat
     if NOISE_MODE == 1:
@@ -91,13 +97,14 @@ def sampler_step(x_t, model_output, coefficients, model_output_uncond, guidance_
     c = ops.coefficients
     lo, hi = clip if clip is not None else (0.0, 0.0)
     block = elementwise_block(g.total)
+    lo_bits, hi_bits = (struct.unpack("<q", struct.pack("<d", float(v)))[0] for v in (lo, hi))
     _sampler_step_kernel[(triton.cdiv(g.total, block),)](
         ops.x_t, ops.model_output,
         ops.model_output_uncond if ops.model_output_uncond is not None else ops.x_t,
         ops.noise if ops.noise is not None else ops.x_t, ops.x_prev, c,
         samples if samples is not None else c, g.stream_tensor if g.stream_tensor is not None else c,
         c.stride(0), g.seed_lo, g.seed_hi, g.stream_scalar, float(guidance_scale),
-        float(lo), float(hi), g.total, g.numel, g.C, g.HW,
+        lo_bits, hi_bits, g.total, g.numel, g.C, g.HW,
         HAS_UNCOND=ops.model_output_uncond is not None, CLIP=clip is not None,
         NOISE_MODE=ops.noise_mode, HAS_SAMPLES=samples is not None,
         HAS_STREAM=g.stream_tensor is not None, CHANNELS_LAST=g.channels_last,
