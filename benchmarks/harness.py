@@ -73,30 +73,40 @@ def bench(fn: Callable[[], object], device: str, *, warmup: int = 3, repeat: int
           min_time_s: float = 0.0) -> float:
     """Median seconds per call of fn().
 
-    CUDA: triton.testing.do_bench when available (L2 flushed between calls), else CUDA events.
+    CUDA: calls under ~5 ms (kernels) go to triton.testing.do_bench, which flushes L2 between
+    calls and takes its warm-up and measuring budgets in milliseconds (25 ms and 40x the call,
+    at least 100 ms); longer calls (a sampling run, a training step) are timed with CUDA events
+    over `repeat` calls after `warmup` calls, and at least `min_time_s` seconds.
     CPU: time.perf_counter around each call, at least `repeat` calls and `min_time_s` seconds.
     """
     if device.startswith("cuda"):
         import torch
 
-        try:
-            from triton.testing import do_bench
-
-            ms = do_bench(fn, warmup=max(warmup, 10), rep=max(repeat, 50), return_mode="median")
-            return float(ms) / 1e3
-        except ImportError:
-            pass
-        for _ in range(warmup):
-            fn()
-        torch.cuda.synchronize()
-        times = []
-        for _ in range(repeat):
+        def event_time() -> float:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
             fn()
             end.record()
             end.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
+            return start.elapsed_time(end) / 1e3
+
+        fn()  # compile / autotune outside any measurement
+        torch.cuda.synchronize()
+        probe = event_time()
+        if probe < 5e-3:
+            try:
+                from triton.testing import do_bench
+
+                ms = do_bench(fn, warmup=25, rep=max(100, int(40 * probe * 1e3)), return_mode="median")
+                return float(ms) / 1e3
+            except ImportError:
+                pass
+        for _ in range(warmup):
+            fn()
+        times: list[float] = []
+        begin = time.perf_counter()
+        while len(times) < repeat or time.perf_counter() - begin < min_time_s:
+            times.append(event_time())
         return statistics.median(times)
     for _ in range(warmup):
         fn()
