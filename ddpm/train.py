@@ -56,6 +56,17 @@ LR_SCHEDULES = ("constant", "cosine")
 MIXED_PRECISION = ("auto", "bf16", "no")
 
 
+def _mix_seed(seed: int, step: int, rank: int) -> int:
+    """A 63-bit seed from (seed, step, rank): splitmix64 finalisers chained over the three."""
+    z = 0
+    for value in (seed, step, rank):
+        z = (z + (value & 0xFFFFFFFFFFFFFFFF) + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+        z ^= z >> 31
+    return z >> 1
+
+
 class NonFiniteLossError(RuntimeError):
     """Raised after `max_consecutive_nonfinite` steps in a row had a NaN/inf loss or gradient."""
 
@@ -207,6 +218,11 @@ class Trainer:
         self._sqrt_alpha_bar = torch.tensor(self.schedule.sqrt_alpha_bars, dtype=torch.float32, device=device)
         self._sqrt_one_minus_alpha_bar = torch.tensor(self.schedule.sqrt_one_minus_alpha_bars,
                                                          dtype=torch.float32, device=device)
+        self._min_snr_table = None
+        if config.min_snr_gamma is not None:  # (T,) weights per timestep, computed once
+            w = reference.min_snr_weights(np.arange(self.schedule.T), self.schedule, config.prediction,
+                                          config.min_snr_gamma)
+            self._min_snr_table = torch.tensor(w, dtype=torch.float32, device=device)
         self.generator = torch.Generator().manual_seed(config.seed)
         self.sampler = EpochSampler(len(dataset), config.seed)
         self.step = 0              # steps attempted (the noise stream index)
@@ -273,11 +289,9 @@ class Trainer:
 
     def loss_weights(self, t: torch.Tensor) -> torch.Tensor | None:
         """(N,) float32 Min-SNR-gamma weights from reference.min_snr_weights, or None."""
-        if self.config.min_snr_gamma is None:
+        if self._min_snr_table is None:
             return None
-        w = reference.min_snr_weights(t.cpu().numpy(), self.schedule, self.config.prediction,
-                                      self.config.min_snr_gamma)
-        return torch.as_tensor(w, dtype=torch.float32, device=t.device)
+        return self._min_snr_table[t]
 
     def compute_loss(self, x0: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None,
                      samples: torch.Tensor, step: int) -> torch.Tensor:
@@ -291,8 +305,14 @@ class Trainer:
                                     noise=None, seed=self.config.seed, samples=samples,
                                     stream=reference.TRAIN_STREAM_BASE + step)
         target = self.target(x0, eps, t)
-        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=self.use_bf16):
-            out = self.ddp_model(x_t, t, y)
+        # Dropout draws from the global torch RNG: seed it per (seed, step, rank) for this forward
+        # only, so ranks draw different masks (they share the global seed) and a resumed run
+        # draws the same ones; the caller's RNG state is restored afterwards.
+        devices = [x_t.device] if x_t.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(_mix_seed(self.config.seed, step, self.ctx.rank))
+            with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=self.use_bf16):
+                out = self.ddp_model(x_t, t, y)
         per_sample = (out.float() - target).pow(2).flatten(1).mean(dim=1)
         weights = self.loss_weights(t)
         return per_sample.mean() if weights is None else (weights * per_sample).mean()

@@ -289,3 +289,22 @@ def test_train_config_rejects_bad_values(field, value, match):
         TrainConfig(**{field: value})
     with pytest.raises(ValueError, match="unknown TrainConfig field"):
         TrainConfig.from_dict({"learning_rate": 1.0})
+
+
+def test_dropout_rng_is_per_step_and_rank_and_leaves_the_global_rng_alone():
+    """The forward's dropout draws from a generator seeded by (seed, step, rank) inside
+    fork_rng: ranks differ, steps differ, and the caller's global RNG state is untouched."""
+    from ddpm.train import _mix_seed
+
+    seeds = {_mix_seed(5, step, rank) for step in range(3) for rank in range(4)}
+    assert len(seeds) == 12 and all(0 <= s < 2**63 for s in seeds)
+    model = ddpm.UNet(reference.UNetConfig.tiny(num_classes=3, dropout=0.5), zero_init=False)
+    trainer = Trainer(model, SCHEDULE, TrainConfig(steps=2, batch_size=6, seed=5), tiny_dataset(classes=3))
+    batch = trainer._draw_batch()
+    before = torch.random.get_rng_state()
+    first = trainer.compute_loss(*batch, step=0).item()
+    assert torch.equal(torch.random.get_rng_state(), before)
+    assert trainer.compute_loss(*batch, step=0).item() == first  # same (seed, step, rank): same masks
+    x0, t, y, samples = batch
+    trainer.model.eval()  # no dropout: the loss of step 0's noise without masks differs
+    assert trainer.compute_loss(x0, t, y, samples, step=0).item() != first
