@@ -167,6 +167,7 @@ def _write_text_atomic(path: Path, text: str) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        _fsync(path.parent)  # the rename itself survives a power cut
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -220,7 +221,11 @@ def save_checkpoint(run_dir, step: int, *, model_state: dict, ema_state: dict, c
         if final.exists():  # re-saving a step: move the old one aside first (never half-replaced)
             trash = root / f".trash-{name}-{uuid.uuid4().hex[:8]}"
             os.replace(final, trash)
-            os.replace(tmp, final)
+            try:
+                os.replace(tmp, final)
+            except BaseException:
+                os.replace(trash, final)  # put the complete old one back
+                raise
             shutil.rmtree(trash, ignore_errors=True)
         else:
             os.replace(tmp, final)
@@ -243,8 +248,13 @@ def _complete_checkpoints(run_dir: Path) -> list[Path]:
     root = run_dir / CHECKPOINTS
     if not root.is_dir():
         return []
-    dirs = [d for d in root.iterdir() if d.is_dir() and d.name.startswith("step_") and (d / MARKER).is_file()]
-    return sorted(dirs, key=lambda d: d.name)
+    complete = [d for d in root.iterdir() if d.is_dir() and (d / MARKER).is_file()]
+    steps = {d.name: d for d in complete if d.name.startswith("step_")}
+    # a process killed between the two renames of a re-save leaves the step only in .trash-*
+    for d in complete:
+        if d.name.startswith(".trash-step_"):
+            steps.setdefault(d.name[len(".trash-"):].split("-")[0], d)
+    return [steps[k] for k in sorted(steps)]
 
 
 def latest_checkpoint(run_dir) -> Path | None:

@@ -134,6 +134,32 @@ def test_resaving_a_step_and_keep_last(tmp_path):
     assert load_checkpoint(tmp_path).step == 4
 
 
+def test_a_resave_killed_between_its_two_renames_still_finds_the_step(tmp_path, monkeypatch):
+    """Re-saving step N moves the old step_N aside, then renames the new one in. A failure of
+    the second rename puts the old one back; a process killed right between them leaves step N
+    only in .trash-step_N-*, which the loader still finds."""
+    trainer = make_trainer()
+    trainer.fit(2, progress=False, run_dir=tmp_path)
+    real_replace = ckpt_module.os.replace
+    calls = []
+
+    def second_rename_fails(src, dst):
+        calls.append((str(src), str(dst)))
+        if len(calls) == 2:
+            raise OSError("killed")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(ckpt_module.os, "replace", second_rename_fails)
+    with pytest.raises(OSError, match="killed"):
+        trainer.save(tmp_path)
+    monkeypatch.undo()
+    assert load_checkpoint(tmp_path).step == 2 and (tmp_path / "checkpoints" / "step_00000002").is_dir()
+    # the kill case: the complete step only in the trash directory
+    root = tmp_path / "checkpoints"
+    real_replace(root / "step_00000002", root / ".trash-step_00000002-deadbeef")
+    assert load_checkpoint(tmp_path).step == 2
+
+
 @pytest.fixture()
 def saved(tmp_path):
     trainer = make_trainer()
