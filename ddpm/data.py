@@ -298,6 +298,9 @@ def read_idx(path) -> np.ndarray:
 def _find_idx_pair(directory: Path) -> tuple[Path, Path | None]:
     files = sorted(p for p in directory.iterdir() if p.is_file() and "idx" in p.name)
     images = [p for p in files if "idx3" in p.name]
+    if len(images) > 1:  # a standard MNIST folder holds train-* and t10k-*: train on the train split
+        train = [p for p in images if p.name.startswith("train")]
+        images = train if len(train) == 1 else images
     if len(images) != 1:
         raise ValueError(f"{directory}: expected exactly one '*idx3*' image file, found "
                          f"{[p.name for p in images] or 'none'}")

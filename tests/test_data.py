@@ -277,3 +277,14 @@ def test_epoch_sampler_visits_every_index_once_per_epoch_and_resumes():
         EpochSampler(11, seed=7).load_state_dict(again.state_dict())
     with pytest.raises(ValueError, match="batch_size"):
         sampler.next(0)
+
+
+def test_a_standard_mnist_folder_trains_on_the_train_split(tmp_path):
+    """train-* and t10k-* side by side (the usual MNIST download): the train files are used."""
+    from ddpm.data import _find_idx_pair
+
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte"):
+        (tmp_path / name).write_bytes(b"")
+    images, labels = _find_idx_pair(tmp_path)
+    assert images.name == "train-images-idx3-ubyte" and labels.name == "train-labels-idx1-ubyte"
