@@ -34,7 +34,7 @@ from .distributed import (
     shutdown_distributed,
     split_counts,
 )
-from .samplers import SAMPLERS
+from .samplers import DEFAULT_NUM_STEPS, SAMPLERS
 from .train import NonFiniteLossError, TrainConfig, Trainer
 
 __all__ = ["main", "build_parser", "model_config", "load_model", "draw", "CONFIG_PRESETS"]
@@ -101,10 +101,12 @@ def draw(model, schedule, y: torch.Tensor | None, n: int, ctx: DistributedContex
         if num_steps is None:
             raise ValueError("draw: num_steps is required with gif_frames > 0")
         total = num_steps
-        every = max(1, total // gif_frames)
+        # at most gif_frames snapshots, evenly spread, always the last step
+        m = min(gif_frames, total)
+        keep = {total - 1} if m == 1 else {round(k * (total - 1) / (m - 1)) for k in range(m)}
 
         def callback(step, t, x):  # this rank's block of x_t after sampler step `step`
-            if step % every == every - 1 or step == total - 1:
+            if step in keep:
                 frames.append(x.detach().clone())
 
     with torch.no_grad():
@@ -250,7 +252,7 @@ def cmd_sample(args) -> int:
         if args.guidance != 1.0 and args.class_id is None:
             raise UsageError("--guidance needs --class K (or --class all)")
         if args.steps is None:  # the sampler's own default, at most T
-            args.steps = schedule.T if args.sampler == "ddpm" else min({"ddim": 50}.get(args.sampler, 20), schedule.T)
+            args.steps = schedule.T if args.sampler == "ddpm" else min(DEFAULT_NUM_STEPS[args.sampler], schedule.T)
         if not 1 <= args.steps <= schedule.T:
             raise UsageError(f"--steps must lie in [1, T={schedule.T}], got {args.steps}")
         y, n, nrow = _class_labels(args.class_id, args.n, num_classes)

@@ -17,8 +17,10 @@ To draw more images, keep the seed and pass the next global sample indices
 (`samples=range(k * n, (k + 1) * n)`): they live in a device buffer, so no re-capture, and
 image i is the same as in any other batching (DESIGN contract 2).
 
-Without CUDA (or with cuda_graph=False) the same prepared model runs the same loop eagerly, so
-results are identical to `ddpm.sample(...)` with the same dtype on the same device.
+Without CUDA (or with cuda_graph=False) the same prepared model runs the same loop eagerly. On
+the CPU the result is identical to `ddpm.sample(...)` with the same dtype; on CUDA the copy's
+channels_last layout (on by default there) may select other convolution algorithms than
+`ddpm.sample` on contiguous tensors, so agreement is to the dtype's round-off.
 """
 
 from __future__ import annotations

@@ -20,7 +20,6 @@ one kernel launch: the seam for CUDA graphs and the fast sampler.
 
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import numpy as np
@@ -28,6 +27,7 @@ import torch
 from torch import nn
 
 import kernels
+from kernels.validate import check_finite_number
 from reference._validate import check_clip, check_eta
 from reference.noise import SAMPLER_INIT_STREAM, sampler_step_stream
 from reference.process import (
@@ -64,14 +64,6 @@ def _check_int(value, name: str, low: int | None = None, high: int | None = None
     if high is not None and value > high:
         raise ValueError(f"{name} must be <= {high}, got {value}")
     return value
-
-
-def _check_finite_number(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    if not math.isfinite(float(value)):
-        raise ValueError(f"{name} must be finite, got {value!r}")
-    return float(value)
 
 
 def _index_tensor(values, n: int, name: str, device: torch.device) -> torch.Tensor:
@@ -132,7 +124,7 @@ class Sampler:
         eta = check_eta(eta)
         if sampler != "ddim" and eta != 0.0:
             raise ValueError(f"eta applies to the ddim sampler only, got eta={eta} with sampler={sampler!r}")
-        guidance_scale = _check_finite_number(guidance_scale, "guidance_scale")
+        guidance_scale = check_finite_number(guidance_scale, "guidance_scale")
         self.clip = check_clip(clip)
 
         device = torch.device(device) if device is not None else (_model_device(model) or torch.device("cpu"))

@@ -142,3 +142,16 @@ def test_python_dash_m_ddpm_entry_point():
     result = subprocess.run([sys.executable, "-m", "ddpm", "--help"], cwd=ROOT, capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0 and "{train,sample,demo}" in result.stdout
+
+
+@pytest.mark.parametrize("steps, frames, expected", [(10, 8, 8), (10, 3, 3), (4, 10, 4), (7, 1, 1)])
+def test_draw_keeps_at_most_gif_frames_snapshots_ending_at_the_last_step(steps, frames, expected):
+    import reference
+    from ddpm.cli import draw
+    from ddpm.distributed import single_process
+
+    model = ddpm.UNet(reference.UNetConfig.tiny())
+    images, snapshots = draw(model, reference.make_schedule("linear", 20), None, 2, single_process(),
+                             num_steps=steps, gif_frames=frames)
+    assert len(snapshots) == expected
+    assert torch.equal(snapshots[-1], images)
