@@ -2,9 +2,10 @@
 
 Every forward returns (out, cache); every backward takes (dout, cache) and returns the gradient
 of the input first, then the parameter gradients. Shapes are stated in the first line of each.
-float64 unless the inputs are all float32. Forwards check shapes and dtypes (TypeError/ValueError
-naming the argument); values are not scanned for NaN here, on the hot path inside models: the
-models' entry points (x_t, t, labels) and the losses reject non-finite input.
+float64 unless the inputs are all float32. These dense forwards check shapes and dtypes
+(TypeError/ValueError naming the argument) but do not scan values for NaN: the models' entry
+points (x_t, t, labels) and the losses reject non-finite input. (conv2d, group_norm_silu and
+attention_block, public ops of their own, do scan their inputs.)
 """
 
 from __future__ import annotations

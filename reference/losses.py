@@ -10,15 +10,9 @@ import numpy as np
 
 from ._validate import check_float_array, check_same_shape, check_timesteps, per_sample, result_dtype
 from .process import PREDICTIONS, v_from_x0_eps
-from .schedules import Schedule
+from .schedules import Schedule, check_schedule
 
 __all__ = ["training_target", "min_snr_weights", "weighted_mse", "weighted_mse_backward"]
-
-
-def _check_schedule(schedule) -> Schedule:
-    if not isinstance(schedule, Schedule):
-        raise TypeError(f"schedule must be a reference Schedule, got {type(schedule).__name__}")
-    return schedule
 
 
 def training_target(x0: np.ndarray, noise: np.ndarray, t, schedule: Schedule,
@@ -29,7 +23,7 @@ def training_target(x0: np.ndarray, noise: np.ndarray, t, schedule: Schedule,
     x0 = check_float_array(x0, "x0")
     noise = check_float_array(noise, "noise")
     check_same_shape(x0, noise, "x0", "noise")
-    schedule = _check_schedule(schedule)
+    schedule = check_schedule(schedule)
     check_timesteps(t, x0.shape[0], schedule.T)  # checked for every target, used by v
     dtype = result_dtype(x0, noise)
     if prediction == "epsilon":
@@ -48,7 +42,7 @@ def min_snr_weights(t, schedule: Schedule, prediction: str = "epsilon",
     """
     if prediction not in PREDICTIONS:
         raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
-    schedule = _check_schedule(schedule)
+    schedule = check_schedule(schedule)
     t_arr = np.atleast_1d(np.asarray(t))
     t_arr = check_timesteps(t_arr, t_arr.shape[0], schedule.T)
     if gamma is None:

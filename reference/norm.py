@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._validate import check_float_array, result_dtype
-from .layers import silu
+from .layers import silu, silu_backward
 
 __all__ = ["group_norm_silu", "group_norm_silu_backward", "group_norm", "group_norm_backward",
            "GroupNormCache"]
@@ -151,8 +151,7 @@ def group_norm_silu_backward(dy: np.ndarray, cache: GroupNormCache):
 
     # SiLU: dy/da = s + a s (1 - s) = s (1 + a (1 - s))
     if cache.sigmoid_a is not None:
-        s, a = cache.sigmoid_a, cache.a
-        da = dy * s * (1.0 + a * (1.0 - s))
+        da = silu_backward(dy, (cache.a, cache.sigmoid_a))
     else:
         da = dy
     # affine: a = w x_hat + b

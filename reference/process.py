@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._validate import check_clip, check_eta, check_float_array, check_same_shape, check_timesteps, per_sample, result_dtype
-from .schedules import Schedule
+from .schedules import Schedule, check_schedule
 
 __all__ = [
     "PREDICTIONS",
@@ -58,12 +58,6 @@ STEP_COEFFICIENTS = (
 )
 
 
-def _check_schedule(schedule) -> Schedule:
-    if not isinstance(schedule, Schedule):
-        raise TypeError(f"schedule must be a reference Schedule, got {type(schedule).__name__}")
-    return schedule
-
-
 def _check_prediction(prediction: str) -> str:
     if prediction not in PREDICTIONS:
         raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
@@ -74,7 +68,7 @@ def _check_prediction(prediction: str) -> str:
 
 def q_sample(x0: np.ndarray, t, noise: np.ndarray, schedule: Schedule) -> np.ndarray:
     """x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps  (DDPM Eq. 4, closed form)."""
-    schedule = _check_schedule(schedule)
+    schedule = check_schedule(schedule)
     x0 = check_float_array(x0, "x0")
     noise = check_float_array(noise, "noise")
     check_same_shape(x0, noise, "x0", "noise")
@@ -87,7 +81,7 @@ def q_sample(x0: np.ndarray, t, noise: np.ndarray, schedule: Schedule) -> np.nda
 
 def q_mean_variance(x0: np.ndarray, t, schedule: Schedule):
     """Mean and variance of q(x_t | x0) = N(sqrt(alpha_bar_t) x0, (1 - alpha_bar_t) I)  (Eq. 4)."""
-    schedule = _check_schedule(schedule)
+    schedule = check_schedule(schedule)
     x0 = check_float_array(x0, "x0")
     t = check_timesteps(t, x0.shape[0], schedule.T)
     mean = per_sample(schedule.sqrt_alpha_bars[t], x0.ndim) * x0
@@ -98,7 +92,7 @@ def q_mean_variance(x0: np.ndarray, t, schedule: Schedule):
 
 def q_posterior_mean_variance(x0: np.ndarray, x_t: np.ndarray, t, schedule: Schedule):
     """Mean, variance and clipped log-variance of q(x_{t-1} | x_t, x0)  (DDPM Eqs. 6-7)."""
-    schedule = _check_schedule(schedule)
+    schedule = check_schedule(schedule)
     x0 = check_float_array(x0, "x0")
     x_t = check_float_array(x_t, "x_t")
     check_same_shape(x0, x_t, "x0", "x_t")
@@ -115,59 +109,46 @@ def q_posterior_mean_variance(x0: np.ndarray, x_t: np.ndarray, t, schedule: Sche
 
 # ----------------------------------------------------------------------------- parameterisations
 
-def _ab(schedule, t, like):
-    return per_sample(schedule.alpha_bars[t], like.ndim)
+def _convert(x_t, t, out, schedule: Schedule, prediction: str, target: str, out_name: str) -> np.ndarray:
+    """x0 (target "x0") or eps (target "eps") from x_t and a model output of kind `prediction`,
+    with the coefficients of `prediction_coefficients` (the same ones the samplers use)."""
+    schedule = check_schedule(schedule)
+    x_t, out = check_float_array(x_t, "x_t"), check_float_array(out, out_name)
+    check_same_shape(x_t, out, "x_t", out_name)
+    t = check_timesteps(t, x_t.shape[0], schedule.T)
+    c = prediction_coefficients(schedule.alpha_bars[t], prediction)
+    a, b = (c[:, 0], c[:, 1]) if target == "x0" else (c[:, 2], c[:, 3])
+    return (per_sample(a, x_t.ndim) * x_t + per_sample(b, x_t.ndim) * out).astype(result_dtype(x_t, out))
 
 
 def predict_x0_from_eps(x_t, t, eps, schedule: Schedule) -> np.ndarray:
     """x0 = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t)  (inverse of DDPM Eq. 4)."""
-    schedule = _check_schedule(schedule)
-    x_t, eps = check_float_array(x_t, "x_t"), check_float_array(eps, "eps")
-    check_same_shape(x_t, eps, "x_t", "eps")
-    t = check_timesteps(t, x_t.shape[0], schedule.T)
-    out = (per_sample(schedule.sqrt_recip_alpha_bars[t], x_t.ndim) * x_t
-           - per_sample(schedule.sqrt_recipm1_alpha_bars[t], x_t.ndim) * eps)
-    return out.astype(result_dtype(x_t, eps))
+    return _convert(x_t, t, eps, schedule, "epsilon", "x0", "eps")
 
 
 def predict_eps_from_x0(x_t, t, x0, schedule: Schedule) -> np.ndarray:
     """eps = (x_t - sqrt(alpha_bar_t) x0) / sqrt(1 - alpha_bar_t)  (DDPM Eq. 4 solved for eps)."""
-    schedule = _check_schedule(schedule)
-    x_t, x0 = check_float_array(x_t, "x_t"), check_float_array(x0, "x0")
-    check_same_shape(x_t, x0, "x_t", "x0")
-    t = check_timesteps(t, x_t.shape[0], schedule.T)
-    ab = _ab(schedule, t, x_t)
-    return ((x_t - np.sqrt(ab) * x0) / np.sqrt(1.0 - ab)).astype(result_dtype(x_t, x0))
+    return _convert(x_t, t, x0, schedule, "sample", "eps", "x0")
 
 
 def v_from_x0_eps(x0, eps, t, schedule: Schedule) -> np.ndarray:
     """v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x0  (Salimans & Ho 2022, Sec. 4)."""
-    schedule = _check_schedule(schedule)
+    schedule = check_schedule(schedule)
     x0, eps = check_float_array(x0, "x0"), check_float_array(eps, "eps")
     check_same_shape(x0, eps, "x0", "eps")
     t = check_timesteps(t, x0.shape[0], schedule.T)
-    ab = _ab(schedule, t, x0)
+    ab = per_sample(schedule.alpha_bars[t], x0.ndim)
     return (np.sqrt(ab) * eps - np.sqrt(1.0 - ab) * x0).astype(result_dtype(x0, eps))
 
 
 def predict_x0_from_v(x_t, t, v, schedule: Schedule) -> np.ndarray:
     """x0 = sqrt(alpha_bar_t) x_t - sqrt(1 - alpha_bar_t) v  (Salimans & Ho 2022, Sec. 4)."""
-    schedule = _check_schedule(schedule)
-    x_t, v = check_float_array(x_t, "x_t"), check_float_array(v, "v")
-    check_same_shape(x_t, v, "x_t", "v")
-    t = check_timesteps(t, x_t.shape[0], schedule.T)
-    ab = _ab(schedule, t, x_t)
-    return (np.sqrt(ab) * x_t - np.sqrt(1.0 - ab) * v).astype(result_dtype(x_t, v))
+    return _convert(x_t, t, v, schedule, "v_prediction", "x0", "v")
 
 
 def predict_eps_from_v(x_t, t, v, schedule: Schedule) -> np.ndarray:
     """eps = sqrt(1 - alpha_bar_t) x_t + sqrt(alpha_bar_t) v  (Salimans & Ho 2022, Sec. 4)."""
-    schedule = _check_schedule(schedule)
-    x_t, v = check_float_array(x_t, "x_t"), check_float_array(v, "v")
-    check_same_shape(x_t, v, "x_t", "v")
-    t = check_timesteps(t, x_t.shape[0], schedule.T)
-    ab = _ab(schedule, t, x_t)
-    return (np.sqrt(1.0 - ab) * x_t + np.sqrt(ab) * v).astype(result_dtype(x_t, v))
+    return _convert(x_t, t, v, schedule, "v_prediction", "eps", "v")
 
 
 # ----------------------------------------------------------------------------- the update rule
@@ -198,7 +179,7 @@ def ddpm_coefficients(schedule: Schedule, t, prediction: str = "epsilon",
     x_{t-1} = coef1_t x0_hat + coef2_t x_t + sigma_t z, the posterior mean of (x0_hat, x_t);
     sigma_t^2 = beta_tilde_t ("fixed_small") or beta_t ("fixed_large"), and sigma_0 = 0.
     """
-    schedule = _check_schedule(schedule)
+    schedule = check_schedule(schedule)
     if variance not in VARIANCES:
         raise ValueError(f"variance must be one of {VARIANCES}, got {variance!r}")
     t = np.atleast_1d(schedule.check_t(t))
@@ -217,7 +198,7 @@ def ddim_coefficients(schedule: Schedule, t, t_prev, eta: float = 0.0,
     x_prev = sqrt(ab_prev) x0_hat + sqrt(1 - ab_prev - sigma^2) eps_hat + sigma z,
     sigma = eta sqrt((1 - ab_prev) / (1 - ab_t)) sqrt(1 - ab_t / ab_prev); t_prev = -1: ab_prev = 1.
     """
-    schedule = _check_schedule(schedule)
+    schedule = check_schedule(schedule)
     if isinstance(eta, bool) or not isinstance(eta, (int, float, np.integer, np.floating)):
         raise TypeError(f"eta must be a number, got {type(eta).__name__}")
     eta = check_eta(eta)  # eta > 1: sigma^2 > 1 - alpha_bar_prev, no DDIM step (diffusers: NaN)
@@ -299,7 +280,7 @@ def sampler_update(x_t: np.ndarray, model_output: np.ndarray, coefficients: np.n
 def ddpm_step(x_t, t, model_output, schedule: Schedule, noise=None, prediction: str = "epsilon",
               variance: str = "fixed_small", clip=None, threshold: float | None = None) -> np.ndarray:
     """One ancestral step x_t -> x_{t-1}  (DDPM Alg. 2; posterior mean of Eq. 7); noise ignored at t = 0."""
-    schedule = _check_schedule(schedule)
+    schedule = check_schedule(schedule)
     x_t = check_float_array(x_t, "x_t")
     t = check_timesteps(t, x_t.shape[0], schedule.T)
     c = ddpm_coefficients(schedule, t, prediction, variance)
@@ -312,7 +293,7 @@ def ddim_step(x_t, t, t_prev, model_output, schedule: Schedule, eta: float = 0.0
 
     With `clip`, x0_hat is clipped and eps_hat stays the model's own, as diffusers does.
     """
-    schedule = _check_schedule(schedule)
+    schedule = check_schedule(schedule)
     x_t = check_float_array(x_t, "x_t")
     t = check_timesteps(t, x_t.shape[0], schedule.T)
     t_prev = check_timesteps(t_prev, x_t.shape[0], schedule.T, "t_prev", allow_minus_one=True)
@@ -332,7 +313,7 @@ def dpm_solver_pp_coefficients(schedule: Schedule, t, t_prev, t_last=None,
     t_prev >= 0; first order (D = x0_hat) otherwise, so the step into t_prev = -1 returns x0_hat.
     t_last: None (no history) or integers, -1 marking samples without history.
     """
-    schedule = _check_schedule(schedule)
+    schedule = check_schedule(schedule)
     t = np.atleast_1d(schedule.check_t(t))
     n = t.shape[0]
     t_prev = check_timesteps(np.broadcast_to(np.asarray(t_prev), (n,)) if np.ndim(t_prev) == 0 else t_prev,
@@ -376,7 +357,7 @@ def dpm_solver_pp_2m_step(x_t, t, t_prev, model_output, schedule: Schedule, hist
     coefficients from `dpm_solver_pp_coefficients`. history: None or (x0_last, t_last) from the
     previous step. Returns (x_prev, (x0_hat, t)).
     """
-    schedule = _check_schedule(schedule)
+    schedule = check_schedule(schedule)
     x_t = check_float_array(x_t, "x_t")
     model_output = check_float_array(model_output, "model_output")
     check_same_shape(x_t, model_output, "x_t", "model_output")

@@ -21,7 +21,7 @@ from .process import (
     ddpm_step,
     dpm_solver_pp_2m_step,
 )
-from .schedules import Schedule, timestep_subset
+from .schedules import Schedule, check_schedule, timestep_subset
 
 __all__ = ["guided", "sample_ddpm", "sample_ddim", "sample_dpm_solver_pp", "initial_noise"]
 
@@ -46,8 +46,7 @@ def _start(model, shape, schedule, seed, samples, x_T, dtype):
     """Validate a sampling loop's arguments; returns (shape, samples, x_T)."""
     if not callable(model):
         raise TypeError(f"model must be callable as model(x_t, t), got {type(model).__name__}")
-    if not isinstance(schedule, Schedule):
-        raise TypeError(f"schedule must be a reference Schedule, got {type(schedule).__name__}")
+    check_schedule(schedule)
     if np.dtype(dtype) not in (np.float32, np.float64):
         raise TypeError(f"dtype must be float32 or float64, got {np.dtype(dtype)}")
     try:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["Schedule", "make_schedule", "timestep_subset", "SCHEDULE_KINDS", "SPACINGS"]
+__all__ = ["Schedule", "check_schedule", "make_schedule", "timestep_subset", "SCHEDULE_KINDS", "SPACINGS"]
 
 SCHEDULE_KINDS = ("linear", "cosine", "sigmoid")
 SPACINGS = ("leading", "trailing", "linspace")
@@ -161,6 +161,13 @@ class Schedule:
 
     def __repr__(self) -> str:
         return f"Schedule(kind={self.kind!r}, T={self.T}, params={self.params})"
+
+
+def check_schedule(schedule, name: str = "schedule") -> Schedule:
+    """`schedule` if it is a reference Schedule, else a TypeError naming the argument."""
+    if not isinstance(schedule, Schedule):
+        raise TypeError(f"{name} must be a reference Schedule, got {type(schedule).__name__}")
+    return schedule
 
 
 def _linear_betas(T: int, beta_start: float, beta_end: float, rescale: bool) -> np.ndarray:

@@ -42,7 +42,7 @@ from .losses import min_snr_weights, training_target, weighted_mse, weighted_mse
 from .noise import TRAIN_STREAM_BASE, normal, philox_words, uniform, uint_to_uniform_float
 from .optim import EMA, Adam, clip_grad_norm, global_norm
 from .process import PREDICTIONS, q_sample
-from .schedules import Schedule
+from .schedules import Schedule, check_schedule
 
 __all__ = ["training_draws", "dropout_masks", "train_step", "train", "train_stream"]
 
@@ -112,8 +112,7 @@ def train_step(model, optimizer: Adam, x0: np.ndarray, schedule: Schedule, seed:
     class_dropout). samples: the (N,) global indices of the rows (default arange(N)).
     Returns {"loss": float, "grad_norm": float (before clipping)}.
     """
-    if not isinstance(schedule, Schedule):
-        raise TypeError(f"schedule must be a reference Schedule, got {type(schedule).__name__}")
+    check_schedule(schedule)
     if prediction not in PREDICTIONS:
         raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
     x0 = check_float_array(x0, "x0", min_ndim=2)
