@@ -26,8 +26,10 @@ def backward_stage2(partial: torch.Tensor, weight, bias, shift, rstd: torch.Tens
     dweight (C,) | None, dbias (C,) | None, dshift (N, C) | None)."""
     C = G * Cg
     S = partial.shape[2]
-    sums = partial.view(3, N, G, S, Cg).sum(dim=3)             # (3, N, G, Cg)
-    sum_dz, sum_dz_x_hat, sum_x_hat = sums[0], sums[1], sums[2]
+    planes = 3 if (need_dshift and shift is not None) else 2  # plane 2 is written only for dshift
+    sums = partial[:planes].reshape(planes, N, G, S, Cg).sum(dim=3)  # (planes, N, G, Cg)
+    sum_dz, sum_dz_x_hat = sums[0], sums[1]
+    sum_x_hat = sums[2] if planes == 3 else None
     w32 = weight.to(torch.float32).view(1, G, Cg) if weight is not None else None
     sum_dx_hat = sum_dz * w32 if w32 is not None else sum_dz
     sum_dx_hat_x_hat = sum_dz_x_hat * w32 if w32 is not None else sum_dz_x_hat

@@ -80,6 +80,7 @@ def check_gradient(f, x: np.ndarray, analytic: np.ndarray, *, eps: float = 1e-6,
     num = numerical_gradient(f, x, eps, indices)
     mask = ~np.isnan(num)
     a, n = np.asarray(analytic, dtype=np.float64)[mask], num[mask]
-    err = float(np.max(np.abs(a - n)) / max(np.max(np.abs(n)), 1e-12)) if n.size else 0.0
+    assert n.size, f"{name}: no entries were checked (empty x or indices)"
+    err = float(np.max(np.abs(a - n)) / max(np.max(np.abs(n)), 1e-12))
     assert err <= rtol, f"{name}: relative error {err:.3e} > {rtol:.1e}"
     return err

@@ -27,7 +27,7 @@ from .launch import elementwise_block
 
 record_decoration()
 
-__all__ = ["stream_normal", "logical_index", "seed_words", "normal", "philox_words"]
+__all__ = ["stream_normal", "logical_index", "normal", "philox_words"]
 
 
 
