@@ -115,8 +115,7 @@ def draw(model, schedule, y: torch.Tensor | None, n: int, ctx: DistributedContex
                                     seed=seed, clip=clip, callback=callback)
     counts = split_counts(n, ctx.world_size)
     if gif_frames > 0 and counts[ctx.rank] == 0:  # no samples here: empty blocks, same count
-        kept = sum(1 for step in range(total) if step % every == every - 1 or step == total - 1)
-        frames = [images.new_zeros((0,) + shape[1:])] * kept
+        frames = [images.new_zeros((0,) + shape[1:])] * len(keep)
     return images, [all_gather_rows(f, counts, ctx) for f in frames]
 
 

@@ -33,7 +33,7 @@ Weights are (out, in) for linear maps and (out, in, kh, kw) for convolutions, as
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 
 __all__ = ["UNetConfig", "parameter_shapes", "count_parameters"]
 

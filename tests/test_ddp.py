@@ -120,11 +120,14 @@ def test_sampling_split_over_two_ranks_equals_one_process(two_ranks):
     assert_close(results[0]["images"], alone, atol=1e-6, rtol=1e-6, name="split samples")
 
 
-def test_torchrun_sample_on_two_ranks_writes_the_one_process_pictures(two_ranks, tmp_path):
+@pytest.mark.parametrize("draw", [["--num-samples", "2", "--class", "all"],
+                                  ["--num-samples", "1", "--class", "2"]],  # rank 1 draws nothing
+                         ids=["a-row-per-class", "one-sample"])
+def test_torchrun_sample_on_two_ranks_writes_the_one_process_pictures(two_ranks, tmp_path, draw):
     """`torchrun --nproc_per_node 2 -m ddpm sample` (gloo) == `python -m ddpm sample`, byte for byte."""
     out, _ = two_ranks
     root = Path(__file__).resolve().parents[1]
-    common = ["sample", "--checkpoint", str(out / "run"), "--num-samples", "2", "--class", "all",
+    common = ["sample", "--checkpoint", str(out / "run"), *draw,
               "--guidance", "2", "--steps", "3", "--ema", "--device", "cpu"]
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
