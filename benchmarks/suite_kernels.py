@@ -66,6 +66,17 @@ def _timing(repeat_quick: bool):
     return dict(repeat=5 if repeat_quick else 30)
 
 
+def _time_peers(report: Report, row: Row, eager, device, compile_peers: bool, rep: dict) -> None:
+    """Add the same-run peers of an elementwise op to `row`: torch eager of the same math,
+    torch.compile of it, and a device copy of the same bytes; then record the row."""
+    row.times["torch-eager"] = bench(eager, device, **rep)
+    compiled = _maybe_compile(eager, compile_peers)
+    if compiled is not None:
+        row.times["torch-compile"] = bench(compiled, device, **rep)
+    row.times["copy"] = _copy_time(row.bytes_moved, device, rep["repeat"])
+    report.add(row)
+
+
 def _run_q_sample(report: Report, device, dtype_name, shape, case, backends, compile_peers, rep):
     dtype = DTYPES[dtype_name]
     n = shape[0]
@@ -84,12 +95,7 @@ def _run_q_sample(report: Report, device, dtype_name, shape, case, backends, com
               bytes_moved=3 * x0.numel() * x0.element_size())
     for b in backends:
         row.times[b] = bench(lambda b=b: kernels.q_sample(x0, t, sa, s1a, seed=1, backend=b), device, **rep)
-    row.times["torch-eager"] = bench(eager, device, **rep)
-    compiled = _maybe_compile(eager, compile_peers)
-    if compiled is not None:
-        row.times["torch-compile"] = bench(compiled, device, **rep)
-    row.times["copy"] = _copy_time(row.bytes_moved, device, rep["repeat"])
-    report.add(row)
+    _time_peers(report, row, eager, device, compile_peers, rep)
 
 
 def _run_sampler_step(report: Report, device, dtype_name, shape, case, backends, compile_peers, rep,
@@ -97,7 +103,7 @@ def _run_sampler_step(report: Report, device, dtype_name, shape, case, backends,
     dtype = DTYPES[dtype_name]
     schedule = reference.make_schedule("linear", 1000)
     coef_np = reference.ddim_coefficients(schedule, 500, 480, eta=1.0)[0]
-    coef = torch.tensor(coef_np, dtype=torch.float32, device=device)
+    coef = torch.tensor(coef_np, dtype=torch.float64, device=device)  # as ddpm.Sampler keeps them
     x = torch.randn(shape, device=device).to(dtype)
     out = torch.randn(shape, device=device).to(dtype)
     uncond = torch.randn(shape, device=device).to(dtype) if guidance else None
@@ -118,12 +124,7 @@ def _run_sampler_step(report: Report, device, dtype_name, shape, case, backends,
     for b in backends:
         row.times[b] = bench(lambda b=b: kernels.sampler_step(x, out, coef, clip=(-1.0, 1.0), seed=1,
                                                               stream=3, backend=b, **kw), device, **rep)
-    row.times["torch-eager"] = bench(eager, device, **rep)
-    compiled = _maybe_compile(eager, compile_peers)
-    if compiled is not None:
-        row.times["torch-compile"] = bench(compiled, device, **rep)
-    row.times["copy"] = _copy_time(row.bytes_moved, device, rep["repeat"])
-    report.add(row)
+    _time_peers(report, row, eager, device, compile_peers, rep)
 
 
 def _run_group_norm_silu(report: Report, device, dtype_name, shape, case, backends, compile_peers,
