@@ -6,7 +6,7 @@ trajectory equals the reference's to round-off:
 - coefficients come from `reference.ddpm_coefficients` / `reference.ddim_coefficients`
   (float64 NumPy, computed once per run, then one (K, 8) float64 tensor on the device);
 - each DDPM/DDIM step is ONE `kernels.sampler_step` call (the elementwise rule of
-  `reference.sampler_update`, with the classifier-free-guidance combine fused in);
+  `reference.sampler_step`, with the classifier-free-guidance combine fused in);
 - every Gaussian number comes from the noise stream (DESIGN contract 2): x_T from stream
   `SAMPLER_INIT_STREAM`, step k (0-based) from stream `sampler_step_stream(k)` = k + 1, for the
   GLOBAL sample indices `samples`, so sample i is the same whatever batch it is drawn in;

@@ -6,10 +6,10 @@ backend="auto" picks triton for CUDA tensors and torch elsewhere; DDPM_KERNELS_B
 """
 
 from .dispatch import BACKEND_ENV, BACKENDS, available_backends, resolve_backend
-from .forward_process import q_sample
-from .group_norm import GroupNormSiLU, GroupNormSiLUFunction, group_norm_silu
-from .noise import normal
-from .sampler_update import ddim_step, ddpm_step, sampler_step
+from .q_sample import q_sample
+from .group_norm_silu import GroupNormSiLU, GroupNormSiLUFunction, group_norm_silu
+from .normal import normal
+from .sampler_step import sampler_step
 
 __all__ = [
     "BACKENDS",
@@ -19,8 +19,6 @@ __all__ = [
     "normal",
     "q_sample",
     "sampler_step",
-    "ddpm_step",
-    "ddim_step",
     "group_norm_silu",
     "GroupNormSiLU",
     "GroupNormSiLUFunction",

@@ -9,7 +9,7 @@ with it to the last bit or so:
   uint32 arithmetic); the uniform is Triton's uint_to_uniform_float in float32; Box-Muller is
   evaluated in float64 and rounded once to float32, exactly as the reference does.
 - `q_sample`: reference.q_sample (DDPM Eq. 4).
-- `sampler_step`: reference.sampler_update (+ reference.classifier_free_guidance first).
+- `sampler_step`: reference.sampler_step (+ reference.classifier_free_guidance first).
 - `group_norm_silu`: reference.group_norm_silu written with torch ops (autograd, any dtype).
 
 Inputs arrive validated by the public functions in kernels/__init__.py.
@@ -129,7 +129,7 @@ def q_sample(x0, t, sqrt_alpha_bar, sqrt_one_minus_alpha_bar, noise, seed, sampl
 
 def sampler_step(x_t, model_output, coefficients, model_output_uncond, guidance_scale, clip,
                  noise, seed, samples, stream, host_sigma_nonzero):
-    """reference.sampler_update in float64 (the reference's operation order), rounded once.
+    """reference.sampler_step in float64 (the reference's operation order), rounded once.
 
     coefficients: (N, 8) float64 on x_t's device. host_sigma_nonzero: None when the coefficients
     live on a device (then samples with sigma != 0 and no noise source become NaN).

@@ -41,7 +41,7 @@ from .process import (
     q_mean_variance,
     q_posterior_mean_variance,
     q_sample,
-    sampler_update,
+    sampler_step,
     v_from_x0_eps,
 )
 from .sampling import guided, initial_noise, sample_ddim, sample_ddpm, sample_dpm_solver_pp

@@ -36,7 +36,7 @@ __all__ = [
     "prediction_coefficients",
     "ddpm_coefficients",
     "ddim_coefficients",
-    "sampler_update",
+    "sampler_step",
     "ddpm_step",
     "ddim_step",
     "dpm_solver_pp_coefficients",
@@ -236,7 +236,7 @@ def dynamic_threshold(x0: np.ndarray, percentile: float = 0.995, max_value: floa
     return (np.clip(x0, -s, s) / s).astype(x0.dtype)
 
 
-def sampler_update(x_t: np.ndarray, model_output: np.ndarray, coefficients: np.ndarray,
+def sampler_step(x_t: np.ndarray, model_output: np.ndarray, coefficients: np.ndarray,
                    noise: np.ndarray | None = None, clip=None,
                    threshold: float | None = None) -> np.ndarray:
     """The elementwise update shared by DDPM and DDIM steps (see module docstring).
@@ -284,7 +284,7 @@ def ddpm_step(x_t, t, model_output, schedule: Schedule, noise=None, prediction: 
     x_t = check_float_array(x_t, "x_t")
     t = check_timesteps(t, x_t.shape[0], schedule.T)
     c = ddpm_coefficients(schedule, t, prediction, variance)
-    return sampler_update(x_t, model_output, c, noise, clip, threshold)
+    return sampler_step(x_t, model_output, c, noise, clip, threshold)
 
 
 def ddim_step(x_t, t, t_prev, model_output, schedule: Schedule, eta: float = 0.0, noise=None,
@@ -298,7 +298,7 @@ def ddim_step(x_t, t, t_prev, model_output, schedule: Schedule, eta: float = 0.0
     t = check_timesteps(t, x_t.shape[0], schedule.T)
     t_prev = check_timesteps(t_prev, x_t.shape[0], schedule.T, "t_prev", allow_minus_one=True)
     c = ddim_coefficients(schedule, t, t_prev, eta, prediction)
-    return sampler_update(x_t, model_output, c, noise, clip, threshold)
+    return sampler_step(x_t, model_output, c, noise, clip, threshold)
 
 
 def dpm_solver_pp_coefficients(schedule: Schedule, t, t_prev, t_last=None,

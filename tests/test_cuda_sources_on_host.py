@@ -29,6 +29,7 @@ import torch
 import reference
 from kernels import config
 from kernels.cupy import group_norm_silu as cupy_group_norm
+from kernels.cupy import normal as cupy_normal
 from kernels.cupy import philox as cupy_philox
 from kernels.cupy import q_sample as cupy_q_sample
 from kernels.cupy import sampler_step as cupy_sampler_step
@@ -164,7 +165,7 @@ def host_cupy(monkeypatch):
     def launch(kernel, grid, block, args, device, shared_mem=0):
         kernel(grid, block, args)
 
-    for module in (cupy_philox, cupy_q_sample, cupy_sampler_step, cupy_group_norm):
+    for module in (cupy_philox, cupy_normal, cupy_q_sample, cupy_sampler_step, cupy_group_norm):
         monkeypatch.setattr(module, "get_kernel", get_kernel)
         monkeypatch.setattr(module, "launch", launch)
         if hasattr(module, "grid_1d"):
@@ -182,17 +183,17 @@ def test_host_words_uniforms_and_normals_match_reference(host_cupy):
     expected = reference.philox_words(2**40 + 1, samples.numpy(), 2**31 + 3, 77)
     np.testing.assert_array_equal(words.numpy(), expected.astype(np.int64))
     np.testing.assert_array_equal(uniforms[..., 1].numpy(), reference.uint_to_uniform_float(expected[..., 1]))
-    z = cupy_philox.normal(5, samples, torch.tensor([1, 0, 2**32 - 1]), (4, 5), torch.float32)
+    z = cupy_normal.normal(5, samples, torch.tensor([1, 0, 2**32 - 1]), (4, 5), torch.float32)
     assert_close(z, reference.normal(5, samples.numpy(), [1, 0, 2**32 - 1], (4, 5)), atol=1e-5, rtol=0,
                  name="float32 Box-Muller")
     for dtype in (torch.bfloat16, torch.float16):
-        half = cupy_philox.normal(5, samples, 3, (40,), dtype)
-        assert torch.equal(half, cupy_philox.normal(5, samples, 3, (40,), torch.float32).to(dtype))
+        half = cupy_normal.normal(5, samples, 3, (40,), dtype)
+        assert torch.equal(half, cupy_normal.normal(5, samples, 3, (40,), torch.float32).to(dtype))
 
 
 def test_host_float64_box_muller_matches_reference(host_cupy, monkeypatch):
     monkeypatch.setattr(config, "NORMAL_FP64", True)
-    z = cupy_philox.normal(7, torch.tensor([0, 1]), 4, (500,), torch.float32)
+    z = cupy_normal.normal(7, torch.tensor([0, 1]), 4, (500,), torch.float32)
     expected = reference.normal(7, [0, 1], 4, (500,))
     assert np.mean(z.numpy() == expected) > 0.999  # libm vs NumPy float64 log/cos: last-ulp ties
     assert_close(z, expected, atol=1e-6, rtol=0, name="float64 Box-Muller")
@@ -229,11 +230,11 @@ def test_host_sampler_step_matches_reference(host_cupy):
     got = cupy_sampler_step.sampler_step(x_t, out, coefficients, uncond, 3.5, (-1.0, 1.0), z, None,
                                          None, 0, None)
     cfg = reference.classifier_free_guidance(out.numpy(), uncond.numpy(), 3.5)
-    expected = reference.sampler_update(x_t.numpy(), cfg, c, z.numpy(), (-1.0, 1.0))
+    expected = reference.sampler_step(x_t.numpy(), cfg, c, z.numpy(), (-1.0, 1.0))
     np.testing.assert_array_equal(got.numpy(), expected)
     shared = torch.tensor(c[1]).expand(3, 8)  # one row for every sample: row stride 0, no copy
     got = cupy_sampler_step.sampler_step(x_t, out, shared, None, 1.0, None, z, None, None, 0, None)
-    expected = reference.sampler_update(x_t.numpy(), out.numpy(), c[1], z.numpy())
+    expected = reference.sampler_step(x_t.numpy(), out.numpy(), c[1], z.numpy())
     np.testing.assert_array_equal(got.numpy(), expected)
     # in-kernel noise, channels_last, in place
     x_cl = x_t.contiguous(memory_format=torch.channels_last)
@@ -242,14 +243,14 @@ def test_host_sampler_step_matches_reference(host_cupy):
                                             torch.tensor([5, 6, 7]), 2, x_cl)
     assert result is x_cl
     noise = reference.normal(9, [5, 6, 7], 2, (2, 4, 5))
-    expected = reference.sampler_update(x_t.numpy(), out.numpy(), c, noise)
+    expected = reference.sampler_step(x_t.numpy(), out.numpy(), c, noise)
     assert_close(result, expected, atol=1e-5, rtol=1e-6, name="in-kernel noise")
     # sigma != 0 without a noise source: NaN for those samples only
     got = cupy_sampler_step.sampler_step(x_t, out, coefficients, None, 1.0, None, None, None, None, 0, None)
     assert torch.isnan(got[:2]).all() and torch.isfinite(got[2]).all()
     got = cupy_sampler_step.sampler_step(x_t.to(torch.bfloat16), out.to(torch.bfloat16), coefficients,
                                          None, 1.0, None, z.to(torch.bfloat16), None, None, 0, None)
-    expected = reference.sampler_update(x_t.to(torch.bfloat16).float().numpy(), out.to(torch.bfloat16).float().numpy(),
+    expected = reference.sampler_step(x_t.to(torch.bfloat16).float().numpy(), out.to(torch.bfloat16).float().numpy(),
                                         c, z.to(torch.bfloat16).float().numpy())
     assert torch.equal(got, torch.from_numpy(expected).to(torch.bfloat16))
 
@@ -286,7 +287,7 @@ def test_host_group_norm_silu_forward_and_backward_match_reference(host_cupy, ch
 NVCC = shutil.which("nvcc")
 
 
-SOURCES = {"normal": cupy_philox._NORMAL_SOURCE, "q_sample": cupy_q_sample._SOURCE,
+SOURCES = {"philox": cupy_philox._WORDS_SOURCE, "normal": cupy_normal._SOURCE, "q_sample": cupy_q_sample._SOURCE,
            "sampler_step": cupy_sampler_step._SOURCE, "group_norm_silu": cupy_group_norm._SOURCE}
 
 

@@ -32,7 +32,7 @@ from reference import (
     q_mean_variance,
     q_posterior_mean_variance,
     q_sample,
-    sampler_update,
+    sampler_step,
     v_from_x0_eps,
 )
 
@@ -210,7 +210,7 @@ def test_ddim_sigma_is_eq16_for_any_jump(batch, eta):
 
 # ----------------------------------------------------------------------------- the update rule, clipping
 
-def test_sampler_update_is_the_documented_elementwise_rule():
+def test_sampler_step_is_the_documented_elementwise_rule():
     rng = np.random.default_rng(4)
     x, out, z = (rng.standard_normal((5, 2, 3)) for _ in range(3))
     c = rng.standard_normal((5, 8))
@@ -220,10 +220,10 @@ def test_sampler_update_is_the_documented_elementwise_rule():
     expected = col(c[:, 4], x) * np.clip(x0, -1, 1) + col(c[:, 5], x) * x + col(c[:, 6], x) * eps + col(c[:, 7], x) * z
     z_row1 = z.copy()
     z_row1[1] = 1e9
-    assert_close(sampler_update(x, out, c, z_row1, clip=(-1, 1)), expected, atol=1e-14, rtol=1e-14, name="x_prev")
+    assert_close(sampler_step(x, out, c, z_row1, clip=(-1, 1)), expected, atol=1e-14, rtol=1e-14, name="x_prev")
     c[:, 7] = 0.0
-    assert sampler_update(x, out, c, None).shape == x.shape  # no noise needed when every sigma is 0
-    assert_close(sampler_update(x, out, c[0]), sampler_update(x, out, np.tile(c[0], (5, 1))),
+    assert sampler_step(x, out, c, None).shape == x.shape  # no noise needed when every sigma is 0
+    assert_close(sampler_step(x, out, c[0]), sampler_step(x, out, np.tile(c[0], (5, 1))),
                  atol=0, rtol=0, name="(8,) broadcasts")
 
 
@@ -433,12 +433,12 @@ COEF = ddim_coefficients(S, 5, 2)
     (lambda: ddim_coefficients(S, 5, 2, eta=1.5), ValueError, r"eta must lie in \[0, 1\]"),
     (lambda: ddim_coefficients(S, 5, 2, eta=float("nan")), ValueError, r"eta must lie in \[0, 1\]"),
     (lambda: ddim_coefficients(S, 5, 2, eta="1"), TypeError, "eta must be a number"),
-    (lambda: sampler_update(X, X, np.zeros((3, 8))), ValueError, r"coefficients must have shape \(8,\) or \(2, 8\)"),
-    (lambda: sampler_update(X, X, np.full(8, np.nan)), ValueError, "coefficients contain NaN"),
-    (lambda: sampler_update(X, np.zeros((2, 2)), COEF), ValueError, "model_output must have the shape of x_t"),
-    (lambda: sampler_update(X, X, ddim_coefficients(S, 5, 2, eta=1.0)[0]), ValueError, "noise is required"),
-    (lambda: sampler_update(X, X, COEF, clip=(1, -1)), ValueError, "clip must satisfy lo < hi"),
-    (lambda: sampler_update(X, X, COEF, clip=1.0), TypeError, "clip must be None or a pair"),
+    (lambda: sampler_step(X, X, np.zeros((3, 8))), ValueError, r"coefficients must have shape \(8,\) or \(2, 8\)"),
+    (lambda: sampler_step(X, X, np.full(8, np.nan)), ValueError, "coefficients contain NaN"),
+    (lambda: sampler_step(X, np.zeros((2, 2)), COEF), ValueError, "model_output must have the shape of x_t"),
+    (lambda: sampler_step(X, X, ddim_coefficients(S, 5, 2, eta=1.0)[0]), ValueError, "noise is required"),
+    (lambda: sampler_step(X, X, COEF, clip=(1, -1)), ValueError, "clip must satisfy lo < hi"),
+    (lambda: sampler_step(X, X, COEF, clip=1.0), TypeError, "clip must be None or a pair"),
     (lambda: ddpm_step(X, 5, X, S, None), ValueError, "noise is required"),
     (lambda: ddpm_step(X, 5, X, S, np.zeros((2, 2))), ValueError, "noise must have the shape of x_t"),
     (lambda: ddpm_step(X, 5, NAN, S, X), ValueError, "model_output contains NaN"),

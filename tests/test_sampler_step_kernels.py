@@ -1,4 +1,4 @@
-"""kernels.sampler_step against reference.sampler_update (+ classifier_free_guidance), every backend.
+"""kernels.sampler_step against reference.sampler_step (+ classifier_free_guidance), every backend.
 
 Coefficients come from the reference (ddpm_coefficients: every prediction and variance type,
 t = 0 included; ddim_coefficients: eta 0 and > 0, t_prev = -1 included), per sample or shared.
@@ -56,14 +56,14 @@ def coefficient_sets(draw, n):
 
 
 def reference_step(x_t, out, uncond, w, coefficients, noise, clip, dtype):
-    """reference.sampler_update on the kernel's exact inputs (float32 arrays; float64 for float64)."""
+    """reference.sampler_step on the kernel's exact inputs (float32 arrays; float64 for float64)."""
     compute = np.float64 if dtype == torch.float64 else np.float32
     x = as_numpy64(x_t).astype(compute)
     o = as_numpy64(out).astype(compute)
     if uncond is not None:
         o = reference.classifier_free_guidance(o, as_numpy64(uncond).astype(compute), w)
     z = None if noise is None else noise.astype(compute)
-    return reference.sampler_update(x, o, coefficients, z, clip)
+    return reference.sampler_step(x, o, coefficients, z, clip)
 
 
 @pytest.mark.parametrize("backend, device", BACKEND_DEVICES)
@@ -120,7 +120,7 @@ def test_sampler_step_float32_with_given_noise_is_bit_exact_on_cpu(backend, devi
         got = kernels.sampler_step(x_t[:n], out[:n], coefficients, model_output_uncond=uncond[:n],
                                    guidance_scale=4.0, clip=(-1, 1), noise=z[:n], backend=backend)
         cfg = reference.classifier_free_guidance(out[:n].numpy(), uncond[:n].numpy(), 4.0)
-        expected = reference.sampler_update(x_t[:n].numpy(), cfg, coefficients, z[:n].numpy(), (-1, 1))
+        expected = reference.sampler_step(x_t[:n].numpy(), cfg, coefficients, z[:n].numpy(), (-1, 1))
         np.testing.assert_array_equal(got.numpy(), expected)
 
 
@@ -132,12 +132,12 @@ def test_torch_sampler_step_float64_matches_reference_to_1e_15():
         got = kernels.sampler_step(x_t, out, coefficients, model_output_uncond=uncond,
                                    guidance_scale=2.5, noise=z, clip=(-1.5, 1.5), backend="torch")
         cfg = reference.classifier_free_guidance(out.numpy(), uncond.numpy(), 2.5)
-        expected = reference.sampler_update(x_t.numpy(), cfg, coefficients, z.numpy(), (-1.5, 1.5))
+        expected = reference.sampler_step(x_t.numpy(), cfg, coefficients, z.numpy(), (-1.5, 1.5))
         assert_close(got, expected, atol=0.0, rtol=1e-15, name="float64 x_prev")
         # in-kernel noise: the same numbers as the reference's stream
         got = kernels.sampler_step(x_t, out, coefficients, seed=9, stream=4, backend="torch")
         noise = reference.normal(9, np.arange(4), 4, (3, 6, 6)).astype(np.float64)
-        expected = reference.sampler_update(x_t.numpy(), out.numpy(), coefficients, noise)
+        expected = reference.sampler_step(x_t.numpy(), out.numpy(), coefficients, noise)
         assert_close(got, expected, atol=0.0, rtol=1e-15, name="float64 x_prev, in-kernel noise")
 
 
@@ -194,7 +194,7 @@ def test_sampler_step_without_noise_where_sigma_is_zero(backend, device):
     x_t, out = torch.randn(2, 3, 3, device=device), torch.randn(2, 3, 3, device=device)
     coefficients = reference.ddim_coefficients(SCHEDULE, np.array([900, 100]), np.array([800, -1]), 0.0)
     got = kernels.sampler_step(x_t, out, coefficients, backend=backend)
-    expected = reference.sampler_update(as_numpy64(x_t).astype(np.float32), as_numpy64(out).astype(np.float32),
+    expected = reference.sampler_step(as_numpy64(x_t).astype(np.float32), as_numpy64(out).astype(np.float32),
                                         coefficients)
     assert_close(got, expected, atol=1e-5, rtol=1e-5, name="eta=0")
 
@@ -216,8 +216,10 @@ def test_sampler_step_device_coefficients_without_noise_give_nan_where_sigma_non
     assert torch.isfinite(got[0]).all() and torch.isnan(got[1]).all()
 
 
-def test_ddpm_step_and_ddim_step_are_the_sampler_update():
-    assert kernels.ddpm_step is kernels.sampler_step and kernels.ddim_step is kernels.sampler_step
+def test_the_step_has_one_name():
+    """One name per op: the reference's ddpm_step/ddim_step take a schedule, the kernel takes
+    coefficients, so the kernel is only `kernels.sampler_step`."""
+    assert not hasattr(kernels, "ddpm_step") and not hasattr(kernels, "ddim_step")
 
 
 def _args(**override):
@@ -272,7 +274,7 @@ def test_clip_bounds_are_float64_on_every_backend(backend, device):
     rng = np.random.default_rng(0)
     x_t = rng.standard_normal((2, 3, 5, 7)).astype(np.float32) * 3
     out = rng.standard_normal((2, 3, 5, 7)).astype(np.float32)
-    want = reference.sampler_update(x_t, out, coefficients, clip=(-0.9, 0.9))
+    want = reference.sampler_step(x_t, out, coefficients, clip=(-0.9, 0.9))
     got = kernels.sampler_step(torch.tensor(x_t, device=device), torch.tensor(out, device=device),
                                torch.tensor(coefficients, device=device), clip=(-0.9, 0.9),
                                backend=backend)

@@ -9,7 +9,7 @@ forward   stats_kernel      per-chunk Welford (count, mean, M2), block tree-comb
           forward_kernel    every thread combines the S chunk statistics of its group in the
                             same order (so all agree), normalises, affine, SiLU; mean/rstd out
 backward  backward_partials_kernel  per-(n, c, chunk) sums of dz, dz x_hat, x_hat (x_hat and the
-                            activation recomputed from x); group_norm_reduce.backward_stage2;
+                            activation recomputed from x); group_norm_silu_reduce.backward_stage2;
                             backward_dx_kernel
 Deterministic: fixed-shape tree reductions in shared memory, no atomics. float32 arithmetic.
 """
@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..group_norm_reduce import backward_stage2
+from ..group_norm_silu_reduce import backward_stage2
 from ..layout import dense_layout, empty_like_layout, same_layout_or_copy
 from .runtime import STORAGE_CUH, address, get_kernel, launch, storage_id
 

@@ -1,4 +1,5 @@
-"""The noise stream in CUDA C  (reference.noise: philox4x32, uint_to_uniform_float, normal).
+"""The noise stream in CUDA C  (reference.noise: philox4x32, uint_to_uniform_float; the
+`normal` op's kernel is in normal.py).
 
 PHILOX_CUH is included by every CuPy kernel that draws noise:
 
@@ -16,9 +17,9 @@ import torch
 
 from .. import operands
 from .. import config
-from .runtime import STORAGE_CUH, address, get_kernel, grid_1d, launch, storage_id
+from .runtime import STORAGE_CUH, address, get_kernel, grid_1d, launch
 
-__all__ = ["PHILOX_CUH", "normal", "philox_words"]
+__all__ = ["PHILOX_CUH", "seed_words", "philox_words"]
 
 PHILOX_CUH = r"""
 #ifndef NORMAL_FP64
@@ -93,25 +94,7 @@ __device__ __forceinline__ long long logical_index(long long m, long long C, lon
 }
 """
 
-_NORMAL_SOURCE = STORAGE_CUH + PHILOX_CUH + r"""
-extern "C" __global__ void normal_kernel(
-        unsigned long long out_addr,      /* (N, numel) storage_t out, C order */
-        unsigned long long samples_addr,  /* (N,) int64 sample indices */
-        unsigned long long streams_addr,  /* (N,) int64 streams, or 0: stream_scalar */
-        unsigned int seed_lo, unsigned int seed_hi, long long stream_scalar,
-        long long total, long long numel) {
-    storage_t* out = (storage_t*)out_addr;
-    const long long* samples = (const long long*)samples_addr;
-    const long long* streams = (const long long*)streams_addr;
-    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
-         i += (long long)blockDim.x * gridDim.x) {
-        const long long n = i / numel;
-        long long sample, stream;
-        sample_and_stream(n, samples, streams, stream_scalar, &sample, &stream);
-        store_f32(out, i, stream_normal(seed_lo, seed_hi, i - n * numel, sample, stream));
-    }
-}
-
+_WORDS_SOURCE = STORAGE_CUH + PHILOX_CUH + r"""
 extern "C" __global__ void words_kernel(
         unsigned long long words_addr,     /* (N, numel, 4) int64 out */
         unsigned long long uniforms_addr,  /* (N, numel, 2) float32 out */
@@ -141,26 +124,6 @@ def seed_words(seed: int) -> tuple[np.uint32, np.uint32]:
     return np.uint32(lo), np.uint32(hi)
 
 
-def normal(seed: int, samples: torch.Tensor, stream, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """kernels.normal on the CuPy backend (validated inputs; samples (N,) int64 on the device)."""
-    n = samples.numel()
-    numel = 1
-    for d in shape:
-        numel *= d
-    device = samples.device
-    storage = dtype if dtype in (torch.float32, torch.float16, torch.bfloat16) else torch.float32
-    out = torch.empty((n,) + tuple(shape), dtype=storage, device=device)
-    total = n * numel
-    has_stream = isinstance(stream, torch.Tensor)
-    kernel = get_kernel(_NORMAL_SOURCE, "normal_kernel", STORAGE_ID=storage_id(storage),
-                        NORMAL_FP64=config.NORMAL_FP64)
-    lo, hi = seed_words(seed)
-    launch(kernel, (grid_1d(total, BLOCK, device),), (BLOCK,),
-           (address(out), address(samples), address(stream if has_stream else None), lo, hi,
-            np.int64(0 if has_stream else stream), np.int64(total), np.int64(numel)), device)
-    return out if storage == dtype else out.to(dtype)
-
-
 def philox_words(seed: int, samples: torch.Tensor, stream: int, numel: int):
     """(words (N, numel, 4) int64, uniforms (N, numel, 2) float32) from the CUDA functions."""
     n = samples.numel()
@@ -169,7 +132,7 @@ def philox_words(seed: int, samples: torch.Tensor, stream: int, numel: int):
     uniforms = torch.empty((n, numel, 2), dtype=torch.float32, device=device)
     total = n * numel
     if total:
-        kernel = get_kernel(_NORMAL_SOURCE, "words_kernel", STORAGE_ID=0, NORMAL_FP64=config.NORMAL_FP64)
+        kernel = get_kernel(_WORDS_SOURCE, "words_kernel", STORAGE_ID=0, NORMAL_FP64=config.NORMAL_FP64)
         lo, hi = seed_words(seed)
         launch(kernel, (grid_1d(total, BLOCK, device),), (BLOCK,),
                (address(words), address(uniforms), address(samples), lo, hi, np.int64(stream),

@@ -1,4 +1,4 @@
-"""The fused sampler update, CUDA C  (reference.sampler_update; DDPM Alg. 2 / DDIM Eq. 12).
+"""The fused sampler update, CUDA C  (reference.sampler_step; DDPM Alg. 2 / DDIM Eq. 12).
 
     out     = uncond + w (cond - uncond)            float32, as the reference for float32 arrays
     x0_hat  = c0 x_t + c1 out ; eps_hat = c2 x_t + c3 out           float64

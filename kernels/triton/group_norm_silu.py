@@ -13,7 +13,7 @@ forward   1. _stats_kernel:    per-chunk (count, mean, M2), a Welford update per
 backward  1. _backward_partials_kernel: recomputes x_hat and z = w x_hat + b from x (nothing but
                                mean/rstd is saved), dz = dy silu'(z), and per-(n, c, chunk) sums
                                of dz, dz x_hat, x_hat -> partial (3, N G, S, Cg)
-          2. group_norm_reduce.backward_stage2: torch sums over chunks and samples
+          2. group_norm_silu_reduce.backward_stage2: torch sums over chunks and samples
                                (deterministic; (N, C)-sized): dweight, dbias, the per-group
                                means of dx_hat and dx_hat x_hat, dshift
           3. _backward_dx_kernel: dx = rstd (w dz - mean(dx_hat) - x_hat mean(dx_hat x_hat))
@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..group_norm_reduce import backward_stage2
+from ..group_norm_silu_reduce import backward_stage2
 from ..layout import dense_layout, empty_like_layout, same_layout_or_copy
 from . import record_decoration
 from .launch import interpreted, next_power_of_2, target_programs

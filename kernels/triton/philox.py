@@ -1,4 +1,5 @@
-"""The noise stream as Triton device functions  (reference.noise: philox_words, normal).
+"""The noise stream as Triton device functions  (reference.noise: philox_words; the `normal`
+op's kernel is in normal.py).
 
     words   = Philox4x32-10(counter (j, 0, sample, stream), key (seed lo, seed hi))
     u_k     = uint_to_uniform_float(word_k)         float32, bit-exact with the reference
@@ -20,14 +21,13 @@ import triton
 import triton.language as tl
 from triton.language.random import philox_impl as _philox_impl
 
-from .. import config
 from ..operands import seed_words
 from . import record_decoration
 from .launch import elementwise_block
 
 record_decoration()
 
-__all__ = ["stream_normal", "logical_index", "normal", "philox_words"]
+__all__ = ["stream_normal", "logical_index", "philox_words"]
 
 
 
@@ -95,39 +95,6 @@ def logical_index(m, C, HW, CHANNELS_LAST: tl.constexpr):
     else:
         j = m
     return j
-
-
-@triton.jit
-def _normal_kernel(out_ptr,          # (N, numel) output, C order, any float dtype
-                   samples_ptr,      # (N,) int64 sample indices (unused without HAS_SAMPLES)
-                   stream_ptr,       # (N,) int64 streams (unused without HAS_STREAM)
-                   seed_lo, seed_hi, stream_scalar, total, numel,
-                   HAS_SAMPLES: tl.constexpr, HAS_STREAM: tl.constexpr, FP64: tl.constexpr,
-                   BLOCK: tl.constexpr):
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < total
-    n = offs // numel
-    j = offs - n * numel
-    z = stream_normal(seed_lo, seed_hi, n, j, mask, samples_ptr, stream_ptr, stream_scalar,
-                      HAS_SAMPLES, HAS_STREAM, FP64)
-    tl.store(out_ptr + offs, z.to(out_ptr.dtype.element_ty), mask=mask)
-
-
-def normal(seed: int, samples: torch.Tensor, stream, shape: tuple[int, ...],
-           dtype: torch.dtype) -> torch.Tensor:
-    """kernels.normal on the Triton backend (validated inputs; samples (N,) int64 on the device)."""
-    n = samples.numel()
-    numel = 1
-    for d in shape:
-        numel *= d
-    out = torch.empty((n,) + tuple(shape), dtype=dtype, device=samples.device)
-    total = n * numel
-    has_stream = isinstance(stream, torch.Tensor)
-    block = elementwise_block(total)
-    _normal_kernel[(triton.cdiv(total, block),)](
-        out, samples, stream if has_stream else samples, *seed_words(seed), 0 if has_stream else int(stream),
-        total, numel, HAS_SAMPLES=True, HAS_STREAM=has_stream, FP64=config.NORMAL_FP64, BLOCK=block)
-    return out
 
 
 @triton.jit

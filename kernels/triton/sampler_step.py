@@ -1,4 +1,4 @@
-"""The fused sampler update, Triton  (reference.sampler_update; DDPM Alg. 2 / DDIM Eq. 12).
+"""The fused sampler update, Triton  (reference.sampler_step; DDPM Alg. 2 / DDIM Eq. 12).
 
     out     = uncond + w (cond - uncond)                      (optional CFG, in storage precision
                                                                widened to float32, as the reference)

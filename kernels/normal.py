@@ -62,8 +62,8 @@ def normal(seed: int, samples: torch.Tensor | Sequence[int], stream: int | torch
     if name == "torch":
         return torch_ops.normal(seed, samples, stream, shape, dtype)
     if name == "triton":
-        from .triton.philox import normal as fused
+        from .triton.normal import normal as fused
     else:
-        from .cupy.philox import normal as fused
+        from .cupy.normal import normal as fused
     with device_guard(device):
         return fused(seed, samples, stream, shape, dtype)

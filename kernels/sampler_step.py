@@ -1,4 +1,4 @@
-"""`kernels.sampler_step`: one DDPM or DDIM update in one fused pass  (reference.sampler_update).
+"""`kernels.sampler_step`: one DDPM or DDIM update in one fused pass  (reference.sampler_step).
 
 The rule, with per-sample float64 coefficients c (columns reference.STEP_COEFFICIENTS):
 
@@ -35,7 +35,7 @@ from .validate import (
     sync_checks_enabled,
 )
 
-__all__ = ["sampler_step", "ddpm_step", "ddim_step"]
+__all__ = ["sampler_step"]
 
 
 def _check_like(x, name: str, x_t: torch.Tensor) -> torch.Tensor:
@@ -127,5 +127,3 @@ def sampler_step(x_t: torch.Tensor, model_output: torch.Tensor, coefficients, *,
                      noise, seed, samples_t, stream_v, out)
 
 
-ddpm_step = sampler_step  # DDPM ancestral step: coefficients from reference.ddpm_coefficients
-ddim_step = sampler_step  # DDIM step: coefficients from reference.ddim_coefficients
