@@ -1,4 +1,5 @@
-"""Kernel suite: noising, sampler step, group_norm_silu forward/backward vs their peers.
+"""Kernel suite: one row per op, named after it (normal, q_sample, sampler_step,
+group_norm_silu forward/backward), each against its peers.
 
 Peers in the same run: every available `kernels` backend, torch eager of the same math,
 torch.compile of the same math, and a device-to-device copy of the same number of bytes.
@@ -75,6 +76,25 @@ def _time_peers(report: Report, row: Row, eager, device, compile_peers: bool, re
         row.times["torch-compile"] = bench(compiled, device, **rep)
     row.times["copy"] = _copy_time(row.bytes_moved, device, rep["repeat"])
     report.add(row)
+
+
+def _run_normal(report: Report, device, dtype_name, shape, case, backends, compile_peers, rep):
+    """`normal`: the noise stream's draws for N samples vs torch.randn (same count, other numbers)."""
+    dtype = DTYPES[dtype_name]
+    samples = torch.arange(shape[0], device=device)
+
+    def eager():  # the usual torch code: the global generator, not a per-sample counter stream
+        return torch.randn(shape, device=device, dtype=dtype)
+
+    numel = 1
+    for d in shape:
+        numel *= d
+    row = Row("kernels", case, dict(shape="x".join(map(str, shape)), dtype=dtype_name),
+              bytes_moved=numel * torch.empty((), dtype=dtype).element_size())
+    for b in backends:
+        row.times[b] = bench(lambda b=b: kernels.normal(1, samples, 1, shape[1:], dtype=dtype, backend=b),
+                             device, **rep)
+    _time_peers(report, row, eager, device, compile_peers, rep)
 
 
 def _run_q_sample(report: Report, device, dtype_name, shape, case, backends, compile_peers, rep):
@@ -185,6 +205,7 @@ def run(report: Report, *, device: str, quick: bool, dtypes, compile_peers: bool
         sweep = [2**k for k in range(16, 29, 2)]
     for dtype_name in dtypes:
         for shape in image_shapes:
+            _run_normal(report, device, dtype_name, shape, "normal", backends, compile_peers, rep)
             _run_q_sample(report, device, dtype_name, shape, "q_sample", backends, compile_peers, rep)
             _run_sampler_step(report, device, dtype_name, shape, "sampler_step", backends, compile_peers, rep)
             _run_sampler_step(report, device, dtype_name, shape, "sampler_step", backends, compile_peers,

@@ -11,7 +11,12 @@ from .group_norm_silu import GroupNormSiLU, GroupNormSiLUFunction, group_norm_si
 from .normal import normal
 from .sampler_step import sampler_step
 
+# One name per op (kernels/README.md): reference.<op>, kernels/<op>.py, kernels/{triton,cupy}/<op>.py,
+# tests/test_<op>_*.py and the benchmark rows "<op>..." all use it.
+OPS = ("normal", "q_sample", "sampler_step", "group_norm_silu")
+
 __all__ = [
+    "OPS",
     "BACKENDS",
     "BACKEND_ENV",
     "available_backends",

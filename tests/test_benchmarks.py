@@ -32,6 +32,9 @@ def test_quick_run_writes_json_and_markdown(tmp_path):
     assert "## kernels" in md and "## cpu" in md and "| case |" in md
     kernel_rows = [r for r in report["rows"] if r["suite"] == "kernels"]
     assert all("copy" in r["times"] and r["bytes_moved"] > 0 for r in kernel_rows)
+    # one name per op: every kernel row is named after the op it times (kernels/README.md table)
+    ops = {r["case"].split("-")[0] for r in kernel_rows}
+    assert ops == {"normal", "q_sample", "sampler_step", "group_norm_silu"}, ops
 
 
 def test_bad_arguments():
