@@ -99,16 +99,15 @@ def checkpoint_config(unet_config: reference.UNetConfig, schedule: reference.Sch
 
 
 def check_state_dict(state: dict, config: reference.UNetConfig, what: str = "state dict") -> None:
-    """Raise CheckpointError unless `state` has exactly the parameters of `config`."""
-    expected = reference.parameter_shapes(config)
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [f"{k}: {tuple(state[k].shape)} != {expected[k]}" for k in expected
-             if k in state and tuple(state[k].shape) != tuple(expected[k])]
-    if missing or unexpected or wrong:
-        raise CheckpointError(
-            f"{what} does not match the UNet config: {len(missing)} missing {missing[:3]}, "
-            f"{len(unexpected)} unexpected {unexpected[:3]}, {len(wrong)} wrong shapes {wrong[:3]}")
+    """Raise CheckpointError unless `state` has exactly the parameters of `config`.
+
+    The names are the reference's check; its ValueError becomes a CheckpointError so that a
+    caller can tell a bad checkpoint from a bad argument.
+    """
+    try:
+        reference.check_parameter_names(reference.parameter_shapes(config), state, what)
+    except ValueError as error:
+        raise CheckpointError(str(error)) from None
 
 
 # ----------------------------------------------------------------------------- RNG states

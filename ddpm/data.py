@@ -26,6 +26,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+import reference
+
 __all__ = [
     "ImageDataset",
     "EpochSampler",
@@ -74,9 +76,7 @@ class ImageDataset:
                                  f"got {self.labels.dtype} {tuple(self.labels.shape)}")
             if self.num_classes is None:
                 raise ValueError("num_classes is required when labels are given")
-            lo, hi = int(self.labels.min()), int(self.labels.max())
-            if lo < 0 or hi >= self.num_classes:
-                raise ValueError(f"labels must lie in [0, {self.num_classes}), got min {lo} max {hi}")
+            reference.check_class_labels(self.labels, self.num_classes, "labels")
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -103,9 +103,7 @@ class EpochSampler:
     def __init__(self, n: int, seed: int, position: int = 0):
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be a positive int, got {n!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-        self.n, self.seed, self.position = n, seed, int(position)
+        self.n, self.seed, self.position = n, reference.check_seed(seed), int(position)
         self._epoch, self._perm = -1, np.empty(0, dtype=np.int64)
 
     def _permutation(self, epoch: int) -> np.ndarray:

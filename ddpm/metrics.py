@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+import reference
+
 __all__ = ["DigitClassifier", "HitRate", "train_digit_classifier", "hit_rate", "format_hit_rate"]
 
 
@@ -83,9 +85,7 @@ def hit_rate(classifier: DigitClassifier, images: torch.Tensor, requested: torch
         raise TypeError(f"requested must be int64 class ids, got {requested.dtype}")
     if requested.shape[0] != images.shape[0]:
         raise ValueError(f"requested has {requested.shape[0]} labels for {images.shape[0]} images")
-    req = requested.cpu().numpy()
-    if req.size and (req.min() < 0 or req.max() >= num_classes):
-        raise ValueError(f"requested must lie in [0, {num_classes}), got min {req.min()} max {req.max()}")
+    req = reference.check_class_labels(requested.cpu(), num_classes, "requested")
     predicted = classifier.predict(images)
     confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
     np.add.at(confusion, (req, np.clip(predicted, 0, num_classes - 1)), 1)

@@ -3,11 +3,11 @@
 One optimisation step s on a global batch of B images (split over ranks, see ddpm.distributed):
 
     indices  = EpochSampler(seed).next(B)                  data order (NumPy, per-epoch permutation)
-    t        ~ U{0, ..., T-1}                               } words 2 and 3 of the noise-stream
-    drop     = U[0,1) < label_dropout -> y = null class     } counters, as reference.training_draws
+    t        ~ U{0, ..., T-1}                               } reference.training_draws (host
+    drop     = U[0,1) < label_dropout -> y = null class     } NumPy, B words, one copy to the device)
     flip     = U[0,1) < 1/2 (data that allows flips)        torch.Generator(seed), global batch
     x_t, eps = kernels.q_sample(x0, t, ..., seed, samples=global batch positions,
-                                stream=TRAIN_STREAM_BASE + s)         DDPM Eq. 4, the noise stream
+                                stream=draws.stream)                  DDPM Eq. 4, the noise stream
     loss     = mean_i w_i mean_j (model(x_t, t, y) - target)^2        target eps / x0 / v,
                w = Min-SNR-gamma weights (Hang et al. 2023) or 1       reference.min_snr_weights
 
@@ -33,7 +33,6 @@ from torch import nn
 
 import kernels
 import reference
-from kernels.torch_ops import philox_words, uint_to_uniform_float
 
 from .checkpoint import (
     Checkpoint,
@@ -111,8 +110,7 @@ class TrainConfig:
             positive_int(name)
         if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be a non-negative int, got {self.warmup_steps!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
-            raise ValueError(f"seed must be an int in [0, 2**63), got {self.seed!r}")
+        self.seed = reference.check_seed(self.seed)  # the noise stream's range: [0, 2**64)
         for name, lo, hi in (("lr", 0.0, math.inf), ("adam_eps", 0.0, math.inf)):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and lo < v < hi):
@@ -270,9 +268,8 @@ class Trainer:
             raise ValueError(f"the model is class-conditional (num_classes={cfg.num_classes}); y is required")
         if y.dtype != torch.int64 or y.shape != (x0.shape[0],):
             raise ValueError(f"y must be int64 of shape ({x0.shape[0]},), got {y.dtype} {tuple(y.shape)}")
-        if y.device.type == "cpu" and y.numel() and (int(y.min()) < 0 or int(y.max()) > cfg.num_classes):
-            raise ValueError(f"y must lie in [0, {cfg.num_classes}] ({cfg.num_classes} = null class), "
-                             f"got min {int(y.min())} max {int(y.max())}")
+        if y.device.type == "cpu":
+            reference.check_class_labels(y, cfg.num_classes, "y", allow_null=True)
 
     # ------------------------------------------------------------------ the objective
     def target(self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -303,7 +300,7 @@ class Trainer:
         self.check_batch(x0, y)
         x_t, eps = kernels.q_sample(x0, t, self._sqrt_alpha_bar, self._sqrt_one_minus_alpha_bar,
                                     noise=None, seed=self.config.seed, samples=samples,
-                                    stream=reference.TRAIN_STREAM_BASE + step)
+                                    stream=reference.train_stream(step))
         target = self.target(x0, eps, t)
         # Dropout draws from the global torch RNG: seed it per (seed, step, rank) for this forward
         # only, so ranks draw different masks (they share the global seed) and a resumed run
@@ -322,12 +319,10 @@ class Trainer:
         """Global-batch draws (identical on every rank), then this rank's slice, on the device."""
         cfg, B = self.config, self.config.batch_size
         indices = torch.from_numpy(self.sampler.next(B))
-        # t and label dropout from words 2 and 3 of the step's noise-stream counters, exactly as
-        # reference.training_draws: a function of (seed, global sample index, step) only.
-        words = philox_words(cfg.seed, torch.arange(B, dtype=torch.int64),
-                             reference.TRAIN_STREAM_BASE + self.step, 1)[:, 0, :]
-        t = (words[:, 2] * self.schedule.T) >> 32                 # Lemire multiply-shift on [0, T)
-        drop = uint_to_uniform_float(words[:, 3]) < cfg.label_dropout
+        # The reference decides t and the dropped labels from (seed, global batch position, step)
+        # only, so every rank and a resumed run draw the same; B words on the host, then one copy.
+        draws = reference.training_draws(cfg.seed, np.arange(B), self.step, self.schedule.T, cfg.label_dropout)
+        t, drop = torch.from_numpy(draws.t), torch.from_numpy(draws.label_drop)
         flip = torch.rand(B, generator=self.generator) < 0.5
         mine = rank_slice(B, self.ctx)
         device = self.ctx.device

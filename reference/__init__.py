@@ -4,6 +4,7 @@ float64 by default, float32 on request. Imports nothing of `kernels`, `ddpm`, `t
 `benchmarks`.
 """
 
+from ._validate import check_class_labels, check_parameter_names, check_seed  # shared by ddpm
 from .losses import min_snr_weights, training_target, weighted_mse, weighted_mse_backward
 from .metrics import energy_distance, mean_pairwise_distance, sliced_wasserstein
 from .mlp import MLP
@@ -47,6 +48,6 @@ from .process import (
 from .sampling import guided, initial_noise, sample_ddim, sample_ddpm, sample_dpm_solver_pp
 from .schedules import SCHEDULE_KINDS, SPACINGS, Schedule, make_schedule, timestep_subset
 from .toy_data import DATASETS, dataset_num_classes, make_dataset
-from .train import train_step, train_stream, training_draws  # the loop: reference.train.train
+from .train import TrainingDraws, train_step, train_stream, training_draws  # the loop: reference.train.train
 from .unet_config import UNetConfig, count_parameters, parameter_shapes
 from .unet import UNet

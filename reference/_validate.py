@@ -85,3 +85,65 @@ def check_eta(eta) -> float:
     if not np.isfinite(eta) or not 0.0 <= eta <= 1.0:
         raise ValueError(f"eta must lie in [0, 1], got {eta!r}")
     return float(eta)
+
+
+def check_seed(seed, name: str = "seed") -> int:
+    """A seed of the noise stream: an int in [0, 2**64), the 64-bit Philox key (DESIGN contract 2).
+
+    One range for every seed of the house (training, sampling, data order), so a seed that
+    trains also samples. kernels/validate.py keeps a copy because kernels never import reference.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(seed).__name__}")
+    if not 0 <= int(seed) < 2**64:
+        raise ValueError(f"{name} must lie in [0, 2**64), got {seed}")
+    return int(seed)
+
+
+def check_class_labels(y, num_classes: int, name: str = "y", *, allow_null: bool = False) -> np.ndarray:
+    """Integer class ids (host values: an int, a sequence, an ndarray or a CPU tensor) as int64.
+
+    Ids lie in [0, num_classes); with allow_null the id num_classes (the null class of
+    classifier-free guidance) is accepted too. The shape is the caller's to check.
+    """
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    arr = np.asarray(y)
+    if arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer):
+        got = type(y).__name__ if arr.dtype == object else arr.dtype
+        raise TypeError(f"{name} must be integer class ids, got {got}")
+    high = num_classes + 1 if allow_null else num_classes
+    if arr.size and (arr.min() < 0 or arr.max() >= high):
+        span = f"[0, {num_classes}] ({num_classes} = the null class)" if allow_null else f"[0, {num_classes})"
+        got = f"{int(arr)}" if arr.ndim == 0 else f"min {arr.min()} max {arr.max()}"
+        raise ValueError(f"{name} must lie in {span}, got {got}")
+    return arr.astype(np.int64)
+
+
+def _shape_of(value) -> tuple:
+    """The shape of an array or a tensor (np.shape reads `.shape` first), or a shape given as a tuple."""
+    return tuple(value) if isinstance(value, tuple) else tuple(np.shape(value))
+
+
+def _format_names(kind: str, names: list, limit: int = 10) -> str:
+    more = " ..." if len(names) > limit else ""
+    return f"{kind} {len(names)} key(s): {names[:limit]}{more}"
+
+
+def check_parameter_names(expected, params, what: str = "params", against: str = "the UNet config") -> None:
+    """Raise a ValueError listing every missing, unexpected and mis-shaped parameter at once.
+
+    expected: name -> shape (e.g. parameter_shapes(config)); params: name -> array, tensor or
+    shape. One check for the NumPy model, the torch model and checkpoints, because the contract
+    (DESIGN 3) is one parameter naming: a state dict moves between them by name.
+    """
+    missing = [name for name in expected if name not in params]
+    unexpected = [name for name in params if name not in expected]
+    wrong = [f"{name}: expected {tuple(expected[name])}, got {_shape_of(params[name])}"
+             for name in expected if name in params and _shape_of(params[name]) != tuple(expected[name])]
+    if missing or unexpected or wrong:
+        parts = ([_format_names("missing", missing)] if missing else []) + \
+                ([_format_names("unexpected", unexpected)] if unexpected else [])
+        if wrong:
+            parts.append(f"{len(wrong)} wrong shape(s): {wrong[:10]}" + (" ..." if len(wrong) > 10 else ""))
+        raise ValueError(f"{what} does not match {against}: " + "; ".join(parts))

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._validate import check_seed
+
 __all__ = [
     "philox4x32",
     "philox_words",
@@ -90,14 +92,6 @@ def philox4x32(counter, key, rounds: int = 10) -> np.ndarray:
     return np.stack([c0, c1, c2, c3], axis=-1).astype(np.uint32)
 
 
-def _check_seed(seed) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-    if not 0 <= int(seed) < 2**64:
-        raise ValueError(f"seed must lie in [0, 2**64), got {seed}")
-    return int(seed)
-
-
 def _check_index(values, name: str, max_ndim: int = 1) -> np.ndarray:
     arr = np.asarray(values)
     if arr.dtype == bool or arr.dtype == object or not np.issubdtype(arr.dtype, np.integer):
@@ -117,7 +111,7 @@ def philox_words(seed: int, samples, stream, numel: int) -> np.ndarray:
     samples: (N,) integer sample indices; stream: an int or (N,) integers.
     Returns uint32 of shape (N, numel, 4).
     """
-    seed = _check_seed(seed)
+    seed = check_seed(seed)
     samples = _check_index(samples, "samples").reshape(-1)  # an int is one sample
     stream = _check_index(stream, "stream")
     if stream.ndim == 0:

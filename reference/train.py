@@ -21,7 +21,7 @@ stream s = TRAIN_STREAM_BASE + step and counters (j, 0, i, s):
     noise element j       Box-Muller of words 0 and 1 of counter j    (= reference.normal)
     timestep t_i          (word 2 of counter j=0) * T >> 32            (uniform on [0, T);
                           Lemire's multiply-shift, bias <= T / 2**32)
-    label dropout         uniform(word 3 of counter j=0) < class_dropout   (label -> null class)
+    label dropout         uniform(word 3 of counter j=0) < label_dropout   (label -> null class)
     dropout masks         uniform(word 0 of counter j) >= p, kept; j = D + o_b + k for element k
                           of block b's mask, D = elements of one x0 sample, o_b = the sizes of
                           the blocks before b (forward order): counters the noise never uses
@@ -33,7 +33,7 @@ batch_size)` (with replacement), so a resumed run draws the same batches.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -44,7 +44,7 @@ from .optim import EMA, Adam, clip_grad_norm, global_norm
 from .process import PREDICTIONS, q_sample
 from .schedules import Schedule, check_schedule
 
-__all__ = ["training_draws", "dropout_masks", "train_step", "train", "train_stream"]
+__all__ = ["TrainingDraws", "training_draws", "dropout_masks", "train_step", "train", "train_stream"]
 
 
 def train_stream(step: int) -> int:
@@ -56,25 +56,36 @@ def train_stream(step: int) -> int:
     return TRAIN_STREAM_BASE + int(step)
 
 
-def training_draws(seed: int, samples, step: int, sample_shape, T: int, class_dropout: float = 0.0):
-    """The random numbers of one training step (see the module docstring).
+class TrainingDraws(NamedTuple):
+    """The draws of one training step for the rows `samples` (module docstring).
 
-    samples: (N,) global sample indices. Returns t (N,) int64 in [0, T), noise (N, *sample_shape)
-    float32, and drop (N,) bool (True: replace the label by the null class).
+    t: (N,) int64 timesteps in [0, T); label_drop: (N,) bool, True where the label becomes the
+    null class; stream: the noise-stream id of the step, so eps = normal(seed, samples, stream,
+    sample_shape) (the reference computes it in NumPy, ddpm.Trainer inside kernels.q_sample).
     """
-    if isinstance(class_dropout, bool) or not isinstance(class_dropout, (int, float, np.integer, np.floating)):
-        raise TypeError(f"class_dropout must be a number, got {type(class_dropout).__name__}")
-    if not 0.0 <= class_dropout <= 1.0:
-        raise ValueError(f"class_dropout must lie in [0, 1], got {class_dropout}")
+
+    t: np.ndarray
+    label_drop: np.ndarray
+    stream: int
+
+
+def training_draws(seed: int, samples, step: int, T: int, label_dropout: float = 0.0) -> TrainingDraws:
+    """t and the label-dropout mask of training step `step` from word 2 and 3 of counter j = 0.
+
+    One function for the reference loop and ddpm.Trainer: both draw the same t and dropped labels
+    for the same (seed, global sample index, step), whatever the batch split over processes.
+    """
+    if isinstance(label_dropout, bool) or not isinstance(label_dropout, (int, float, np.integer, np.floating)):
+        raise TypeError(f"label_dropout must be a number, got {type(label_dropout).__name__}")
+    if not 0.0 <= label_dropout <= 1.0:
+        raise ValueError(f"label_dropout must lie in [0, 1], got {label_dropout}")
     if isinstance(T, bool) or not isinstance(T, (int, np.integer)) or T < 1:
         raise ValueError(f"T must be a positive int, got {T!r}")
     stream = train_stream(step)
-    samples = np.asarray(samples)
-    noise = normal(seed, samples, stream, sample_shape)
-    words = philox_words(seed, samples, stream, 1)[:, 0, :]  # counter j = 0: (N, 4)
-    t = ((words[:, 2].astype(np.uint64) * np.uint64(T)) >> np.uint64(32)).astype(np.int64)
-    drop = uint_to_uniform_float(words[:, 3]) < np.float32(class_dropout)
-    return t, noise, drop
+    words = philox_words(seed, np.asarray(samples), stream, 1)[:, 0, :]  # counter j = 0: (N, 4)
+    t = ((words[:, 2].astype(np.uint64) * np.uint64(T)) >> np.uint64(32)).astype(np.int64)  # Lemire
+    label_drop = uint_to_uniform_float(words[:, 3]) < np.float32(label_dropout)
+    return TrainingDraws(t, label_drop, stream)
 
 
 def dropout_masks(model, seed: int, samples, step: int, offset: int) -> dict | None:
@@ -98,7 +109,7 @@ def dropout_masks(model, seed: int, samples, step: int, offset: int) -> dict | N
 
 def train_step(model, optimizer: Adam, x0: np.ndarray, schedule: Schedule, seed: int, step: int,
                y=None, *, samples=None, prediction: str = "epsilon", min_snr_gamma: float | None = None,
-               class_dropout: float = 0.0, ema: EMA | None = None,
+               label_dropout: float = 0.0, ema: EMA | None = None,
                grad_clip: float | None = None) -> dict:
     """One optimisation step of DDPM Alg. 1 (Ho et al. 2020) on the batch x0 (N, ...).
 
@@ -109,7 +120,7 @@ def train_step(model, optimizer: Adam, x0: np.ndarray, schedule: Schedule, seed:
     the optimiser step and the EMA update.
 
     y: (N,) int labels for a conditional model (dropped to the null class with probability
-    class_dropout). samples: the (N,) global indices of the rows (default arange(N)).
+    label_dropout). samples: the (N,) global indices of the rows (default arange(N)).
     Returns {"loss": float, "grad_norm": float (before clipping)}.
     """
     check_schedule(schedule)
@@ -125,14 +136,14 @@ def train_step(model, optimizer: Adam, x0: np.ndarray, schedule: Schedule, seed:
         y = np.asarray(y)
         if y.dtype == bool or not np.issubdtype(y.dtype, np.integer) or y.shape != (n,):
             raise TypeError(f"y must be an integer array of shape ({n},), got {y.dtype} {y.shape}")
-    if class_dropout and num_classes is None:
-        raise ValueError("class_dropout needs a conditional model (num_classes set)")
+    if label_dropout and num_classes is None:
+        raise ValueError("label_dropout needs a conditional model (num_classes set)")
 
-    t, noise, drop = training_draws(seed, samples, step, x0.shape[1:], schedule.T, class_dropout)
-    noise = noise.astype(x0.dtype)
+    t, label_drop, stream = training_draws(seed, samples, step, schedule.T, label_dropout)
+    noise = normal(seed, samples, stream, x0.shape[1:]).astype(x0.dtype)
     if num_classes is not None:
         labels = np.full(n, num_classes, dtype=np.int64) if y is None else y.astype(np.int64)
-        y = np.where(drop, num_classes, labels)
+        y = np.where(label_drop, num_classes, labels)
     x_t = q_sample(x0, t, noise, schedule)
     target = training_target(x0, noise, t, schedule, prediction)
     weights = None if min_snr_gamma is None else min_snr_weights(t, schedule, prediction, min_snr_gamma)
@@ -152,7 +163,7 @@ def train_step(model, optimizer: Adam, x0: np.ndarray, schedule: Schedule, seed:
 def train(model, x0: np.ndarray, schedule: Schedule, *, steps: int, batch_size: int, seed: int = 0,
           y=None, optimizer: Adam | None = None, ema: EMA | None = None, start_step: int = 0,
           prediction: str = "epsilon", min_snr_gamma: float | None = None,
-          class_dropout: float = 0.0, grad_clip: float | None = None,
+          label_dropout: float = 0.0, grad_clip: float | None = None,
           callback: Callable[[int, dict], None] | None = None) -> dict:
     """Run `steps` optimisation steps (start_step, ..., start_step + steps - 1) on the dataset x0.
 
@@ -176,7 +187,7 @@ def train(model, x0: np.ndarray, schedule: Schedule, *, steps: int, batch_size: 
         rows = np.random.default_rng([seed, step]).integers(0, x0.shape[0], batch_size)
         record = train_step(model, optimizer, x0[rows], schedule, seed, step,
                             None if y is None else y[rows], prediction=prediction,
-                            min_snr_gamma=min_snr_gamma, class_dropout=class_dropout,
+                            min_snr_gamma=min_snr_gamma, label_dropout=label_dropout,
                             ema=ema, grad_clip=grad_clip)
         history["loss"].append(record["loss"])
         history["grad_norm"].append(record["grad_norm"])

@@ -132,23 +132,33 @@ def test_ema_follows_its_closed_form():
 
 def test_training_draws_are_the_documented_noise_stream_words():
     samples = np.array([5, 0, 77])
-    t, noise, drop = training_draws(11, samples, 3, (2, 3), 1000, class_dropout=0.5)
-    assert train_stream(3) == TRAIN_STREAM_BASE + 3
-    assert noise.tobytes() == normal(11, samples, TRAIN_STREAM_BASE + 3, (2, 3)).tobytes()
+    t, drop, stream = training_draws(11, samples, 3, 1000, label_dropout=0.5)
+    assert stream == train_stream(3) == TRAIN_STREAM_BASE + 3
     words = philox_words(11, samples, TRAIN_STREAM_BASE + 3, 1)[:, 0]
     assert t.tolist() == [(int(w) * 1000) >> 32 for w in words[:, 2]]
     assert drop.tolist() == (uint_to_uniform_float(words[:, 3]) < np.float32(0.5)).tolist()
 
 
+def test_training_draws_keep_their_numbers():
+    """Pinned values (the draws before they became one public function): resumed runs and old
+    checkpoints train on the same t and dropped labels; 2**64 - 1 is a valid seed."""
+    t, drop, _ = training_draws(2**64 - 1, np.array([0, 3, 7, 2**32 - 1]), 12, 1000, 0.5)
+    assert t.tolist() == [573, 583, 795, 508] and drop.tolist() == [False, True, False, True]
+    t, drop, _ = training_draws(5, np.arange(8), 3, 50, 0.3)
+    assert t.tolist() == [26, 40, 31, 36, 0, 9, 39, 25]
+    assert drop.tolist() == [False, True, False, True, False, False, True, False]
+
+
 def test_training_draws_of_a_sample_do_not_depend_on_the_batch():
-    full = training_draws(4, np.arange(10), 9, (3,), 100, 0.3)
-    part = training_draws(4, np.array([8, 2]), 9, (3,), 100, 0.3)
-    for a, b in zip(full, part):
+    full = training_draws(4, np.arange(10), 9, 100, 0.3)
+    part = training_draws(4, np.array([8, 2]), 9, 100, 0.3)
+    for a, b in zip(full[:2], part[:2]):
         assert a[[8, 2]].tobytes() == b.tobytes()
+    assert full.stream == part.stream
 
 
 def test_training_timesteps_are_uniform_and_dropout_has_its_rate():
-    t, _, drop = training_draws(0, np.arange(100_000), 0, (1,), 10, class_dropout=0.2)
+    t, drop, _ = training_draws(0, np.arange(100_000), 0, 10, label_dropout=0.2)
     counts = np.bincount(t, minlength=10)
     assert t.min() == 0 and t.max() == 9
     chi2 = np.sum((counts - 10_000) ** 2 / 10_000)
@@ -178,9 +188,10 @@ def test_train_step_is_the_loss_of_its_draws_then_one_adam_step(prediction, gamm
     y = np.array([0, 1, 2, 0, 1, 2])
     samples = np.arange(10, 16)
     record = train_step(model, Adam(model.params, lr=1e-2), x0, s, seed=7, step=4, y=y, samples=samples,
-                        prediction=prediction, min_snr_gamma=gamma, class_dropout=0.5)
-    # the same step by hand
-    t, noise, drop = training_draws(7, samples, 4, shape, 40, 0.5)
+                        prediction=prediction, min_snr_gamma=gamma, label_dropout=0.5)
+    # the same step by hand: the draws, and the noise of their stream
+    t, drop, stream = training_draws(7, samples, 4, 40, 0.5)
+    noise = normal(7, samples, stream, shape)
     labels = np.where(drop, 3, y)
     x_t = q_sample(x0, t, noise.astype(np.float64), s)
     out = reference_model.forward(x_t, t, labels)
@@ -215,7 +226,7 @@ def test_train_lowers_the_loss_and_resumes_exactly():
         return MLP(hidden_dim=32, num_layers=2, num_timesteps=50, num_classes=8, seed=1)
 
     model = fresh()
-    history = train(model, data, s, steps=400, batch_size=64, seed=3, y=labels, class_dropout=0.1,
+    history = train(model, data, s, steps=400, batch_size=64, seed=3, y=labels, label_dropout=0.1,
                     optimizer=Adam(model.params, lr=3e-3))
     assert len(history["loss"]) == 400 and len(history["grad_norm"]) == 400
     first, last = np.mean(history["loss"][:50]), np.mean(history["loss"][-50:])
@@ -258,14 +269,14 @@ X = np.zeros((3, 2))
     (lambda: clip_grad_norm(random_params(), 0.0), ValueError, "max_norm must be > 0"),
     (lambda: train_step(M, Adam(M.params), X, S, 0, 0, y=np.zeros(3, np.int64)), ValueError,
      "y was given but the model has no num_classes"),
-    (lambda: train_step(M, Adam(M.params), X, S, 0, 0, class_dropout=0.1), ValueError,
-     "class_dropout needs a conditional model"),
+    (lambda: train_step(M, Adam(M.params), X, S, 0, 0, label_dropout=0.1), ValueError,
+     "label_dropout needs a conditional model"),
     (lambda: train_step(MC, Adam(MC.params), X, S, 0, 0, y=np.zeros(2, np.int64)), TypeError,
      r"y must be an integer array of shape \(3,\)"),
-    (lambda: train_step(MC, Adam(MC.params), X, S, 0, 0, class_dropout=1.5), ValueError,
-     r"class_dropout must lie in \[0, 1\]"),
-    (lambda: train_step(MC, Adam(MC.params), X, S, 0, 0, class_dropout="0.1"), TypeError,
-     "class_dropout must be a number"),
+    (lambda: train_step(MC, Adam(MC.params), X, S, 0, 0, label_dropout=1.5), ValueError,
+     r"label_dropout must lie in \[0, 1\]"),
+    (lambda: train_step(MC, Adam(MC.params), X, S, 0, 0, label_dropout="0.1"), TypeError,
+     "label_dropout must be a number"),
     (lambda: train_step(M, Adam(M.params), X, S, 0, 0, prediction="x0"), ValueError, "prediction must be one of"),
     (lambda: train_step(M, Adam(M.params), X, "linear", 0, 0), TypeError, "schedule must be a reference Schedule"),
     (lambda: train_step(M, Adam(M.params), np.full((3, 2), np.nan), S, 0, 0), ValueError, "x0 contains NaN"),

@@ -102,10 +102,23 @@ def test_timesteps_and_label_dropout_are_the_reference_training_draws():
     for step in (0, 5):
         trainer.step = step
         _, t, y, samples = trainer._draw_batch()
-        t_ref, _, drop_ref = training_draws(trainer.config.seed, samples.cpu().numpy(), step, (1,),
+        t_ref, drop_ref, _ = training_draws(trainer.config.seed, samples.cpu().numpy(), step,
                                             trainer.schedule.T, 0.3)
         assert t.cpu().tolist() == t_ref.tolist()
         assert ((y == trainer.model.null_class).cpu().numpy() == drop_ref).all()
+
+
+def test_every_seed_of_the_noise_stream_trains():
+    """One seed range for the house: training takes the noise stream's whole [0, 2**64)."""
+    from reference.train import training_draws
+
+    trainer = make_trainer(batch_size=6, label_dropout=0.5, seed=2**64 - 1)
+    _, t, y, samples = trainer._draw_batch()
+    t_ref, drop_ref, _ = training_draws(2**64 - 1, samples.numpy(), 0, trainer.schedule.T, 0.5)
+    assert t.tolist() == t_ref.tolist() and ((y == 3).numpy() == drop_ref).all()
+    assert not trainer.train_step().skipped
+    with pytest.raises(ValueError, match=r"seed must lie in \[0, 2\*\*64\), got 18446744073709551616"):
+        TrainConfig(seed=2**64)
 
 
 def test_horizontal_flip_only_when_the_data_allows_it():
