@@ -6,7 +6,6 @@ Tables come from `reference/` (float64, cast once); hot paths go through `kernel
 from .diffusers_io import config_from_diffusers, diffusers_config, save_diffusers, to_diffusers
 from .fast_sampler import FastSampler
 from .samplers import SAMPLERS, Sampler, sample
-from .schedule import TorchSchedule
 from .unet import UNet
 from .checkpoint import Checkpoint, CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from .data import ImageDataset, load_dataset
@@ -16,7 +15,6 @@ from .train import NonFiniteLossError, TrainConfig, Trainer
 
 __all__ = [
     "UNet",
-    "TorchSchedule",
     "sample",
     "Sampler",
     "FastSampler",

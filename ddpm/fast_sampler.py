@@ -1,7 +1,8 @@
 """The fast sampler: the whole denoising loop captured once in a CUDA graph and replayed.
 
-`FastSampler` runs exactly the loop of `ddpm.Sampler` (same timesteps, same float64 step
-coefficients, one `kernels.sampler_step` per DDPM/DDIM step, the same noise stream) on a copy
+`FastSampler` runs `ddpm.Sampler.loop` itself (the plan of `reference.sampling_plan`: same
+timesteps, same float64 step coefficients, one `kernels.sampler_step` per DDPM/DDIM step, the
+same noise stream) on a copy
 of the model prepared for speed: bf16 weights and activations, channels_last memory format,
 fused kernels (`backend="auto"` picks Triton on CUDA). On CUDA the first call for a batch size
 records every step (model forward + fused update) into one `torch.cuda.CUDAGraph`; later calls
@@ -33,7 +34,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .samplers import SAMPLERS, Sampler
+from .samplers import Sampler
 
 __all__ = ["FastSampler"]
 
@@ -51,7 +52,7 @@ class FastSampler:
 
     Args:
         model: the eps/x0/v model, e.g. a trained `ddpm.UNet` (it is copied, not modified).
-        schedule: the training schedule (reference.Schedule or ddpm.TorchSchedule).
+        schedule: the training schedule (a reference.Schedule).
         image_shape: (C, H, W); default from `model.config` when the model has one.
         sampler, num_steps, eta, spacing, clip, prediction, variance, guidance_scale: as in
             `ddpm.sample`.
@@ -75,8 +76,6 @@ class FastSampler:
                  backend: str = "auto", max_graphs: int = 4):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        if sampler not in SAMPLERS:
-            raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
         if device is None:
             device = next((p.device for p in model.parameters()), torch.device("cpu"))
         self.device = torch.device(device)
@@ -103,13 +102,15 @@ class FastSampler:
         if self.channels_last:
             fast = fast.to(memory_format=torch.channels_last)
         self.model = fast
-        self.stochastic = sampler == "ddpm" or (sampler == "ddim" and eta > 0)
         if isinstance(max_graphs, bool) or not isinstance(max_graphs, int) or max_graphs < 1:
             raise ValueError(f"max_graphs must be a positive int, got {max_graphs!r}")
         self.max_graphs = max_graphs
         self._cache: "OrderedDict[tuple, _Captured]" = OrderedDict()
         # Validate every option once, now, on a batch of one (raises like ddpm.sample would).
-        self._make_sampler(1, seed=0, samples=None, y=self._validation_labels())
+        probe = self._make_sampler(1, seed=0, samples=None, y=self._validation_labels())
+        self.plan = probe.plan
+        # the per-step noise's seed is baked into a graph: a stochastic plan captures per seed
+        self.stochastic = self.plan.needs_noise
 
     # ------------------------------------------------------------------ helpers
 
@@ -131,12 +132,6 @@ class FastSampler:
         """Graphs capture and replay on the current CUDA device: make it ours."""
         return torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext()
 
-    def _loop(self, runner: Sampler, x: torch.Tensor) -> torch.Tensor:
-        runner._x0_last = None  # DPM-Solver++ history starts empty
-        for k in range(runner.num_steps):
-            x = runner.step(x, k)
-        return x
-
     def _capture(self, n: int, seed: int, samples, y) -> _Captured:
         runner = self._make_sampler(n, seed, samples, y)
         x_T = self._state_buffer(n)
@@ -147,11 +142,11 @@ class FastSampler:
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side), torch.no_grad():
-            self._loop(runner, x_T)
+            runner.loop(x_T)
         torch.cuda.current_stream(self.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph), torch.no_grad():
-            x_0 = self._loop(runner, x_T)
+            x_0 = runner.loop(x_T)
         return _Captured(runner, graph, x_T, x_0)
 
     # ------------------------------------------------------------------ the call
@@ -177,12 +172,10 @@ class FastSampler:
             self._cache[key] = entry
         self._cache.move_to_end(key)
         runner = entry.sampler
-        runner.samples.copy_(fresh.samples)
-        if fresh.y_model is not None:
-            runner.y_model.copy_(fresh.y_model)
+        runner.copy_inputs_(fresh)
         entry.x_T.copy_(fresh.initial_noise())
         if entry.graph is None:
-            return self._loop(runner, entry.x_T).clone()
+            return runner.loop(entry.x_T).clone()
         with self._device():
             entry.graph.replay()
         return entry.x_0.clone()

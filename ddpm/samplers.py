@@ -1,21 +1,23 @@
 """Samplers in torch: DDPM ancestral, DDIM, DPM-Solver++(2M), classifier-free guidance.
 
-The loops mirror `reference/sampling.py` step for step, so that in float64 on the CPU a torch
-trajectory equals the reference's to round-off:
+A `Sampler` executes a `reference.sampling_plan`, the plan the reference loop
+(`reference.sample_plan`) executes in NumPy, so that in float64 on the CPU a torch trajectory
+equals the reference's to round-off:
 
-- coefficients come from `reference.ddpm_coefficients` / `reference.ddim_coefficients`
-  (float64 NumPy, computed once per run, then one (K, 8) float64 tensor on the device);
-- each DDPM/DDIM step is ONE `kernels.sampler_step` call (the elementwise rule of
-  `reference.sampler_step`, with the classifier-free-guidance combine fused in);
+- timesteps, float64 coefficient rows and noise streams are the plan's (computed once per run
+  in NumPy, then one (K, C) float64 tensor on the device); nothing here chooses a timestep,
+  a coefficient or a default;
+- each DDPM/DDIM step ("sampler_step" kind) is ONE `kernels.sampler_step` call (the elementwise
+  rule of `reference.sampler_step`, with the classifier-free-guidance combine fused in);
 - every Gaussian number comes from the noise stream (DESIGN contract 2): x_T from stream
-  `SAMPLER_INIT_STREAM`, step k (0-based) from stream `sampler_step_stream(k)` = k + 1, for the
-  GLOBAL sample indices `samples`, so sample i is the same whatever batch it is drawn in;
-- DPM-Solver++(2M) has no fused kernel: its update is one line of tensor math with the float64
-  coefficients of `reference.dpm_solver_pp_coefficients` (what the reference step uses).
+  `SAMPLER_INIT_STREAM`, step k from the plan's `noise_streams[k]` (= k + 1), for the GLOBAL
+  sample indices `samples`, so sample i is the same whatever batch it is drawn in;
+- DPM-Solver++(2M) ("dpm_solver_pp_2m" kind) has no fused kernel: its update is one line of
+  tensor math with the plan's rows (`reference.dpm_solver_pp_2m_update`).
 
-`Sampler` precomputes everything a run needs (timesteps, coefficients, sample indices, the
-batched class labels) so that `Sampler.step(x, k)` does no host-side work but the model call and
-one kernel launch: the seam for CUDA graphs and the fast sampler.
+`Sampler` precomputes everything a run needs (plan, sample indices, the batched class labels)
+so that `Sampler.step(x, k)` does no host-side work but the model call and one kernel launch:
+`Sampler.loop` is the seam for CUDA graphs and the fast sampler.
 """
 
 from __future__ import annotations
@@ -28,28 +30,12 @@ from torch import nn
 
 import kernels
 from kernels.validate import check_finite_number
-from reference._validate import check_clip, check_eta
-from reference.noise import SAMPLER_INIT_STREAM, sampler_step_stream
-from reference.process import (
-    PREDICTIONS,
-    VARIANCES,
-    ddim_coefficients,
-    ddpm_coefficients,
-    dpm_solver_pp_coefficients,
-)
-from reference.schedules import timestep_subset
+from reference.noise import SAMPLER_INIT_STREAM
+from reference.sampling_plan import NO_NOISE, SAMPLERS, sampling_plan
+from reference.schedules import check_schedule
 
-from .schedule import as_reference_schedule
+__all__ = ["SAMPLERS", "Sampler", "sample"]
 
-__all__ = ["SAMPLERS", "DEFAULT_NUM_STEPS", "DEFAULT_SPACING", "Sampler", "sample"]
-
-SAMPLERS = ("ddpm", "ddim", "dpm_solver++")
-# num_steps=None: every timestep for DDPM, else these (capped at T), the reference's defaults.
-DEFAULT_NUM_STEPS = {"ddim": 50, "dpm_solver++": 20}
-# spacing=None: "leading" (diffusers' DDIM default) for ddpm/ddim; "trailing" for DPM-Solver++,
-# whose second-order step into t = 0 with leading/linspace spacing extrapolates over a very
-# uneven log-SNR step (r ~ 0.1): 2.7x vs 1.6x the data floor on the toy demo.
-DEFAULT_SPACING = {"ddpm": "leading", "ddim": "leading", "dpm_solver++": "trailing"}
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 Callback = Callable[[int, int, torch.Tensor], None]
@@ -91,12 +77,57 @@ def _model_device(model) -> torch.device | None:
     return None
 
 
-class Sampler:
-    """One sampling run, precomputed: `run()` = x_T, then `step(x, k)` for k = 0..K-1.
+def _check_dtype(dtype) -> torch.dtype:
+    if not isinstance(dtype, torch.dtype) or dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"dtype must be one of {_FLOAT_DTYPES}, got {dtype!r}")
+    return dtype
 
-    Arguments are those of `sample` (see there). Attributes: `timesteps` (K,) int64 NumPy (the
-    model's t per step, descending), `num_steps` K, `samples` (N,) int64 on `device`,
-    `coefficients` (K, 8) float64 on `device` for DDPM/DDIM (columns reference.STEP_COEFFICIENTS).
+
+def _check_shape(shape) -> tuple[int, ...]:
+    if isinstance(shape, torch.Size):
+        shape = tuple(shape)
+    if not isinstance(shape, (tuple, list)) or len(shape) < 2:
+        raise TypeError(f"shape must be a tuple (N, C, ...) of at least 2 ints, got {shape!r}")
+    return tuple(_check_int(d, f"shape[{i}]", low=1) for i, d in enumerate(shape))
+
+
+def _sample_indices(samples, n: int, device: torch.device) -> torch.Tensor:
+    """The (n,) GLOBAL sample indices of the noise stream's counter (DESIGN contract 2)."""
+    samples = _index_tensor(np.arange(n) if samples is None else samples, n, "samples", device)
+    if samples.numel() and (int(samples.min()) < 0 or int(samples.max()) >= 2**32):
+        raise ValueError(f"samples must lie in [0, 2**32), got min {int(samples.min())} "
+                         f"max {int(samples.max())}")
+    return samples
+
+
+def _model_labels(model, y, n: int, guidance_scale: float, device: torch.device):
+    """(y, labels of the model call): classifier-free guidance (Ho & Salimans 2022) calls the
+    model once on [x; x] with labels [y; null class]."""
+    null_class = getattr(model, "null_class", None)
+    if y is not None:
+        y = _index_tensor(y, n, "y", device)
+        if null_class is not None and y.numel() and (int(y.min()) < 0 or int(y.max()) > null_class):
+            raise ValueError(f"y must lie in [0, {null_class}] (num_classes = {null_class} is the "
+                             f"null class), got min {int(y.min())} max {int(y.max())}")
+    if guidance_scale == 1.0:
+        return y, y
+    if null_class is None:
+        raise ValueError(f"guidance_scale={guidance_scale} needs a class-conditional model "
+                         "(one with a null_class, e.g. ddpm.UNet with config.num_classes); "
+                         f"{type(model).__name__} has none")
+    if y is None:
+        raise ValueError(f"guidance_scale={guidance_scale} needs class labels y")
+    return y, torch.cat([y, torch.full_like(y, null_class)])
+
+
+class Sampler:
+    """One sampling run: a `reference.sampling_plan`, a model and one `kernels.sampler_step` per step.
+
+    Arguments are those of `sample` (see there). `run(x_T)` validates x_T and calls `loop(x_T)`,
+    which is `reset()` then `step(x, k)` for k = 0..K-1: the public loop that `FastSampler`
+    captures into a CUDA graph. Attributes: `plan` (the reference plan), `timesteps` (K,) int64
+    NumPy (the model's t per step, descending), `num_steps` K, `samples` (N,) int64 on `device`,
+    `coefficients` (K, C) float64 on `device` (columns `plan.coefficient_names`).
     """
 
     def __init__(self, model, shape, schedule, *, sampler: str = "ddim", num_steps: int | None = None,
@@ -106,116 +137,74 @@ class Sampler:
                  backend: str = "auto"):
         if not callable(model):
             raise TypeError(f"model must be callable as model(x, t[, y]), got {type(model).__name__}")
-        if sampler not in SAMPLERS:
-            raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
-        if prediction not in PREDICTIONS:
-            raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
-        if variance not in VARIANCES:
-            raise ValueError(f"variance must be one of {VARIANCES}, got {variance!r}")
-        if not isinstance(dtype, torch.dtype) or dtype not in _FLOAT_DTYPES:
-            raise TypeError(f"dtype must be one of {_FLOAT_DTYPES}, got {dtype!r}")
-        reference_schedule = as_reference_schedule(schedule)
-        if isinstance(shape, torch.Size):
-            shape = tuple(shape)
-        if not isinstance(shape, (tuple, list)) or len(shape) < 2:
-            raise TypeError(f"shape must be a tuple (N, C, ...) of at least 2 ints, got {shape!r}")
-        shape = tuple(_check_int(d, f"shape[{i}]", low=1) for i, d in enumerate(shape))
-        seed = _check_int(seed, "seed", low=0, high=2**64 - 1)
-        eta = check_eta(eta)
-        if sampler != "ddim" and eta != 0.0:
-            raise ValueError(f"eta applies to the ddim sampler only, got eta={eta} with sampler={sampler!r}")
-        guidance_scale = check_finite_number(guidance_scale, "guidance_scale")
-        self.clip = check_clip(clip)
+        self.plan = sampling_plan(check_schedule(schedule), sampler, num_steps, spacing, eta,
+                                  prediction, variance, clip)
+        self.dtype = _check_dtype(dtype)
+        self.shape = _check_shape(shape)
+        self.seed = _check_int(seed, "seed", low=0, high=2**64 - 1)
+        self.guidance_scale = check_finite_number(guidance_scale, "guidance_scale")
+        self.device = torch.device(device) if device is not None else (
+            _model_device(model) or torch.device("cpu"))
+        self.model, self.backend = model, backend
+        self.samples = _sample_indices(samples, self.shape[0], self.device)
+        self.y, self.y_model = _model_labels(model, y, self.shape[0], self.guidance_scale, self.device)
+        self.guided = self.guidance_scale != 1.0
+        self._load_plan()
+        self._x0_last = None  # DPM-Solver++(2M): the previous step's x0_hat
 
-        device = torch.device(device) if device is not None else (_model_device(model) or torch.device("cpu"))
-        n = shape[0]
-        self.model, self.shape, self.kind, self.seed = model, shape, sampler, seed
-        self.device, self.dtype, self.backend = device, dtype, backend
-        self.guidance_scale, self.prediction = guidance_scale, prediction
-        self.schedule = reference_schedule
+    # the plan's options, as the loop reads them
+    kind = property(lambda self: self.plan.sampler)
+    schedule = property(lambda self: self.plan.schedule)
+    prediction = property(lambda self: self.plan.prediction)
+    clip = property(lambda self: self.plan.clip)
 
-        samples = np.arange(n) if samples is None else samples
-        self.samples = _index_tensor(samples, n, "samples", device)
-        if self.samples.numel() and (int(self.samples.min()) < 0 or int(self.samples.max()) >= 2**32):
-            raise ValueError(f"samples must lie in [0, 2**32), got min {int(self.samples.min())} "
-                             f"max {int(self.samples.max())}")
+    def _load_plan(self) -> None:
+        """The plan's float64 rows on the device, and per-step host decisions as Python lists, so
+        that `step` does no host work but the model call and one update."""
+        plan = self.plan
+        self.timesteps = np.array(plan.timesteps)
+        self.num_steps = plan.num_steps
+        self.coefficients = torch.as_tensor(np.array(plan.coefficients),  # writable copy
+                                            dtype=torch.float64, device=self.device)
+        self._streams = [int(s) for s in plan.noise_streams]
+        self._kinds = list(plan.step_kinds)
+        # DPM-Solver++ runs its update in float32 for half-precision states (float64 stays
+        # float64): bf16 coefficients would carry ~0.4% error into every step's sigma ratio
+        self._compute_dtype = torch.float64 if self.dtype == torch.float64 else torch.float32
+        self._state_coefficients = self.coefficients.to(self._compute_dtype)
+        names = plan.coefficient_names
+        self._second_order = ([bool(c) for c in plan.coefficients[:, names.index("second_order")]]
+                              if "second_order" in names else None)
+        batch = 2 * self.shape[0] if self.guided else self.shape[0]
+        self.model_t = torch.as_tensor(self.timesteps, device=self.device).reshape(-1, 1).expand(-1, batch)
 
-        # ---- classes and classifier-free guidance (Ho & Salimans 2022)
-        null_class = getattr(model, "null_class", None)
-        self.y = None
-        if y is not None:
-            self.y = _index_tensor(y, n, "y", device)
-            if null_class is not None and self.y.numel() and (
-                    int(self.y.min()) < 0 or int(self.y.max()) > null_class):
-                raise ValueError(f"y must lie in [0, {null_class}] (num_classes = {null_class} is the "
-                                 f"null class), got min {int(self.y.min())} max {int(self.y.max())}")
-        self.guided = guidance_scale != 1.0
-        if self.guided:
-            if null_class is None:
-                raise ValueError(f"guidance_scale={guidance_scale} needs a class-conditional model "
-                                 "(one with a null_class, e.g. ddpm.UNet with config.num_classes); "
-                                 f"{type(model).__name__} has none")
-            if self.y is None:
-                raise ValueError(f"guidance_scale={guidance_scale} needs class labels y")
-            # one batched model call on [cond; uncond]
-            self.y_model = torch.cat([self.y, torch.full_like(self.y, null_class)])
-        else:
-            self.y_model = self.y
+    # ------------------------------------------------------------------ the step rules
 
-        # ---- timesteps and per-step coefficients (float64 NumPy, as the reference)
-        T = reference_schedule.T
-        if spacing is None:
-            spacing = DEFAULT_SPACING[sampler]
-        if sampler == "ddpm":
-            if num_steps is None or num_steps == T:
-                timesteps = np.arange(T - 1, -1, -1, dtype=np.int64)
-                steps_schedule = reference_schedule
-            else:
-                timesteps = timestep_subset(T, num_steps, spacing)
-                steps_schedule = reference_schedule.respace(timesteps)
-            # step k uses index K-1-k of the respaced (ascending) schedule: DDPM Alg. 2
-            k_resp = np.arange(len(timesteps) - 1, -1, -1, dtype=np.int64)
-            coefficients = ddpm_coefficients(steps_schedule, k_resp, prediction, variance)
-        else:
-            if num_steps is None:
-                num_steps = min(DEFAULT_NUM_STEPS[sampler], T)
-            timesteps = timestep_subset(T, num_steps, spacing)
-            t_prev = np.append(timesteps[1:], -1).astype(np.int64)
-            if sampler == "ddim":
-                coefficients = ddim_coefficients(reference_schedule, timesteps, t_prev, eta, prediction)
-            else:
-                # step k's history is step k-1 (its t); the first step has none (-1)
-                t_last = np.concatenate([[-1], timesteps[:-1]]).astype(np.int64)
-                coefficients = dpm_solver_pp_coefficients(reference_schedule, timesteps, t_prev,
-                                                          t_last, prediction)
-        self.timesteps = timesteps
-        self.num_steps = len(timesteps)
-        self.coefficients = torch.as_tensor(np.ascontiguousarray(coefficients), dtype=torch.float64,
-                                            device=device)
-        # DDPM/DDIM: which steps add noise (sigma != 0), known on the host
-        if sampler == "dpm_solver++":
-            self.second_order = [bool(c) for c in coefficients[:, 6]]
-            # the update runs in float32 for half-precision states (float64 stays float64): bf16
-            # coefficients would carry ~0.4% error into every step's sigma ratio
-            self._compute_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-            self._state_coefficients = self.coefficients.to(self._compute_dtype)
-        else:
-            self.noisy = [bool(c) for c in (coefficients[:, 7] != 0)]
-        batch = 2 * n if self.guided else n
-        self.model_t = torch.as_tensor(timesteps, device=device).reshape(-1, 1).expand(-1, batch)
-        self._x0_last = None
-
-    # ------------------------------------------------------------------ DPM-Solver++(2M)
-
-    def _dpm_solver_step(self, x: torch.Tensor, out: torch.Tensor, k: int) -> torch.Tensor:
+    def _dpm_solver_pp_2m(self, x: torch.Tensor, cond, uncond, k: int) -> torch.Tensor:
+        """`reference.dpm_solver_pp_2m_update` in tensor math (no fused kernel)."""
+        if uncond is not None:  # the CFG combine in the update's precision, as the fused kernel
+            cond, uncond = cond.to(self._compute_dtype), uncond.to(self._compute_dtype)
+            cond = uncond + self.guidance_scale * (cond - uncond)
         c = self._state_coefficients[k]
         xc = x.to(self._compute_dtype)
-        x0 = c[0] * xc + c[1] * out.to(self._compute_dtype)
+        x0 = c[0] * xc + c[1] * cond.to(self._compute_dtype)
         if self.clip is not None:
             x0 = torch.clamp(x0, self.clip[0], self.clip[1])
-        D = c[2] * x0 - c[3] * self._x0_last if self.second_order[k] else x0
+        D = c[2] * x0 - c[3] * self._x0_last if self._second_order[k] else x0
         self._x0_last = x0
         return (c[4] * xc - c[5] * D).to(x.dtype)
+
+    def _sampler_step(self, x: torch.Tensor, cond, uncond, k: int) -> torch.Tensor:
+        """DDPM Alg. 2 / DDIM Eq. 12: one fused `kernels.sampler_step` (noise drawn in-kernel)."""
+        stream = self._streams[k]
+        noisy = stream != NO_NOISE
+        return kernels.sampler_step(
+            x, cond, self.coefficients[k], model_output_uncond=uncond,
+            guidance_scale=self.guidance_scale, clip=self.clip,
+            seed=self.seed if noisy else None, samples=self.samples if noisy else None,
+            stream=stream if noisy else 0, backend=self.backend)
+
+    _RULES = {"sampler_step": _sampler_step, "dpm_solver_pp_2m": _dpm_solver_pp_2m}
 
     # ------------------------------------------------------------------ the loop
 
@@ -243,51 +232,65 @@ class Sampler:
             return cond, uncond
         return out, None
 
+    def reset(self) -> None:
+        """Forget what one step hands the next (DPM-Solver++'s x0_hat): before step 0."""
+        self._x0_last = None
+
     def step(self, x: torch.Tensor, k: int) -> torch.Tensor:
-        """x at timesteps[k] -> x at the next timestep (t = -1 after the last step)."""
+        """x at timesteps[k] -> x at timesteps_prev[k] (t = -1 after the last step).
+
+        Steps run in order k = 0..K-1 after `reset()` (a DPM-Solver++ step reads step k-1's x0_hat).
+        """
         cond, uncond = self.model_output(x, k)
-        if self.kind == "dpm_solver++":
-            if uncond is not None:  # the CFG combine in the update's precision, as the fused kernel
-                cond, uncond = cond.to(self._compute_dtype), uncond.to(self._compute_dtype)
-                cond = uncond + self.guidance_scale * (cond - uncond)
-            return self._dpm_solver_step(x, cond, k)
-        noisy = self.noisy[k]
-        return kernels.sampler_step(
-            x, cond, self.coefficients[k], model_output_uncond=uncond,
-            guidance_scale=self.guidance_scale, clip=self.clip,
-            seed=self.seed if noisy else None, samples=self.samples if noisy else None,
-            stream=sampler_step_stream(k), backend=self.backend)
+        return self._RULES[self._kinds[k]](self, x, cond, uncond, k)
+
+    def loop(self, x: torch.Tensor, callback: Callback | None = None) -> torch.Tensor:
+        """Every step from x = x_T (a `dtype` tensor on `device`, not validated) to x_0.
+
+        No host synchronisation unless `callback` is given: the sequence FastSampler captures.
+        """
+        self.reset()
+        for k in range(self.num_steps):
+            x = self.step(x, k)
+            if callback is not None:
+                callback(k, int(self.timesteps[k]), x)
+        return x
+
+    def copy_inputs_(self, other: "Sampler") -> None:
+        """Copy `other`'s sample indices and model labels into this sampler's buffers, in place
+        (a captured graph reads them); `other` has this sampler's plan, batch and guidance."""
+        if other.shape != self.shape or (other.y_model is None) != (self.y_model is None):
+            raise ValueError(f"other must have shape {self.shape} and labels "
+                             f"{'given' if self.y_model is not None else 'absent'}, as this sampler")
+        self.samples.copy_(other.samples)
+        if self.y_model is not None:
+            self.y_model.copy_(other.y_model)
+
+    def _check_x_T(self, x_T) -> torch.Tensor:
+        if not isinstance(x_T, torch.Tensor):
+            raise TypeError(f"x_T must be a torch.Tensor or None, got {type(x_T).__name__}")
+        if tuple(x_T.shape) != self.shape:
+            raise ValueError(f"x_T must have shape {self.shape}, got {tuple(x_T.shape)}")
+        if not x_T.is_floating_point():
+            raise TypeError(f"x_T must be floating point, got dtype {x_T.dtype}")
+        if not bool(torch.isfinite(x_T).all()):
+            raise ValueError("x_T contains NaN or inf")
+        return x_T.to(device=self.device, dtype=self.dtype)
 
     @torch.no_grad()
     def run(self, x_T: torch.Tensor | None = None, callback: Callback | None = None) -> torch.Tensor:
         """The whole loop from x_T (drawn from the noise stream when None) to x_0."""
         if callback is not None and not callable(callback):
             raise TypeError(f"callback must be callable as callback(step, t, x), got {type(callback).__name__}")
-        if x_T is None:
-            x = self.initial_noise()
-        else:
-            if not isinstance(x_T, torch.Tensor):
-                raise TypeError(f"x_T must be a torch.Tensor or None, got {type(x_T).__name__}")
-            if tuple(x_T.shape) != self.shape:
-                raise ValueError(f"x_T must have shape {self.shape}, got {tuple(x_T.shape)}")
-            if not x_T.is_floating_point():
-                raise TypeError(f"x_T must be floating point, got dtype {x_T.dtype}")
-            if not bool(torch.isfinite(x_T).all()):
-                raise ValueError("x_T contains NaN or inf")
-            x = x_T.to(device=self.device, dtype=self.dtype)
+        x = self.initial_noise() if x_T is None else self._check_x_T(x_T)
         was_training = isinstance(self.model, nn.Module) and self.model.training
         if was_training:
             self.model.eval()  # dropout off: a seed must give the same images
-        self._x0_last = None
         try:
-            for k in range(self.num_steps):
-                x = self.step(x, k)
-                if callback is not None:
-                    callback(k, int(self.timesteps[k]), x)
+            return self.loop(x, callback)
         finally:
             if was_training:
                 self.model.train()
-        return x
 
 
 def sample(model, shape, schedule, *, sampler: str = "ddim", num_steps: int | None = None,
@@ -300,12 +303,13 @@ def sample(model, shape, schedule, *, sampler: str = "ddim", num_steps: int | No
 
     model: `model(x, t)` or, with `y`, `model(x, t, y)` -> output shaped like x (eps, x0 or v per
         `prediction`); x (N, C, H, W) in `dtype`, t (N,) int64. A ddpm.UNet qualifies.
-    schedule: a reference.Schedule or ddpm.TorchSchedule (the training schedule).
+    schedule: a reference.Schedule (the training schedule).
     sampler: "ddpm" (ancestral, DDPM Alg. 2; all T steps, or num_steps on the respaced schedule
         of Improved DDPM Sec. 4), "ddim" (Song et al. 2021 Eq. 12, with eta), or "dpm_solver++"
-        (Lu et al. 2022, 2M). num_steps None: T for ddpm, min(50, T) ddim, min(20, T) dpm_solver++.
+        (Lu et al. 2022, 2M). num_steps None: T for ddpm, min(50, T) ddim, min(20, T) dpm_solver++
+        (`reference.default_num_steps`).
     spacing: "leading" | "trailing" | "linspace" timestep subsets (reference.timestep_subset);
-        None: DEFAULT_SPACING[sampler] ("trailing" for dpm_solver++, else "leading").
+        None: "trailing" for dpm_solver++, else "leading" (reference.sampling_plan's defaults).
     seed, samples: noise-stream seed and the (N,) GLOBAL sample indices (default arange(N)).
     y: (N,) class ids in [0, model.null_class]; guidance_scale w != 1 runs classifier-free
         guidance out = uncond + w (cond - uncond) (Ho & Salimans 2022) with one batched call.

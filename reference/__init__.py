@@ -32,6 +32,7 @@ from .process import (
     ddpm_step,
     DPM_SOLVER_COEFFICIENTS,
     dpm_solver_pp_2m_step,
+    dpm_solver_pp_2m_update,
     dpm_solver_pp_coefficients,
     dynamic_threshold,
     predict_eps_from_v,
@@ -45,7 +46,8 @@ from .process import (
     sampler_step,
     v_from_x0_eps,
 )
-from .sampling import guided, initial_noise, sample_ddim, sample_ddpm, sample_dpm_solver_pp
+from .sampling import guided, initial_noise, sample_ddim, sample_ddpm, sample_dpm_solver_pp, sample_plan
+from .sampling_plan import SAMPLERS, STEP_KINDS, SamplingPlan, default_num_steps, sampling_plan
 from .schedules import SCHEDULE_KINDS, SPACINGS, Schedule, make_schedule, timestep_subset
 from .toy_data import DATASETS, dataset_num_classes, make_dataset
 from .train import TrainingDraws, train_step, train_stream, training_draws  # the loop: reference.train.train

@@ -41,6 +41,7 @@ __all__ = [
     "ddim_step",
     "dpm_solver_pp_coefficients",
     "dpm_solver_pp_2m_step",
+    "dpm_solver_pp_2m_update",
     "DPM_SOLVER_COEFFICIENTS",
     "classifier_free_guidance",
     "dynamic_threshold",
@@ -137,8 +138,8 @@ def v_from_x0_eps(x0, eps, t, schedule: Schedule) -> np.ndarray:
     x0, eps = check_float_array(x0, "x0"), check_float_array(eps, "eps")
     check_same_shape(x0, eps, "x0", "eps")
     t = check_timesteps(t, x0.shape[0], schedule.T)
-    ab = per_sample(schedule.alpha_bars[t], x0.ndim)
-    return (np.sqrt(ab) * eps - np.sqrt(1.0 - ab) * x0).astype(result_dtype(x0, eps))
+    alpha_bar = per_sample(schedule.alpha_bars[t], x0.ndim)
+    return (np.sqrt(alpha_bar) * eps - np.sqrt(1.0 - alpha_bar) * x0).astype(result_dtype(x0, eps))
 
 
 def predict_x0_from_v(x_t, t, v, schedule: Schedule) -> np.ndarray:
@@ -156,19 +157,22 @@ def predict_eps_from_v(x_t, t, v, schedule: Schedule) -> np.ndarray:
 def prediction_coefficients(alpha_bar: np.ndarray, prediction: str = "epsilon") -> np.ndarray:
     """(..., 4) float64 [x0_from_xt, x0_from_out, eps_from_xt, eps_from_out] for alpha_bar_t.
 
-    epsilon:      x0 = (x_t - sqrt(1-ab) out) / sqrt(ab),   eps = out
-    sample:       x0 = out,                                  eps = (x_t - sqrt(ab) out) / sqrt(1-ab)
-    v_prediction: x0 = sqrt(ab) x_t - sqrt(1-ab) out,        eps = sqrt(1-ab) x_t + sqrt(ab) out
+    DDPM Eq. 4 (x_t = sqrt(alpha_bar) x0 + sqrt(1 - alpha_bar) eps) solved for the unknowns, and
+    v = sqrt(alpha_bar) eps - sqrt(1 - alpha_bar) x0 (Salimans & Ho 2022, Sec. 4):
+    epsilon:      x0 = (x_t - sqrt(1 - alpha_bar) out) / sqrt(alpha_bar),   eps = out
+    sample:       x0 = out,   eps = (x_t - sqrt(alpha_bar) out) / sqrt(1 - alpha_bar)
+    v_prediction: x0 = sqrt(alpha_bar) x_t - sqrt(1 - alpha_bar) out,
+                  eps = sqrt(1 - alpha_bar) x_t + sqrt(alpha_bar) out
     """
     _check_prediction(prediction)
-    ab = np.asarray(alpha_bar, dtype=np.float64)
-    one, zero = np.ones_like(ab), np.zeros_like(ab)
+    alpha_bar = np.asarray(alpha_bar, dtype=np.float64)
+    one, zero = np.ones_like(alpha_bar), np.zeros_like(alpha_bar)
     if prediction == "epsilon":
-        cols = (np.sqrt(1.0 / ab), -np.sqrt(1.0 / ab - 1.0), zero, one)
+        cols = (np.sqrt(1.0 / alpha_bar), -np.sqrt(1.0 / alpha_bar - 1.0), zero, one)
     elif prediction == "sample":
-        cols = (zero, one, 1.0 / np.sqrt(1.0 - ab), -np.sqrt(ab) / np.sqrt(1.0 - ab))
+        cols = (zero, one, 1.0 / np.sqrt(1.0 - alpha_bar), -np.sqrt(alpha_bar) / np.sqrt(1.0 - alpha_bar))
     else:
-        cols = (np.sqrt(ab), -np.sqrt(1.0 - ab), np.sqrt(1.0 - ab), np.sqrt(ab))
+        cols = (np.sqrt(alpha_bar), -np.sqrt(1.0 - alpha_bar), np.sqrt(1.0 - alpha_bar), np.sqrt(alpha_bar))
     return np.stack(cols, axis=-1)
 
 
@@ -195,8 +199,9 @@ def ddim_coefficients(schedule: Schedule, t, t_prev, eta: float = 0.0,
                       prediction: str = "epsilon") -> np.ndarray:
     """(N, 8) coefficients of one DDIM step t -> t_prev  (Song et al. 2021, Eqs. 12 and 16).
 
-    x_prev = sqrt(ab_prev) x0_hat + sqrt(1 - ab_prev - sigma^2) eps_hat + sigma z,
-    sigma = eta sqrt((1 - ab_prev) / (1 - ab_t)) sqrt(1 - ab_t / ab_prev); t_prev = -1: ab_prev = 1.
+    x_prev = sqrt(alpha_bar_prev) x0_hat + sqrt(1 - alpha_bar_prev - sigma^2) eps_hat + sigma z,
+    sigma = eta sqrt((1 - alpha_bar_prev) / (1 - alpha_bar_t)) sqrt(1 - alpha_bar_t / alpha_bar_prev);
+    t_prev = -1: alpha_bar_prev = 1.
     """
     schedule = check_schedule(schedule)
     if isinstance(eta, bool) or not isinstance(eta, (int, float, np.integer, np.floating)):
@@ -209,12 +214,13 @@ def ddim_coefficients(schedule: Schedule, t, t_prev, eta: float = 0.0,
     t_prev = np.broadcast_to(t_prev, t.shape).astype(np.int64)
     if np.any(t_prev < -1) or np.any(t_prev >= t):
         raise ValueError(f"t_prev must satisfy -1 <= t_prev < t, got t={t.tolist()}, t_prev={t_prev.tolist()}")
-    ab = schedule.alpha_bars[t]
-    ab_prev = schedule.alpha_bar_at(t_prev)
-    sigma = eta * np.sqrt((1.0 - ab_prev) / (1.0 - ab)) * np.sqrt(1.0 - ab / ab_prev)
-    direction = np.sqrt(np.maximum(1.0 - ab_prev - sigma**2, 0.0))
-    pred = prediction_coefficients(ab, prediction)
-    step = np.stack([np.sqrt(ab_prev), np.zeros_like(ab), direction, sigma], axis=-1)
+    alpha_bar = schedule.alpha_bars[t]
+    alpha_bar_prev = schedule.alpha_bar_at(t_prev)
+    sigma = (eta * np.sqrt((1.0 - alpha_bar_prev) / (1.0 - alpha_bar))
+             * np.sqrt(1.0 - alpha_bar / alpha_bar_prev))
+    direction = np.sqrt(np.maximum(1.0 - alpha_bar_prev - sigma**2, 0.0))
+    pred = prediction_coefficients(alpha_bar, prediction)
+    step = np.stack([np.sqrt(alpha_bar_prev), np.zeros_like(alpha_bar), direction, sigma], axis=-1)
     return np.concatenate([pred, step], axis=-1)
 
 
@@ -307,7 +313,8 @@ def dpm_solver_pp_coefficients(schedule: Schedule, t, t_prev, t_last=None,
 
     Columns (DPM_SOLVER_COEFFICIENTS): x0_hat = c0 x_t + c1 out;  D = c2 x0_hat - c3 x0_last;
     x_prev = c4 x_t - c5 D;  c6 = 1 where the step is second order. With lambda = log(alpha/sigma),
-    alpha = sqrt(ab), sigma = sqrt(1 - ab), h = lambda_prev - lambda_t:  c4 = sigma_prev / sigma_t,
+    alpha = sqrt(alpha_bar), sigma = sqrt(1 - alpha_bar), h = lambda_prev - lambda_t:
+    c4 = sigma_prev / sigma_t,
     c5 = alpha_prev expm1(-h); second order (D = (1 + 1/(2r)) x0_hat - 1/(2r) x0_last,
     r = h_last / h) where a previous step exists (t_last >= 0, the previous step's t, > t) and
     t_prev >= 0; first order (D = x0_hat) otherwise, so the step into t_prev = -1 returns x0_hat.
@@ -329,13 +336,13 @@ def dpm_solver_pp_coefficients(schedule: Schedule, t, t_prev, t_last=None,
         raise ValueError("t_last (the previous step's t) must be > t")
 
     def lam(tt):  # half log-SNR; +inf at t = -1
-        ab = schedule.alpha_bar_at(tt)
+        alpha_bar = schedule.alpha_bar_at(tt)
         with np.errstate(divide="ignore"):
-            return 0.5 * (np.log(ab) - np.log1p(-ab))
+            return 0.5 * (np.log(alpha_bar) - np.log1p(-alpha_bar))
 
     pred = prediction_coefficients(schedule.alpha_bars[t], prediction)
-    ab_t, ab_prev = schedule.alpha_bars[t], schedule.alpha_bar_at(t_prev)
-    sigma_t, sigma_prev = np.sqrt(1.0 - ab_t), np.sqrt(1.0 - ab_prev)
+    alpha_bar_t, alpha_bar_prev = schedule.alpha_bars[t], schedule.alpha_bar_at(t_prev)
+    sigma_t, sigma_prev = np.sqrt(1.0 - alpha_bar_t), np.sqrt(1.0 - alpha_bar_prev)
     final = t_prev < 0
     h = np.where(final, np.inf, lam(t_prev) - lam(t))
     phi = np.where(final, -1.0, np.expm1(-np.where(final, 0.0, h)))  # expm1(-inf) = -1
@@ -345,7 +352,7 @@ def dpm_solver_pp_coefficients(schedule: Schedule, t, t_prev, t_last=None,
     c_x0 = np.where(second, 1.0 + 0.5 / r, 1.0)
     c_last = np.where(second, 0.5 / r, 0.0)
     return np.stack([pred[:, 0], pred[:, 1], c_x0, c_last, sigma_prev / sigma_t,
-                     np.sqrt(ab_prev) * phi, second.astype(np.float64)], axis=-1)
+                     np.sqrt(alpha_bar_prev) * phi, second.astype(np.float64)], axis=-1)
 
 
 def dpm_solver_pp_2m_step(x_t, t, t_prev, model_output, schedule: Schedule, history=None,
@@ -358,10 +365,7 @@ def dpm_solver_pp_2m_step(x_t, t, t_prev, model_output, schedule: Schedule, hist
     previous step. Returns (x_prev, (x0_hat, t)).
     """
     schedule = check_schedule(schedule)
-    x_t = check_float_array(x_t, "x_t")
-    model_output = check_float_array(model_output, "model_output")
-    check_same_shape(x_t, model_output, "x_t", "model_output")
-    clip = check_clip(clip)
+    x_t = check_float_array(x_t, "x_t")  # model_output and clip: checked by the update
     n = x_t.shape[0]
     t = check_timesteps(t, n, schedule.T)
     t_prev = check_timesteps(t_prev, n, schedule.T, "t_prev", allow_minus_one=True)
@@ -373,15 +377,41 @@ def dpm_solver_pp_2m_step(x_t, t, t_prev, model_output, schedule: Schedule, hist
         t_last = check_timesteps(t_last, n, schedule.T, "history[1]")
         if np.any(t_last <= t):
             raise ValueError("history[1] (the previous step's t) must be > t")
-    dtype = result_dtype(x_t, model_output, x0_last)
     c = dpm_solver_pp_coefficients(schedule, t, t_prev, t_last, prediction)
+    x_prev, x0 = dpm_solver_pp_2m_update(x_t, model_output, c, x0_last, clip)
+    return x_prev, (x0, t)
+
+
+def dpm_solver_pp_2m_update(x_t, model_output, coefficients, x0_last=None, clip=None):
+    """The elementwise DPM-Solver++(2M) update with given coefficients (Lu et al. 2022, Alg. 2).
+
+    x_t, model_output, x0_last: (N, ...); coefficients: (7,) or (N, 7) float64 rows of
+    `dpm_solver_pp_coefficients` (columns DPM_SOLVER_COEFFICIENTS); x0_last: the previous step's
+    x0_hat, None at the first step (only read where c6 marks a second-order step).
+    Returns (x_prev, x0_hat), both (N, ...): x0_hat is the next step's x0_last.
+    """
+    x_t = check_float_array(x_t, "x_t")
+    model_output = check_float_array(model_output, "model_output")
+    check_same_shape(x_t, model_output, "x_t", "model_output")
+    clip = check_clip(clip)
+    c = np.asarray(coefficients, dtype=np.float64)
+    if c.shape == (7,):
+        c = np.broadcast_to(c, (x_t.shape[0], 7))
+    if c.shape != (x_t.shape[0], 7):
+        raise ValueError(f"coefficients must have shape (7,) or ({x_t.shape[0]}, 7), got {c.shape}")
+    if x0_last is not None:
+        x0_last = check_float_array(x0_last, "x0_last")
+        check_same_shape(x_t, x0_last, "x_t", "x0_last")
+    elif np.any(c[:, 6] != 0):
+        raise ValueError("x0_last (the previous step's x0_hat) is required by a second-order step")
+    dtype = result_dtype(x_t, model_output, x0_last)
     col = [per_sample(c[:, k], x_t.ndim) for k in range(7)]
     x0 = col[0] * x_t + col[1] * model_output
     if clip is not None:
         x0 = np.clip(x0, clip[0], clip[1])
     D = x0 if x0_last is None else np.where(col[6] != 0, col[2] * x0 - col[3] * x0_last, x0)
     x_prev = col[4] * x_t - col[5] * D
-    return x_prev.astype(dtype), (x0.astype(dtype), t)
+    return x_prev.astype(dtype), x0.astype(dtype)
 
 
 def classifier_free_guidance(cond: np.ndarray, uncond: np.ndarray, guidance_scale: float) -> np.ndarray:

@@ -5,6 +5,9 @@ A model is a callable `model(x_t, t) -> output` with x_t (N, ...) and t an (N,) 
 `model(x_t, t, y)`. All Gaussian numbers come from the noise stream (DESIGN contract 2):
 x_T uses stream SAMPLER_INIT_STREAM and step k (0-based) uses stream k + 1, for the global
 sample indices `samples`, so sample i is the same whatever the batch it is drawn in.
+
+Every loop is `sample_plan`: the timesteps, coefficients and noise streams come from
+`reference.sampling_plan`, the same plan `ddpm.Sampler` executes in torch.
 """
 
 from __future__ import annotations
@@ -13,17 +16,14 @@ from typing import Callable
 
 import numpy as np
 
-from ._validate import check_eta, check_float_array, check_samples
-from .noise import SAMPLER_INIT_STREAM, normal, sampler_step_stream
-from .process import (
-    classifier_free_guidance,
-    ddim_step,
-    ddpm_step,
-    dpm_solver_pp_2m_step,
-)
-from .schedules import Schedule, check_schedule, timestep_subset
+from ._validate import check_float_array, check_samples
+from .noise import SAMPLER_INIT_STREAM, normal
+from .process import classifier_free_guidance, dpm_solver_pp_2m_update, sampler_step
+from .sampling_plan import NO_NOISE, SamplingPlan, sampling_plan
+from .schedules import Schedule, check_schedule
 
-__all__ = ["guided", "sample_ddpm", "sample_ddim", "sample_dpm_solver_pp", "initial_noise"]
+__all__ = ["guided", "sample_plan", "sample_ddpm", "sample_ddim", "sample_dpm_solver_pp",
+           "initial_noise", "STEP_RULES"]
 
 Model = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
@@ -71,67 +71,77 @@ def initial_noise(shape, seed: int, samples=None, dtype=np.float64) -> np.ndarra
     return normal(seed, s, SAMPLER_INIT_STREAM, shape[1:]).astype(dtype)
 
 
-def _step_noise(seed, s, step, shape, dtype):
-    return normal(seed, s, sampler_step_stream(step), shape[1:]).astype(dtype)
+def _sampler_step_rule(x, model_output, coefficients, noise, clip, carry):
+    """DDPM Alg. 2 / DDIM Eq. 12 as one elementwise rule (`sampler_step`); carries nothing."""
+    return sampler_step(x, model_output, coefficients, noise, clip), carry
 
 
-def sample_ddpm(model: Model, shape, schedule: Schedule, seed: int, samples=None, *,
-                x_T=None, num_steps: int | None = None, prediction: str = "epsilon",
-                variance: str = "fixed_small", clip=None, dtype=np.float64, callback=None):
-    """Ancestral sampling, DDPM Alg. 2; with num_steps < T on the respaced schedule (Improved DDPM Sec. 4).
+def _dpm_solver_pp_2m_rule(x, model_output, coefficients, noise, clip, x0_last):
+    """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2); carries the step's x0_hat to the next step."""
+    return dpm_solver_pp_2m_update(x, model_output, coefficients, x0_last, clip)
 
-    Returns x_0 of the given shape. callback(step, t, x) is called after every step.
+
+# step kind -> rule(x, model_output, coefficients, noise, clip, carry) -> (x_next, carry);
+# a new sampler whose update is none of these adds a kind here, not a loop
+STEP_RULES = {"sampler_step": _sampler_step_rule, "dpm_solver_pp_2m": _dpm_solver_pp_2m_rule}
+
+
+def sample_plan(model: Model, shape, plan: SamplingPlan, seed: int, samples=None, *, x_T=None,
+                dtype=np.float64, callback=None) -> np.ndarray:
+    """Run `plan` (from `sampling_plan`): one model call and one update per step.
+
+    model(x_t, t) -> output of x_t's shape (N, ...), t (N,) int64; shape (N, ...); seed and the
+    (N,) global `samples` pick the noise (x_T from stream SAMPLER_INIT_STREAM unless given, step
+    k's z from plan.noise_streams[k]). Returns x_0, (N, ...) in `dtype`; callback(k, t, x) is
+    called after every step.
     """
-    shape, s, x = _start(model, shape, schedule, seed, samples, x_T, dtype)
-    if num_steps is None or num_steps == schedule.T:
-        timesteps = np.arange(schedule.T - 1, -1, -1, dtype=np.int64)
-        steps_schedule = schedule
-    else:
-        timesteps = timestep_subset(schedule.T, num_steps, "leading")
-        steps_schedule = schedule.respace(timesteps)
-    for k, t in enumerate(timesteps):
-        k_resp = len(timesteps) - 1 - k  # index of t in the (ascending) respaced schedule
-        t_model = np.full(shape[0], t, dtype=np.int64)
-        out = model(x, t_model)
-        noise = _step_noise(seed, s, k, shape, dtype) if k_resp > 0 else None
-        x = ddpm_step(x, k_resp, out, steps_schedule, noise, prediction, variance, clip).astype(dtype, copy=False)
-        if callback is not None:
-            callback(k, int(t), x)
-    return x
-
-
-def sample_ddim(model: Model, shape, schedule: Schedule, seed: int, samples=None, *,
-                num_steps: int = 50, eta: float = 0.0, spacing: str = "leading", x_T=None,
-                prediction: str = "epsilon", clip=None, dtype=np.float64, callback=None):
-    """DDIM sampling over a descending timestep subset (Song et al. 2021, Eq. 12)."""
-    eta = check_eta(eta)
-    shape, s, x = _start(model, shape, schedule, seed, samples, x_T, dtype)
-    timesteps = timestep_subset(schedule.T, num_steps, spacing)
-    for k, t in enumerate(timesteps):
-        t_prev = int(timesteps[k + 1]) if k + 1 < len(timesteps) else -1
+    if not isinstance(plan, SamplingPlan):
+        raise TypeError(f"plan must be a reference.SamplingPlan (from sampling_plan), got {type(plan).__name__}")
+    shape, s, x = _start(model, shape, plan.schedule, seed, samples, x_T, dtype)
+    carry = None  # what one step hands the next (DPM-Solver++: x0_hat)
+    for k, t in enumerate(plan.timesteps):
         out = model(x, np.full(shape[0], t, dtype=np.int64))
-        noise = _step_noise(seed, s, k, shape, dtype) if eta > 0 else None
-        x = ddim_step(x, int(t), t_prev, out, schedule, eta, noise, prediction, clip).astype(dtype, copy=False)
-        if callback is not None:
-            callback(k, int(t), x)
-    return x
-
-
-def sample_dpm_solver_pp(model: Model, shape, schedule: Schedule, seed: int, samples=None, *,
-                         num_steps: int = 20, spacing: str = "trailing", x_T=None,
-                         prediction: str = "epsilon", clip=None, dtype=np.float64, callback=None):
-    """DPM-Solver++(2M) sampling (Lu et al. 2022, Alg. 2), first order at the first and last step.
-
-    Default spacing "trailing": with "leading"/"linspace" the last second-order step goes into
-    t = 0 over a log-SNR step ~10x the previous one and its extrapolation costs quality."""
-    shape, s, x = _start(model, shape, schedule, seed, samples, x_T, dtype)
-    timesteps = timestep_subset(schedule.T, num_steps, spacing)
-    history = None
-    for k, t in enumerate(timesteps):
-        t_prev = int(timesteps[k + 1]) if k + 1 < len(timesteps) else -1
-        out = model(x, np.full(shape[0], t, dtype=np.int64))
-        x, history = dpm_solver_pp_2m_step(x, int(t), t_prev, out, schedule, history, prediction, clip)
+        stream = int(plan.noise_streams[k])
+        noise = None if stream == NO_NOISE else normal(seed, s, stream, shape[1:]).astype(dtype)
+        rule = STEP_RULES[plan.step_kinds[k]]
+        x, carry = rule(x, out, plan.coefficients[k], noise, plan.clip, carry)
         x = x.astype(dtype, copy=False)  # a float64 model output would promote a float32 run
         if callback is not None:
             callback(k, int(t), x)
     return x
+
+
+def sample_ddpm(model: Model, shape, schedule: Schedule, seed: int, samples=None, *,
+                x_T=None, num_steps: int | None = None, spacing: str | None = None,
+                prediction: str = "epsilon", variance: str = "fixed_small", clip=None,
+                dtype=np.float64, callback=None):
+    """Ancestral sampling, DDPM Alg. 2; with num_steps < T on the respaced schedule (Improved DDPM Sec. 4).
+
+    num_steps None: all T; spacing None: "leading" (see `sampling_plan`). Returns x_0 of the
+    given shape. callback(step, t, x) is called after every step.
+    """
+    plan = sampling_plan(schedule, "ddpm", num_steps, spacing, prediction=prediction,
+                         variance=variance, clip=clip)
+    return sample_plan(model, shape, plan, seed, samples, x_T=x_T, dtype=dtype, callback=callback)
+
+
+def sample_ddim(model: Model, shape, schedule: Schedule, seed: int, samples=None, *,
+                num_steps: int | None = None, eta: float = 0.0, spacing: str | None = None,
+                x_T=None, prediction: str = "epsilon", clip=None, dtype=np.float64, callback=None):
+    """DDIM sampling over a descending timestep subset (Song et al. 2021, Eq. 12).
+
+    num_steps None: min(50, T); spacing None: "leading" (see `sampling_plan`)."""
+    plan = sampling_plan(schedule, "ddim", num_steps, spacing, eta, prediction, clip=clip)
+    return sample_plan(model, shape, plan, seed, samples, x_T=x_T, dtype=dtype, callback=callback)
+
+
+def sample_dpm_solver_pp(model: Model, shape, schedule: Schedule, seed: int, samples=None, *,
+                         num_steps: int | None = None, spacing: str | None = None, x_T=None,
+                         prediction: str = "epsilon", clip=None, dtype=np.float64, callback=None):
+    """DPM-Solver++(2M) sampling (Lu et al. 2022, Alg. 2), first order at the first and last step.
+
+    num_steps None: min(20, T). Default spacing "trailing": with "leading"/"linspace" the last
+    second-order step goes into t = 0 over a log-SNR step ~10x the previous one and its
+    extrapolation costs quality."""
+    plan = sampling_plan(schedule, "dpm_solver++", num_steps, spacing, prediction=prediction, clip=clip)
+    return sample_plan(model, shape, plan, seed, samples, x_T=x_T, dtype=dtype, callback=callback)

@@ -4,7 +4,7 @@ The model is one deterministic function written twice, in NumPy and in torch, so
 differences are round-off: in float64 every intermediate x (compared through the callback after
 every step) must agree to 1e-12. Also: batch invariance (sample i is the same in a batch of 1
 or 5, with `samples=`), classifier-free guidance equal to reference.guided with ONE batched
-model call per step, TorchSchedule's tables, and bad inputs.
+model call per step, the Sampler running reference.sampling_plan's plan, and bad inputs.
 """
 
 from __future__ import annotations
@@ -236,44 +236,41 @@ def test_different_seeds_give_different_samples():
     assert not torch.allclose(a, b)
 
 
-# ----------------------------------------------------------------------------- TorchSchedule
+# ----------------------------------------------------------------------------- the plan
 
-def test_torch_schedule_tables_are_the_reference_tables():
-    ref = reference.make_schedule("cosine", 100)
-    sched = ddpm.TorchSchedule(ref)
-    assert sched.T == 100 and sched.reference is ref
-    for name in ddpm.schedule.TABLE_NAMES:
-        buffer = getattr(sched, name)
-        assert buffer.dtype == torch.float64 and buffer.shape == (100,)
-        assert np.array_equal(buffer.numpy(), getattr(ref, name)), name
-    assert sched.state_dict() == {}  # derived data: not persisted
-
-
-def test_torch_schedule_table_is_a_cached_cast_of_the_float64_table():
-    ref = reference.make_schedule("linear", 50)
-    sched = ddpm.TorchSchedule(ref)
-    a = sched.table("sqrt_alpha_bars", torch.float32)
-    assert a.dtype == torch.float32
-    assert torch.equal(a, torch.from_numpy(ref.sqrt_alpha_bars.copy()).float())
-    assert sched.table("sqrt_alpha_bars", torch.float32) is a
-    sched.float()  # casting the buffers does not change what table() returns
-    assert torch.equal(sched.table("alpha_bars", torch.float64), torch.from_numpy(ref.alpha_bars.copy()))
-    with pytest.raises(ValueError, match="name must be one of"):
-        sched.table("alpha_bar")
-    with pytest.raises(TypeError, match="dtype"):
-        sched.table("betas", torch.int64)
-    with pytest.raises(TypeError, match="reference_schedule"):
-        ddpm.TorchSchedule(np.linspace(1e-4, 0.02, 10))
+def test_sampler_runs_the_reference_plan():
+    """ddpm.Sampler takes its timesteps, coefficient rows and noise streams from
+    reference.sampling_plan: the same arrays, not a copy of the code that makes them."""
+    schedule = _schedule()
+    for kind, kwargs in (("ddpm", dict(num_steps=9)), ("ddim", dict(eta=0.4)), ("dpm_solver++", {})):
+        runner = Sampler(TorchModel(), SHAPE, schedule, sampler=kind, dtype=torch.float64, **kwargs)
+        plan = reference.sampling_plan(schedule, kind, **kwargs)
+        assert np.array_equal(runner.timesteps, plan.timesteps), kind
+        assert np.array_equal(runner.coefficients.numpy(), plan.coefficients), kind
+        assert runner.num_steps == plan.num_steps and runner.plan.sampler == kind
 
 
-def test_torch_schedule_respace_and_use_in_sample():
-    ref = _schedule()
-    sched = ddpm.TorchSchedule(ref)
-    sub = sched.respace([0, 10, 20, 39])
-    assert np.array_equal(sub.alpha_bars.numpy(), ref.alpha_bars[[0, 10, 20, 39]])
-    a = ddpm.sample(TorchModel(), SHAPE, sched, num_steps=4, dtype=torch.float64)
-    b = ddpm.sample(TorchModel(), SHAPE, ref, num_steps=4, dtype=torch.float64)
-    assert torch.equal(a, b)
+def test_loop_is_run_without_its_checks_and_is_repeatable():
+    """Sampler.loop (what FastSampler captures) from the same x_T gives run()'s result, twice
+    in a row: reset() clears DPM-Solver++'s carried x0_hat."""
+    runner = Sampler(TorchModel(), SHAPE, _schedule(), sampler="dpm_solver++", num_steps=6,
+                     dtype=torch.float64)
+    want = runner.run()
+    with torch.no_grad():
+        assert torch.equal(runner.loop(runner.initial_noise()), want)
+        assert torch.equal(runner.loop(runner.initial_noise()), want)
+
+
+def test_copy_inputs_moves_samples_and_labels_into_the_buffers():
+    a = Sampler(TorchModel(), SHAPE, _schedule(), y=[0, 1, 2], guidance_scale=2.0, num_steps=3)
+    b = Sampler(TorchModel(), SHAPE, _schedule(), y=[2, 2, 1], guidance_scale=2.0, num_steps=3,
+                samples=[7, 8, 9])
+    samples, labels = a.samples, a.y_model
+    a.copy_inputs_(b)
+    assert a.samples is samples and a.y_model is labels  # the same buffers, new values
+    assert a.samples.tolist() == [7, 8, 9] and a.y_model.tolist() == [2, 2, 1, 3, 3, 3]
+    with pytest.raises(ValueError, match="other must have shape"):
+        a.copy_inputs_(Sampler(TorchModel(), (2, 2, 4, 4), _schedule(), num_steps=3))
 
 
 # ----------------------------------------------------------------------------- model state
@@ -345,7 +342,7 @@ def test_bad_shape_schedule_and_model_are_rejected():
         ddpm.sample(TorchModel(), 5, _schedule())
     with pytest.raises(ValueError, match=r"shape\[1\] must be >= 1"):
         ddpm.sample(TorchModel(), (2, 0, 4, 4), _schedule())
-    with pytest.raises(TypeError, match="schedule must be a reference.Schedule or a ddpm.TorchSchedule"):
+    with pytest.raises(TypeError, match="schedule must be a reference Schedule"):
         ddpm.sample(TorchModel(), SHAPE, np.linspace(1e-4, 0.02, T))
     with pytest.raises(TypeError, match="model must be callable"):
         ddpm.sample("unet", SHAPE, _schedule())

@@ -89,20 +89,20 @@ def test_ddim_loop_ends_at_the_x0_prediction_of_its_last_state():
 def propagated_moments(schedule, model_coefficients, timesteps, steps_schedule):
     """Mean/variance of DDPM ancestral sampling with a linear-Gaussian eps-model, step by step.
 
-    x_{t-1} = coef1 x0_hat + coef2 x_t + sigma z, x0_hat = (x_t - sqrt(1-ab) eps) / sqrt(ab) and
-    eps = k_t (x_t - sqrt(ab) mu): an affine map per step, so moments propagate exactly.
+    x_{t-1} = coef1 x0_hat + coef2 x_t + sigma z,
+    x0_hat = (x_t - sqrt(1-alpha_bar) eps) / sqrt(alpha_bar) and eps = k_t (x_t - sqrt(alpha_bar) mu): an affine map per step, so moments propagate exactly.
     """
     mean, var = np.zeros(2), np.ones(2)
     for k, t in enumerate(timesteps):
-        k_resp = len(timesteps) - 1 - k
-        ab = schedule.alpha_bars[t]
-        kt = model_coefficients(ab)
-        # x0_hat = a x + b with a = (1 - sqrt(1-ab) k) / sqrt(ab), b = sqrt(1-ab) k mu
-        a = (1 - np.sqrt(1 - ab) * kt) / np.sqrt(ab)
-        b = np.sqrt(1 - ab) * kt * MU
-        c1 = steps_schedule.posterior_mean_coef1[k_resp]
-        c2 = steps_schedule.posterior_mean_coef2[k_resp]
-        sigma2 = steps_schedule.posterior_variance[k_resp] if k_resp > 0 else 0.0
+        respaced_index = len(timesteps) - 1 - k  # timesteps[k] in the ascending respaced schedule
+        alpha_bar = schedule.alpha_bars[t]
+        kt = model_coefficients(alpha_bar)
+        # x0_hat = a x + b, a = (1 - sqrt(1-alpha_bar) k) / sqrt(alpha_bar), b = sqrt(1-alpha_bar) k mu
+        a = (1 - np.sqrt(1 - alpha_bar) * kt) / np.sqrt(alpha_bar)
+        b = np.sqrt(1 - alpha_bar) * kt * MU
+        c1 = steps_schedule.posterior_mean_coef1[respaced_index]
+        c2 = steps_schedule.posterior_mean_coef2[respaced_index]
+        sigma2 = steps_schedule.posterior_variance[respaced_index] if respaced_index > 0 else 0.0
         mean = (c1 * a + c2) * mean + c1 * b
         var = (c1 * a + c2) ** 2 * var + sigma2
     return mean, var
