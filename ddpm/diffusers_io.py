@@ -10,14 +10,23 @@ state-dict mapping is the identity on keys. What this module adds:
   weights, both mapped to our (C, C) linear maps;
 - `config_from_diffusers` / `diffusers_config`: a diffusers config dict <-> `UNetConfig`, rejecting
   what `ddpm.UNet` cannot represent (other block types, fourier/learned time embeddings,
-  scale_shift ResBlocks, ...); missing keys take diffusers' own defaults, as diffusers would;
+  scale_shift ResBlocks, ...) with a ValueError naming the key and value; missing keys take
+  diffusers' own defaults, as diffusers would. diffusers' attention_head_dim (a head width, so
+  the head count differs between levels) is UNetConfig.head_channels;
+- `infer_config`: the layout from the weights' names and shapes; what they cannot tell
+  (`WEIGHTS_UNDETERMINED`: image size, norm groups and eps, sinusoid order and shift, downsample
+  padding, head width) comes from a config or raises a ValueError naming the keys, never a guess;
 - errors that list missing / unexpected / wrong-shape keys;
 - export back (`to_diffusers`, `save_diffusers`), loadable by `UNet2DModel.from_pretrained`.
+
+The dependency goes one way: `ddpm.unet` imports this module (`UNet.from_diffusers` builds the
+model from `unet_weights_from_diffusers`); this module never imports `ddpm.unet`.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import warnings
@@ -26,9 +35,8 @@ from pathlib import Path
 
 import torch
 
-from reference.unet_config import UNetConfig
-
-from .unet import UNet, check_state_dict_names
+from reference import check_parameter_names
+from reference.unet_config import UNetConfig, parameter_shapes
 
 __all__ = [
     "config_from_diffusers",
@@ -36,7 +44,8 @@ __all__ = [
     "load_diffusers_state_dict",
     "normalize_diffusers_state_dict",
     "infer_config",
-    "from_diffusers",
+    "unet_weights_from_diffusers",
+    "WEIGHTS_UNDETERMINED",
     "to_diffusers",
     "save_diffusers",
 ]
@@ -91,27 +100,22 @@ def _reject(key: str, value, why: str):
     raise ValueError(f"diffusers config {key}={value!r} cannot be represented by ddpm.UNet: {why}")
 
 
-def config_from_diffusers(diffusers_cfg: dict) -> UNetConfig:
-    """The `UNetConfig` of a diffusers `UNet2DModel` config dict (e.g. `model.config`, config.json).
-
-    Missing keys take UNet2DModel's defaults. Raises ValueError for anything ddpm.UNet cannot
-    represent: block types other than (Attn)DownBlock2D/(Attn)UpBlock2D, a missing mid block,
-    time_embedding_type != "positional", resnet_time_scale_shift != "default", class_embed_type,
-    act_fn != silu, center_input_sample, mid_block_scale_factor != 1, resnet down/upsampling,
-    an attention pattern that is not mirrored between down and up blocks, or attention heads
-    that differ between levels.
-    """
+def _with_defaults(diffusers_cfg: dict) -> dict:
+    """The config with UNet2DModel's defaults for the keys it lacks (as diffusers reads it)."""
     if not isinstance(diffusers_cfg, dict):
         raise TypeError(f"diffusers_cfg must be a dict (a UNet2DModel config), got {type(diffusers_cfg).__name__}")
     unknown = sorted(k for k in diffusers_cfg
                      if not k.startswith("_") and k not in DIFFUSERS_DEFAULTS and k not in _IGNORED_KEYS)
     if unknown:
-        warnings.warn(f"ignoring diffusers config keys unknown to UNet2DModel: {unknown}", stacklevel=2)
+        warnings.warn(f"ignoring diffusers config keys unknown to UNet2DModel: {unknown}", stacklevel=3)
     cls = diffusers_cfg.get("_class_name", "UNet2DModel")
     if cls != "UNet2DModel":
         raise ValueError(f"diffusers config _class_name must be 'UNet2DModel', got {cls!r}")
-    d = {**DIFFUSERS_DEFAULTS, **{k: v for k, v in diffusers_cfg.items() if k in DIFFUSERS_DEFAULTS}}
+    return {**DIFFUSERS_DEFAULTS, **{k: v for k, v in diffusers_cfg.items() if k in DIFFUSERS_DEFAULTS}}
 
+
+def _check_supported(d: dict) -> None:
+    """Reject the keys whose value ddpm.UNet has no equivalent for (they change the network)."""
     fixed = {
         "time_embedding_type": ("positional", "only the sinusoidal (positional) time embedding exists"),
         "resnet_time_scale_shift": ("default", "ResBlocks add the time embedding (no scale_shift)"),
@@ -128,12 +132,18 @@ def config_from_diffusers(diffusers_cfg: dict) -> UNetConfig:
         _reject("act_fn", d["act_fn"], "the activation is SiLU")
     if float(d["mid_block_scale_factor"]) != 1.0:
         _reject("mid_block_scale_factor", d["mid_block_scale_factor"], "ResBlock outputs are not rescaled")
+    num_class_embeds = d["num_class_embeds"]
+    if num_class_embeds is not None and int(num_class_embeds) < 2:
+        _reject("num_class_embeds", num_class_embeds, "it counts num_classes + 1 (the null class) >= 2")
 
+
+def _levels(d: dict) -> tuple[list[int], list[int]]:
+    """(block_out_channels, the levels with attention) of a config with defaults filled in."""
     chans = [int(c) for c in d["block_out_channels"]]
     down, up = list(d["down_block_types"]), list(d["up_block_types"])
     if not (len(chans) == len(down) == len(up)) or not chans:
         raise ValueError(f"diffusers config needs as many block_out_channels as down/up block types, got "
-                         f"{len(chans)}, {len(down)}, {len(up)}")
+                         f"block_out_channels={chans}, {len(down)} down_block_types, {len(up)} up_block_types")
     for i, kind in enumerate(down):
         if kind not in _DOWN_TYPES:
             _reject(f"down_block_types[{i}]", kind, f"supported: {sorted(_DOWN_TYPES)}")
@@ -145,59 +155,82 @@ def config_from_diffusers(diffusers_cfg: dict) -> UNetConfig:
     up_attention_levels = [levels - 1 - i for i, kind in enumerate(up) if _UP_TYPES[kind]]
     if sorted(up_attention_levels) != attention_levels:
         raise ValueError(f"diffusers config has attention at down levels {attention_levels} but at up "
-                         f"levels {sorted(up_attention_levels)}; ddpm.UNet mirrors them")
-
+                         f"levels {sorted(up_attention_levels)} (up_block_types={up}); ddpm.UNet mirrors them")
     ch = chans[0]
+    if any(c % ch for c in chans):
+        raise ValueError(f"diffusers config block_out_channels={chans} must be multiples of "
+                         f"block_out_channels[0] = {ch}")
     temb_dim = d["time_embedding_dim"]
     if temb_dim is not None and int(temb_dim) != 4 * ch:
         _reject("time_embedding_dim", temb_dim, f"the time embedding has 4 * block_out_channels[0] = {4 * ch}")
-    if any(c % ch for c in chans):
-        raise ValueError(f"block_out_channels {chans} must be multiples of block_out_channels[0] = {ch}")
     groups = int(d["norm_num_groups"])
     if d["attn_norm_num_groups"] is not None and int(d["attn_norm_num_groups"]) != groups:
         _reject("attn_norm_num_groups", d["attn_norm_num_groups"], f"attention norms use norm_num_groups={groups}")
+    return chans, attention_levels
 
+
+def _sample_size(d: dict) -> int:
     size = d["sample_size"]
     if size is None:
-        raise ValueError("diffusers config has no sample_size; pass a UNetConfig instead")
+        raise ValueError("diffusers config sample_size=None: ddpm.UNet needs a fixed square image size; "
+                         "set config['sample_size'] (or pass a reference.UNetConfig)")
     if isinstance(size, (list, tuple)):
         if len(size) != 2 or int(size[0]) != int(size[1]):
             _reject("sample_size", size, "images are square")
         size = size[0]
-    size = int(size)
+    return int(size)
 
-    # Heads: diffusers uses heads = channels // attention_head_dim per block (None: one head).
-    attention_channels = [chans[i] for i in attention_levels] + ([chans[-1]] if d["add_attention"] else [])
+
+def _heads(d: dict, attention_channels: list[int]) -> tuple[int, int | None]:
+    """(num_heads, head_channels) of UNetConfig for diffusers' attention_head_dim.
+
+    diffusers gives every attention block heads = channels // attention_head_dim (None: one head
+    of all channels). One attention width: a fixed num_heads (as older configs of this library
+    say it); several widths: head_channels, so each level gets its own head count.
+    """
     head_dim = d["attention_head_dim"]
     if head_dim is None or not attention_channels:
-        num_heads = 1
-    else:
-        head_dim = int(head_dim)
-        heads = set()
-        for c in attention_channels:
-            if c % head_dim:
-                _reject("attention_head_dim", head_dim, f"it must divide the attention channels {c}")
-            heads.add(c // head_dim)
-        if len(heads) != 1:
-            _reject("attention_head_dim", head_dim,
-                    f"it gives {sorted(heads)} heads at different levels; ddpm.UNet has one num_heads")
-        num_heads = heads.pop()
+        return 1, None
+    head_dim = int(head_dim)
+    for c in attention_channels:
+        if head_dim < 1 or c % head_dim:
+            # diffusers would build heads * head_dim != c channels: (c', c) projections
+            _reject("attention_head_dim", head_dim, f"it must divide the attention channels {c}")
+    if len(set(attention_channels)) == 1:
+        return attention_channels[0] // head_dim, None
+    return 1, head_dim
 
+
+def config_from_diffusers(diffusers_cfg: dict) -> UNetConfig:
+    """The `UNetConfig` of a diffusers `UNet2DModel` config dict (e.g. `model.config`, config.json).
+
+    Missing keys take UNet2DModel's defaults. Raises ValueError naming the key and value for
+    anything ddpm.UNet cannot represent: block types other than (Attn)DownBlock2D/(Attn)UpBlock2D,
+    a missing mid block, time_embedding_type != "positional", resnet_time_scale_shift !=
+    "default", class_embed_type, act_fn != silu, center_input_sample, mid_block_scale_factor != 1,
+    resnet down/upsampling, an attention pattern that is not mirrored between down and up blocks,
+    an attention_head_dim that does not divide the attention channels, sample_size None.
+    """
+    d = _with_defaults(diffusers_cfg)
+    _check_supported(d)
+    chans, attention_levels = _levels(d)
+    size = _sample_size(d)
+    attention_channels = [chans[i] for i in attention_levels] + ([chans[-1]] if d["add_attention"] else [])
+    num_heads, head_channels = _heads(d, attention_channels)
     num_class_embeds = d["num_class_embeds"]
-    if num_class_embeds is not None and int(num_class_embeds) < 2:
-        _reject("num_class_embeds", num_class_embeds, "it counts num_classes + 1 (the null class) >= 2")
     return UNetConfig(
         image_size=size,
         in_channels=int(d["in_channels"]),
         out_channels=int(d["out_channels"]),
-        ch=ch,
-        ch_mult=tuple(c // ch for c in chans),
+        ch=chans[0],
+        ch_mult=tuple(c // chans[0] for c in chans),
         num_res_blocks=int(d["layers_per_block"]),
         attn_resolutions=tuple(size // 2**i for i in attention_levels),
         dropout=float(d["dropout"]),
-        groups=groups,
+        groups=int(d["norm_num_groups"]),
         eps=float(d["norm_eps"]),
         num_heads=num_heads,
+        head_channels=head_channels,
         num_classes=None if num_class_embeds is None else int(num_class_embeds) - 1,
         mid_attention=bool(d["add_attention"]),
         flip_sin_to_cos=bool(d["flip_sin_to_cos"]),
@@ -206,26 +239,31 @@ def config_from_diffusers(diffusers_cfg: dict) -> UNetConfig:
     )
 
 
+def _attention_head_dim(config: UNetConfig) -> int | None:
+    """diffusers' attention_head_dim (one head width for every block) for config's heads."""
+    if config.head_channels is not None:
+        return config.head_channels
+    if config.num_heads == 1:
+        return None  # one head of all channels in each block, as the DDPM CIFAR-10 checkpoint says
+    widths = config.attention_channels
+    if len(widths) > 1:
+        raise ValueError(f"num_heads={config.num_heads} with attention on {list(widths)} channels has no "
+                         "diffusers equivalent (one attention_head_dim, so heads grow with channels); "
+                         "set head_channels instead")
+    return widths[0] // config.num_heads if widths else None
+
+
 def diffusers_config(config: UNetConfig) -> dict:
     """The `UNet2DModel(**cfg)` keyword arguments that build `config`'s network (JSON-ready).
 
-    num_heads == 1 is written as attention_head_dim=None (as the DDPM CIFAR-10 checkpoint does);
-    more heads need the same channel count at every attention level.
+    num_heads == 1 is written as attention_head_dim=None (as the DDPM CIFAR-10 checkpoint does),
+    head_channels as attention_head_dim; more than one fixed head needs the same channel count at
+    every attention block.
     """
     if not isinstance(config, UNetConfig):
         raise TypeError(f"config must be a reference.UNetConfig, got {type(config).__name__}")
     chans = list(config.block_channels)
     attention = [config.level_has_attention(i) for i in range(config.levels)]
-    if config.num_heads == 1:
-        head_dim = None
-    else:
-        attention_channels = {c for c, a in zip(chans, attention) if a}
-        if config.mid_attention:
-            attention_channels.add(chans[-1])
-        if len(attention_channels) > 1:
-            raise ValueError(f"num_heads={config.num_heads} with attention on {sorted(attention_channels)} "
-                             "channels has no diffusers equivalent (one attention_head_dim for all blocks)")
-        head_dim = attention_channels.pop() // config.num_heads if attention_channels else None
     return {
         "_class_name": "UNet2DModel",
         "sample_size": config.image_size,
@@ -245,7 +283,7 @@ def diffusers_config(config: UNetConfig) -> dict:
         "upsample_type": "conv",
         "dropout": float(config.dropout),
         "act_fn": "silu",
-        "attention_head_dim": head_dim,
+        "attention_head_dim": _attention_head_dim(config),
         "norm_num_groups": config.groups,
         "norm_eps": float(config.eps),
         "resnet_time_scale_shift": "default",
@@ -338,68 +376,132 @@ def load_diffusers_state_dict(state_dict_or_path) -> tuple["OrderedDict[str, tor
     return normalize_diffusers_state_dict(state), config
 
 
-def infer_config(state: dict) -> UNetConfig:
-    """A UNetConfig from the shapes of a (normalized) state dict.
+# ----------------------------------------------------------------------------- inference
 
-    Shapes give in/out channels, ch, ch_mult, num_res_blocks, which levels have attention, the
-    mid attention and num_classes. Values that no shape records take the DDPM CIFAR-10 model's:
-    image_size 32 (the smallest multiple of 2^(levels-1) >= 32), groups 32 (or the largest that
-    divides every channel count), eps 1e-6, one head, sin first, freq_shift 1, downsample padding
-    0, dropout 0. Pass a config when those differ.
-    """
+# UNet2DModel keys that change the outputs but leave no trace in the weights' names and shapes
+# (attention_head_dim: to_q/to_k/to_v are (C, C) for every head count; norm_num_groups: GroupNorm
+# weights are per channel). Without a config they must be given, never guessed.
+WEIGHTS_UNDETERMINED = ("sample_size", "norm_num_groups", "norm_eps", "flip_sin_to_cos", "freq_shift",
+                        "downsample_padding", "attention_head_dim")
+
+
+def _indices(state: dict, prefix: str) -> list[int]:
+    """The sorted distinct integers i of the keys `{prefix}{i}.*`."""
+    pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
+    return sorted({int(m.group(1)) for k in state if (m := pattern.match(k))})
+
+
+def _layout_from_weights(state: dict, shape) -> dict:
+    """The block layout keys: channels, levels, layers per block, attention placement."""
+    levels = len(_indices(state, "down_blocks."))
+    if levels < 1:
+        raise ValueError("cannot infer the UNet config: the state dict has no down_blocks.*")
+    chans = [shape(f"down_blocks.{i}.resnets.0.conv1.weight")[0] for i in range(levels)]
+    up_levels = len(_indices(state, "up_blocks."))
+
+    def has(prefix: str) -> bool:
+        return any(k.startswith(prefix) for k in state)
+
+    layout = {
+        "block_out_channels": chans,
+        "layers_per_block": len(_indices(state, "down_blocks.0.resnets.")),
+        "down_block_types": ["AttnDownBlock2D" if has(f"down_blocks.{i}.attentions.") else "DownBlock2D"
+                             for i in range(levels)],
+        "up_block_types": ["AttnUpBlock2D" if has(f"up_blocks.{i}.attentions.") else "UpBlock2D"
+                           for i in range(up_levels)],
+        "add_attention": has("mid_block.attentions."),
+    }
+    # Variants ddpm.UNet refuses, recognised by their own parameters so the error names the key.
+    if not has("mid_block."):
+        layout["mid_block_type"] = None
+    if has("down_blocks.0.downsamplers.0.norm1."):
+        layout["downsample_type"] = "resnet"
+    if has("up_blocks.0.upsamplers.0.norm1."):
+        layout["upsample_type"] = "resnet"
+    if shape("down_blocks.0.resnets.0.time_emb_proj.weight")[0] == 2 * chans[0]:
+        layout["resnet_time_scale_shift"] = "scale_shift"  # the projection gives (scale, shift)
+    return layout
+
+
+def _config_from_weights(state: dict) -> dict:
+    """The UNet2DModel config keys that the names and shapes of a (normalized) state dict fix."""
     def shape(key):
         if key not in state:
             raise ValueError(f"cannot infer the UNet config: the state dict has no {key!r}")
         return tuple(state[key].shape)
 
     c0, in_channels = shape("conv_in.weight")[:2]
-    out_channels = shape("conv_out.weight")[0]
-    ch = shape("time_embedding.linear_1.weight")[1]
-    levels = 1 + max((int(m.group(1)) for k in state if (m := re.match(r"down_blocks\.(\d+)\.", k))),
-                     default=-1)
-    if levels < 1:
-        raise ValueError("cannot infer the UNet config: the state dict has no down_blocks.*")
-    chans = [shape(f"down_blocks.{i}.resnets.0.conv1.weight")[0] for i in range(levels)]
-    if c0 != chans[0] or any(c % ch for c in chans):
-        raise ValueError(f"cannot infer the UNet config: block channels {chans} are not multiples of ch={ch}")
-    num_res_blocks = len({k.split(".")[3] for k in state if k.startswith("down_blocks.0.resnets.")})
-    attention_levels = [i for i in range(levels) if any(k.startswith(f"down_blocks.{i}.attentions.")
-                                                       for k in state)]
-    image_size = max(32, 2 ** (levels - 1))
-    image_size += (-image_size) % 2 ** (levels - 1)
-    groups = next(g for g in range(32, 0, -1) if all(c % g == 0 for c in chans))
-    num_classes = shape("class_embedding.weight")[0] - 1 if "class_embedding.weight" in state else None
-    return UNetConfig(
-        image_size=image_size, in_channels=in_channels, out_channels=out_channels, ch=ch,
-        ch_mult=tuple(c // ch for c in chans), num_res_blocks=num_res_blocks,
-        attn_resolutions=tuple(image_size // 2**i for i in attention_levels), dropout=0.0,
-        groups=groups, eps=1e-6, num_heads=1, num_classes=num_classes,
-        mid_attention=any(k.startswith("mid_block.attentions.") for k in state),
-        flip_sin_to_cos=False, freq_shift=1, downsample_padding=0,
-    )
+    inferred = {"in_channels": in_channels, "out_channels": shape("conv_out.weight")[0],
+                "time_embedding_dim": shape("time_embedding.linear_1.weight")[0]}
+    if "time_proj.W" in state:
+        inferred["time_embedding_type"] = "fourier"
+    elif "time_proj.weight" in state:
+        inferred["time_embedding_type"] = "learned"
+    if "class_embedding.weight" in state:
+        inferred["num_class_embeds"] = shape("class_embedding.weight")[0]  # num_classes + the null row
+    elif any(k.startswith("class_embedding.") for k in state):
+        inferred["class_embed_type"] = "timestep"
+    inferred.update(_layout_from_weights(state, shape))
+    if not any(t.startswith("Attn") for t in inferred["down_block_types"]) and not inferred["add_attention"]:
+        inferred["attention_head_dim"] = None  # no attention block: the head width means nothing
+    if len(inferred["block_out_channels"]) == 1:
+        inferred["downsample_padding"] = DIFFUSERS_DEFAULTS["downsample_padding"]  # no downsampler
+    norm_channels = [v.shape[0] for k, v in state.items()
+                     if k.endswith(("norm.weight", "norm1.weight", "norm2.weight", "norm_out.weight"))]
+    if math.gcd(*norm_channels) == 1:
+        inferred["norm_num_groups"] = 1  # the only group count that divides every norm's channels
+    return inferred
 
 
-def from_diffusers(state_dict_or_path, config=None, *, dtype: torch.dtype | None = None) -> UNet:
-    """A `ddpm.UNet` holding the weights of a diffusers `UNet2DModel`.
+def infer_config(state: dict, config: dict | None = None) -> UNetConfig:
+    """The UNetConfig of a (normalized) diffusers state dict: the weights plus `config`.
 
-    state_dict_or_path: a dict name -> tensor (e.g. `UNet2DModel.state_dict()`), a .safetensors
-        or .bin file, or a `save_pretrained` directory. Legacy attention names are accepted.
-    config: a UNetConfig, a diffusers config dict, or None: then the config stored with the
-        weights (our safetensors metadata, or a config.json beside the file) or, failing that,
-        `infer_config` from the shapes.
-    dtype: the model's dtype; default the weights' own floating dtype (float32 if mixed).
+    The names and shapes fix in/out channels, block_out_channels (ch, ch_mult), the number of
+    levels, layers_per_block, which levels and whether the mid block have attention, the class
+    embedding (num_class_embeds rows = num_classes + the null class) and the time-embedding width.
+    They cannot fix WEIGHTS_UNDETERMINED (image size, GroupNorm groups and eps, the sinusoid's
+    order and shift, the downsampling pad, the attention head width). config: None, and those
+    keys raise a ValueError naming them; or a diffusers config dict (complete, or only those
+    keys) whose keys override the weights' and whose missing keys take UNet2DModel's defaults,
+    as diffusers reads a config. Keys that cannot change an eval output (dropout) take diffusers'
+    defaults.
+    """
+    inferred = _config_from_weights(state)
+    if config is None:
+        missing = [k for k in WEIGHTS_UNDETERMINED if k not in inferred]
+        if missing:
+            found = {k: inferred[k] for k in ("block_out_channels", "layers_per_block", "down_block_types",
+                                              "add_attention", "num_class_embeds") if k in inferred}
+            raise ValueError(
+                f"the weights do not determine the UNet2DModel config keys {missing}; pass config= a "
+                f"dict with them (e.g. config.json's values), a diffusers config or a reference.UNetConfig "
+                f"(the weights give {found})")
+        config = {}
+    if not isinstance(config, dict):
+        raise TypeError(f"config must be a diffusers config dict or None, got {type(config).__name__}")
+    return config_from_diffusers({**inferred, **config})
+
+
+def unet_weights_from_diffusers(state_dict_or_path, config=None, *, dtype: torch.dtype | None = None
+                                ) -> tuple[UNetConfig, "OrderedDict[str, torch.Tensor]", torch.dtype]:
+    """(config, checked state dict, dtype) for `ddpm.UNet.from_diffusers`, which builds the model.
+
+    config: a UNetConfig (used as is); a diffusers config dict (over the config stored with the
+    weights, if any); or None: the stored config (our safetensors metadata, or a config.json
+    beside the file). Either dict is completed from the weights (`infer_config`); with none, the
+    keys the weights do not determine raise a ValueError naming them.
+    dtype: default the weights' own floating dtype (float32 if mixed).
     Raises ValueError listing missing / unexpected / wrong-shape keys, or naming a non-finite one.
     """
     state, stored_config = load_diffusers_state_dict(state_dict_or_path)
-    if isinstance(config, UNetConfig):
-        pass
-    elif isinstance(config, dict):
-        config = config_from_diffusers(config)
-    elif config is None:
-        config = config_from_diffusers(stored_config) if stored_config is not None else infer_config(state)
-    else:
+    if isinstance(config, dict) or config is None:
+        if config is None and stored_config is None:
+            config = infer_config(state)
+        else:
+            config = infer_config(state, {**(stored_config or {}), **(config or {})})
+    elif not isinstance(config, UNetConfig):
         raise TypeError(f"config must be a UNetConfig, a diffusers config dict or None, got {type(config).__name__}")
-    check_state_dict_names(state, config, "state_dict_or_path")
+    check_parameter_names(parameter_shapes(config), state, "state_dict_or_path")
     for key, value in state.items():
         if not value.is_floating_point():
             raise TypeError(f"{key} must be a floating tensor, got dtype {value.dtype}")
@@ -410,34 +512,39 @@ def from_diffusers(state_dict_or_path, config=None, *, dtype: torch.dtype | None
         dtype = dtypes.pop() if len(dtypes) == 1 else torch.float32
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
-    model = UNet(config).to(dtype)
-    model.load_state_dict(state, strict=True)
-    return model
+    return config, state, dtype
+
+
+def _model_state(model, name: str) -> dict:
+    """A ddpm.UNet's state dict, checked against its config (duck-typed: no import of ddpm.unet,
+    which imports this module)."""
+    config = getattr(model, "config", None)
+    if not isinstance(config, UNetConfig) or not callable(getattr(model, "state_dict", None)):
+        raise TypeError(f"{name} must be a ddpm.UNet or a state dict, got {type(model).__name__}")
+    state = model.state_dict()
+    check_parameter_names(parameter_shapes(config), state, name)
+    return state
 
 
 def to_diffusers(model_or_state) -> "OrderedDict[str, torch.Tensor]":
     """A diffusers `UNet2DModel` state dict (current names; detached copies) of a ddpm.UNet."""
-    if isinstance(model_or_state, UNet):
-        state = model_or_state.state_dict()
-        check_state_dict_names(state, model_or_state.config, "model")
-    elif isinstance(model_or_state, dict):
+    if isinstance(model_or_state, dict):
         state = normalize_diffusers_state_dict(model_or_state)
     else:
-        raise TypeError(f"model_or_state must be a ddpm.UNet or a state dict, got {type(model_or_state).__name__}")
+        state = _model_state(model_or_state, "model_or_state")
     return OrderedDict((k, v.detach().clone().contiguous()) for k, v in state.items())
 
 
-def save_diffusers(model: UNet, path) -> Path:
-    """Write `model` for diffusers: a `.safetensors` file (config in its metadata) or a directory.
+def save_diffusers(model, path) -> Path:
+    """Write a ddpm.UNet for diffusers: a `.safetensors` file (config in its metadata) or a directory.
 
     A directory gets config.json + diffusion_pytorch_model.safetensors, the `save_pretrained`
-    layout that `UNet2DModel.from_pretrained(path)` and `from_diffusers(path)` both load.
+    layout that `UNet2DModel.from_pretrained(path)` and `ddpm.UNet.from_diffusers(path)` both load.
     Returns the path of the weights file.
     """
     from safetensors.torch import save_file
 
-    if not isinstance(model, UNet):
-        raise TypeError(f"model must be a ddpm.UNet, got {type(model).__name__}")
+    _model_state(model, "model")
     path = Path(path)
     cfg = diffusers_config(model.config)
     state = {k: v.cpu() for k, v in to_diffusers(model).items()}

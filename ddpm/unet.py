@@ -29,8 +29,11 @@ from torch import nn
 
 import kernels
 from kernels.validate import sync_checks_enabled
+from reference import check_class_labels, check_parameter_names
 from reference.layers import timestep_frequencies
 from reference.unet_config import UNetConfig, parameter_shapes
+
+from .diffusers_io import to_diffusers, unet_weights_from_diffusers
 
 __all__ = ["UNet", "ResnetBlock", "AttentionBlock", "sinusoidal_frequencies"]
 
@@ -195,7 +198,7 @@ class UNet(nn.Module):
             return ResnetBlock(cin, cout, temb, cfg.groups, cfg.eps, cfg.dropout)
 
         def attention(c: int) -> AttentionBlock:
-            return AttentionBlock(c, cfg.num_heads, cfg.groups, cfg.eps)
+            return AttentionBlock(c, cfg.heads(c), cfg.groups, cfg.eps)
 
         self.conv_in = nn.Conv2d(cfg.in_channels, chans[0], 3, padding=1)
         self.time_embedding = TimestepEmbedding(cfg.ch, temb)
@@ -346,9 +349,8 @@ class UNet(nn.Module):
             raise ValueError(f"y must have shape ({n},), got {tuple(y.shape)}")
         if y.device != x.device:
             raise ValueError(f"y is on {y.device} but x is on {x.device}")
-        if check_values and y.numel() and bool(((y < 0) | (y > cfg.num_classes)).any()):
-            raise ValueError(f"y must lie in [0, {cfg.num_classes}] (num_classes = {cfg.num_classes} "
-                             f"is the null class), got min {int(y.min())} max {int(y.max())}")
+        if check_values:
+            check_class_labels(y.cpu(), cfg.num_classes, "y", allow_null=True)
         return t, y
 
     # ------------------------------------------------------------------ forward
@@ -419,36 +421,29 @@ class UNet(nn.Module):
     @classmethod
     def from_diffusers(cls, state_dict_or_path: "dict | str | PathLike", config=None, *,
                        dtype: torch.dtype | None = None) -> "UNet":
-        """A UNet holding diffusers `UNet2DModel` weights (a state dict or a .safetensors file).
+        """A UNet holding the weights of a diffusers `UNet2DModel`.
 
-        See `ddpm.diffusers_io.from_diffusers`: config may be a UNetConfig, a diffusers config
-        dict, or None (read from the file's metadata / a config.json beside it, else inferred).
+        state_dict_or_path: a dict name -> tensor (e.g. `UNet2DModel.state_dict()`), a
+            .safetensors or .bin file, or a `save_pretrained` directory. Legacy attention names
+            are accepted.
+        config: a UNetConfig; a diffusers config dict (missing keys: from the weights where their
+            shapes fix them, else UNet2DModel's defaults); or None: the config stored with the
+            weights (a config.json beside them, or our safetensors metadata), else the weights
+            alone, which fix the layout (channels, levels, layers, attention placement, classes)
+            but not `diffusers_io.WEIGHTS_UNDETERMINED`: a ValueError names the missing keys.
+        dtype: the model's dtype; default the weights' own floating dtype (float32 if mixed).
+        See `ddpm.diffusers_io.unet_weights_from_diffusers` for the checks.
         """
-        from .diffusers_io import from_diffusers
-
-        return from_diffusers(state_dict_or_path, config, dtype=dtype)
+        config, state, dtype = unet_weights_from_diffusers(state_dict_or_path, config, dtype=dtype)
+        model = cls(config).to(dtype)
+        model.load_state_dict(state, strict=True)
+        return model
 
     def to_diffusers(self) -> "OrderedDict[str, torch.Tensor]":
         """This model's weights as a diffusers `UNet2DModel` state dict (same names)."""
-        from .diffusers_io import to_diffusers
-
         return to_diffusers(self)
 
 
 def check_state_dict_names(state: dict, config: UNetConfig, name: str = "state_dict") -> None:
     """Raise a ValueError listing missing, unexpected and wrong-shape keys against the config."""
-    expected = parameter_shapes(config)
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [f"{k}: expected {expected[k]}, got {tuple(state[k].shape)}"
-             for k in expected if k in state and tuple(state[k].shape) != expected[k]]
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} key(s): {missing[:10]}" + (" ..." if len(missing) > 10 else ""))
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)} key(s): {unexpected[:10]}"
-                         + (" ..." if len(unexpected) > 10 else ""))
-        if wrong:
-            parts.append(f"{len(wrong)} wrong shape(s): {wrong[:10]}" + (" ..." if len(wrong) > 10 else ""))
-        raise ValueError(f"{name} does not match the UNet config: " + "; ".join(parts))
+    check_parameter_names(parameter_shapes(config), state, name)

@@ -53,7 +53,7 @@ from typing import Mapping
 
 import numpy as np
 
-from ._validate import check_float_array
+from ._validate import check_class_labels, check_float_array, check_parameter_names
 from .attention import attention_block, attention_block_backward
 from .conv import conv2d, conv2d_backward, downsample, downsample_backward, upsample, upsample_backward
 from .layers import embedding, embedding_backward, linear, linear_backward, silu, silu_backward, timestep_embedding
@@ -226,13 +226,7 @@ class UNet:
         """
         if not isinstance(params, Mapping):
             raise TypeError(f"params must be a mapping name -> array, got {type(params).__name__}")
-        missing = [name for name in self.shapes if name not in params]
-        unexpected = [name for name in params if name not in self.shapes]
-        wrong = [f"{name}: expected {self.shapes[name]}, got {tuple(np.shape(params[name]))}"
-                 for name in self.shapes if name in params and tuple(np.shape(params[name])) != self.shapes[name]]
-        if missing or unexpected or wrong:
-            raise ValueError("params do not match parameter_shapes(config): "
-                             f"missing {missing}, unexpected {unexpected}, wrong shapes {wrong}")
+        check_parameter_names(self.shapes, params, "params")
         for name in self.shapes:
             value = check_float_array(np.asarray(params[name]), f"params[{name!r}]")
             np.copyto(self.params[name], value, casting="same_kind")
@@ -279,10 +273,7 @@ class UNet:
                 y = np.full(n, int(y), dtype=np.int64)
             if y.shape != (n,):
                 raise ValueError(f"y must have shape ({n},), got {y.shape}")
-            if n and (y.min() < 0 or y.max() > cfg.num_classes):
-                raise ValueError(f"y must lie in [0, {cfg.num_classes}] ({cfg.num_classes} = the null class), "
-                                 f"got min {y.min()} max {y.max()}")
-            y = y.astype(np.int64)
+            y = check_class_labels(y, cfg.num_classes, "y", allow_null=True)
         return x.astype(self.dtype, copy=False), t_arr.astype(np.int64), y
 
     def _resnet_prefixes(self) -> list[tuple[str, int]]:
@@ -377,7 +368,7 @@ class UNet:
             return h
 
         def attention(h, prefix):
-            h, cache = attention_block(h, _local(p, prefix), cfg.groups, cfg.eps, cfg.num_heads)
+            h, cache = attention_block(h, _local(p, prefix), cfg.groups, cfg.eps, cfg.heads(h.shape[1]))
             record("attention", prefix, cache)
             return h
 

@@ -25,7 +25,9 @@ name too. Levels are numbered from the input resolution down; up blocks from the
                when channels change) or + x.
     Attention: group_norm (no SiLU) -> to_q, to_k, to_v (per-pixel linear maps over channels,
                i.e. 1x1 convs, weights (C, C)) -> softmax(q k^T / sqrt(C / heads)) over the H*W
-               positions -> to_out.0 (C, C) -> + x.
+               positions -> to_out.0 (C, C) -> + x.  heads = num_heads in every block, or
+               C / head_channels (diffusers' attention_head_dim: a fixed head width, so the
+               head count grows with the level's channels).
 
 Weights are (out, in) for linear maps and (out, in, kh, kw) for convolutions, as torch stores them.
 """
@@ -63,6 +65,9 @@ class UNetConfig:
     groups: int = 32
     eps: float = 1e-6
     num_heads: int = 1
+    # Channels per head (diffusers' attention_head_dim): heads = C / head_channels per block,
+    # which differs between levels of different widths. None: num_heads heads everywhere.
+    head_channels: int | None = None
     num_classes: int | None = None
     mid_attention: bool = True
     # Sinusoidal embedding: sin first unless flipped; frequencies exp(-log(10000) k / (half - shift)).
@@ -117,6 +122,21 @@ class UNetConfig:
         bad = [r for r in self.attn_resolutions if r not in valid]
         if bad:
             raise ValueError(f"attn_resolutions {bad} match no level; levels have {sorted(valid)}")
+        self._check_head_channels()
+
+    def _check_head_channels(self) -> None:
+        if self.head_channels is None:
+            return
+        if isinstance(self.head_channels, bool) or not isinstance(self.head_channels, int) \
+                or self.head_channels < 1:
+            raise ValueError(f"head_channels must be None or a positive int, got {self.head_channels!r}")
+        if self.num_heads != 1:
+            raise ValueError(f"set num_heads (heads per block) or head_channels (channels per head), "
+                             f"not both: got num_heads={self.num_heads}, head_channels={self.head_channels}")
+        for c in self.attention_channels:
+            if c % self.head_channels:
+                raise ValueError(f"head_channels={self.head_channels} must divide the channels {c} "
+                                 f"of every attention block")
 
     # ----- derived -----
     @property
@@ -136,6 +156,20 @@ class UNetConfig:
 
     def level_has_attention(self, level: int) -> bool:
         return self.resolution(level) in self.attn_resolutions
+
+    @property
+    def attention_channels(self) -> tuple[int, ...]:
+        """The distinct channel counts of the attention blocks (levels with attention, mid block)."""
+        chans = {c for i, c in enumerate(self.block_channels) if self.level_has_attention(i)}
+        if self.mid_attention:
+            chans.add(self.block_channels[-1])
+        return tuple(sorted(chans))
+
+    def heads(self, channels: int) -> int:
+        """Attention heads of a block over `channels` channels (head width channels / heads)."""
+        if self.head_channels is None:
+            return self.num_heads
+        return channels // self.head_channels
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -24,9 +24,9 @@ from torch import nn
 import ddpm
 import reference
 from ddpm.diffusers_io import (
+    WEIGHTS_UNDETERMINED,
     config_from_diffusers,
     diffusers_config,
-    from_diffusers,
     infer_config,
     normalize_diffusers_state_dict,
     save_diffusers,
@@ -36,6 +36,7 @@ from reference.layers import timestep_embedding
 from tests.helpers import rel_error
 
 REL_TOL = 1e-10
+from_diffusers = ddpm.UNet.from_diffusers
 
 # The DDPM CIFAR-10 layout (DownBlock2D / AttnDownBlock2D at 16x16 / ...) with small channels.
 SMALL_CIFAR = reference.UNetConfig(image_size=16, in_channels=3, out_channels=3, ch=8,
@@ -164,7 +165,8 @@ def test_missing_config_keys_take_diffusers_defaults():
     ({"downsample_type": "resnet"}, "downsample_type"),
     ({"attn_norm_num_groups": 8}, "attn_norm_num_groups"),
     ({"time_embedding_dim": 256}, "time_embedding_dim"),
-    ({"attention_head_dim": 64, "block_out_channels": [128, 256, 512, 512]}, "heads at different levels"),
+    ({"attention_head_dim": 96}, "attention_head_dim=96 .* must divide the attention channels 256"),
+    ({"sample_size": None}, "sample_size=None"),
     ({"sample_size": [32, 16]}, "sample_size"),
     ({"_class_name": "UNet2DConditionModel"}, "_class_name"),
 ])
@@ -363,6 +365,7 @@ def test_infer_config_recovers_what_shapes_record():
     config = reference.UNetConfig.ddpm_cifar10(ch=32, num_classes=10, dropout=0.0)
     with torch.device("meta"):
         state = ddpm.UNet(config).state_dict()
-    assert infer_config(state) == config
+    settings = {k: v for k, v in diffusers_config(config).items() if k in WEIGHTS_UNDETERMINED}
+    assert infer_config(state, settings) == config
     with pytest.raises(ValueError, match="has no 'conv_in.weight'"):
         infer_config({})
