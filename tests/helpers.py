@@ -84,3 +84,28 @@ def check_gradient(f, x: np.ndarray, analytic: np.ndarray, *, eps: float = 1e-6,
     err = float(np.max(np.abs(a - n)) / max(np.max(np.abs(n)), 1e-12))
     assert err <= rtol, f"{name}: relative error {err:.3e} > {rtol:.1e}"
     return err
+
+
+def randomize_(model, seed: int = 0, scale: float = 0.5):
+    """Give every parameter of a torch module random values in place (no zero, no constant).
+
+    Weights get N(0, scale^2 / fan_in) (fan_in = numel / out_features), biases and GroupNorm
+    shifts N(0, (scale / 2)^2), GroupNorm scales 1 + N(0, 0.3^2): the net's output then depends on
+    every input (x_t, t, y) and every parameter, which a zero-initialised output layer hides.
+    Returns the model.
+    """
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=g, dtype=torch.float64)
+            if "norm" in name and name.endswith("weight"):
+                value = 1.0 + 0.3 * noise
+            elif p.ndim >= 2:
+                fan_in = p[0].numel()
+                value = noise * scale / fan_in ** 0.5
+            else:
+                value = noise * scale / 2
+            p.copy_(value.to(p.dtype))
+    return model
