@@ -27,13 +27,21 @@ import torch
 
 import reference
 
-from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
-from .cli import draw
 from .data import load_digits
 from .distributed import single_process
 from .metrics import format_hit_rate, hit_rate, train_digit_classifier
+from .runs import (
+    check_resume,
+    draw,
+    ema_model,
+    latest_run_checkpoint,
+    new_trainer,
+    resume,
+    save_loss_curve_or_warn,
+    train_to,
+)
 from .train import TrainConfig, Trainer
-from .viz import save_gif, save_grid, save_loss_curve
+from .viz import save_gif, save_grid
 
 __all__ = ["DemoSettings", "run_demo"]
 
@@ -74,66 +82,56 @@ class DemoSettings:
                            label_dropout=self.label_dropout, seed=self.seed, grad_clip=1.0)
 
 
-def _resume(trainer: Trainer, out: Path) -> bool:
-    path = latest_checkpoint(out)
-    if path is None:
-        return False
-    ckpt = load_checkpoint(path)
-    saved = dict(ckpt.config.get("training", {}))
-    wanted = trainer.config.to_dict()
-    changed = [k for k in wanted if k != "steps" and saved.get(k) != wanted[k]]
-    if changed:
-        raise CheckpointError(f"{out} holds a demo checkpoint with other settings ({', '.join(changed)}); "
-                              f"pass another --out or delete {out}")
-    trainer.load(ckpt)
-    return True
+def _train(out: Path, settings: DemoSettings, ctx, *, progress: bool, echo) -> tuple[Trainer, float]:
+    """Train the demo's model into `out`, continuing the run there (ddpm.runs.check_resume:
+    other settings raise CheckpointError); returns the trainer and the seconds spent training."""
+    data = load_digits()
+    config = settings.unet_config()
+    schedule = reference.make_schedule(settings.schedule, settings.timesteps)
+    train_config = settings.train_config()
+    ckpt = latest_run_checkpoint(out)
+    if ckpt is not None:
+        check_resume(ckpt, unet_config=config, schedule=schedule, training=train_config.to_dict(),
+                     label="demo")
+    trainer = new_trainer(config, schedule, train_config, data, ctx)
+    n_params = sum(p.numel() for p in trainer.model.parameters())
+    echo(f"data: {data.describe()}")
+    echo(f"model: class-conditional UNet (digits8, ch={config.ch}), {n_params:,} parameters; "
+         f"{schedule.kind} schedule T={schedule.T}; device {ctx.device}")
+    resume(trainer, ckpt, echo)
+    return trainer, train_to(trainer, out, keep_last=1, progress=progress)
+
+
+def _draw_pictures(out: Path, settings: DemoSettings, trainer: Trainer, ctx, echo):
+    """samples.png (one row per digit, EMA weights, classifier-free guidance), reverse.gif and
+    loss_curve.png; returns (images on the CPU, their labels, seconds spent sampling)."""
+    start = time.perf_counter()
+    y = torch.arange(10).repeat_interleave(settings.per_class)
+    images, frames = draw(ema_model(trainer), trainer.schedule, y, len(y), ctx,
+                          num_steps=settings.sample_steps, guidance_scale=settings.guidance_scale,
+                          seed=settings.seed, gif_frames=settings.gif_frames)
+    sample_s = time.perf_counter() - start
+    images = images.cpu()
+    save_grid(out / "samples.png", images, settings.per_class)
+    # the GIF opens on x_T, the sampler's initial noise, which no sampler step snapshots
+    initial = reference.normal(settings.seed, range(len(y)), reference.SAMPLER_INIT_STREAM,
+                               tuple(images.shape[1:]))
+    save_gif(out / "reverse.gif", [torch.from_numpy(initial)] + [f.cpu() for f in frames],
+             settings.per_class)
+    save_loss_curve_or_warn(out / "loss_curve.png", trainer.history, title="digits demo: training loss",
+                            warn=echo)
+    return images, y, sample_s
 
 
 def run_demo(out, settings: DemoSettings = DemoSettings(), *, device: torch.device | str | None = None,
              progress: bool = True, echo=print) -> dict:
     """Train, sample, score; returns the figures written to hit_rate.json."""
-    from .unet import UNet
-
     start = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     ctx = single_process(device)
-    data = load_digits()
-    config = settings.unet_config()
-    schedule = reference.make_schedule(settings.schedule, settings.timesteps)
-    torch.manual_seed(settings.seed)
-    trainer = Trainer(UNet(config), schedule, settings.train_config(), data, ctx=ctx)
-    n_params = sum(p.numel() for p in trainer.model.parameters())
-    echo(f"data: {data.describe()}")
-    echo(f"model: class-conditional UNet (digits8, ch={config.ch}), {n_params:,} parameters; "
-         f"{schedule.kind} schedule T={schedule.T}; device {ctx.device}")
-    if _resume(trainer, out):
-        echo(f"resuming from {latest_checkpoint(out)} at step {trainer.step}")
-
-    t_train = time.perf_counter()
-    if trainer.step < settings.steps:
-        trainer.fit(settings.steps, run_dir=out, progress=progress, keep_last=1)
-    train_s = time.perf_counter() - t_train
-
-    # sample: one row per digit, from the EMA weights, with classifier-free guidance
-    t_sample = time.perf_counter()
-    model = UNet(config).to(ctx.device).eval()
-    trainer.ema.copy_to(model)
-    y = torch.arange(10).repeat_interleave(settings.per_class)
-    images, frames = draw(model, schedule, y, len(y), ctx, num_steps=settings.sample_steps,
-                          guidance_scale=settings.guidance_scale, seed=settings.seed,
-                          gif_frames=settings.gif_frames)
-    sample_s = time.perf_counter() - t_sample
-    images = images.cpu()
-    save_grid(out / "samples.png", images, settings.per_class)
-    initial = reference.normal(settings.seed, range(len(y)), reference.SAMPLER_INIT_STREAM,
-                               tuple(images.shape[1:]))
-    save_gif(out / "reverse.gif", [torch.from_numpy(initial)] + [f.cpu() for f in frames],
-             settings.per_class)
-    try:
-        save_loss_curve(out / "loss_curve.png", trainer.history, title="digits demo: training loss")
-    except RuntimeError as err:
-        echo(f"warning: {err}")
+    trainer, train_s = _train(out, settings, ctx, progress=progress, echo=echo)
+    images, y, sample_s = _draw_pictures(out, settings, trainer, ctx, echo)
 
     classifier = train_digit_classifier(seed=settings.seed)
     result = hit_rate(classifier, images, y)

@@ -22,6 +22,8 @@ import torch
 import torch.distributed as torch_dist
 from torch import nn
 
+from .samplers import sample
+
 __all__ = [
     "DistributedContext",
     "init_distributed",
@@ -172,8 +174,6 @@ def sample_distributed(model: nn.Module, shape, schedule, ctx: DistributedContex
     A `callback(step, t, x)` in sample_kwargs sees this rank's block only (gather what it keeps
     with `all_gather_rows(kept, split_counts(N, world_size), ctx)`).
     """
-    from .samplers import sample
-
     shape = tuple(int(d) for d in shape)
     n = shape[0]
     if samples is None:

@@ -80,13 +80,20 @@ def test_train_resumes_from_out_and_refuses_changed_settings(run_dir, tmp_path, 
     after = load_checkpoint(run_dir)
     assert after.step == 3 and after.trainer_state["history"]["step"] == [0, 1, 2]
     assert after.trainer_state["optimizer_steps"] == before.trainer_state["optimizer_steps"] + 1
-    with pytest.raises(SystemExit) as exit_info:
-        main(train_args(data, run_dir, 4, "--lr", "0.5"))
-    assert exit_info.value.code == 2
-    assert "cannot change training settings when resuming --lr" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(train_args(data, run_dir, 4, "--timesteps", "30"))  # the later --timesteps wins
-    assert "cannot change the schedule" in capsys.readouterr().err
+    # a refused resume is a CheckpointError (ddpm.runs.check_resume): status 1 and one line
+    assert main(train_args(data, run_dir, 4, "--lr", "0.5")) == 1
+    err = capsys.readouterr().err
+    assert f"{run_dir} holds a checkpoint with other settings (lr): lr: saved 0.0002, given 0.5" in err
+    assert err.count("\n") == 1
+    assert main(train_args(data, run_dir, 4, "--timesteps", "30")) == 1  # the later --timesteps wins
+    assert "was trained with schedule Schedule(kind='linear', T=20" in capsys.readouterr().err
+    assert main(train_args(data, run_dir, 4, "--config", "digits8")) == 1
+    assert "was trained with a different UNet config" in capsys.readouterr().err
+    assert main(train_args(data, run_dir, 4, "--unconditional")) == 1
+    assert "num_classes: checkpoint 3 vs requested None" in capsys.readouterr().err
+    assert main(train_args(data, run_dir, 2)) == 1
+    assert "steps=2 lies behind" in capsys.readouterr().err
+    assert load_checkpoint(run_dir).step == 3  # nothing refused was written
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -147,8 +154,8 @@ def test_python_dash_m_ddpm_entry_point():
 @pytest.mark.parametrize("steps, frames, expected", [(10, 8, 8), (10, 3, 3), (4, 10, 4), (7, 1, 1)])
 def test_draw_keeps_at_most_gif_frames_snapshots_ending_at_the_last_step(steps, frames, expected):
     import reference
-    from ddpm.cli import draw
     from ddpm.distributed import single_process
+    from ddpm.runs import draw
 
     model = ddpm.UNet(reference.UNetConfig.tiny())
     images, snapshots = draw(model, reference.make_schedule("linear", 20), None, 2, single_process(),
