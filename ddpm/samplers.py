@@ -30,6 +30,7 @@ from torch import nn
 
 import kernels
 from kernels.validate import check_finite_number
+from reference._validate import check_class_labels, check_seed
 from reference.noise import SAMPLER_INIT_STREAM
 from reference.sampling_plan import NO_NOISE, SAMPLERS, sampling_plan
 from reference.schedules import check_schedule
@@ -106,9 +107,8 @@ def _model_labels(model, y, n: int, guidance_scale: float, device: torch.device)
     null_class = getattr(model, "null_class", None)
     if y is not None:
         y = _index_tensor(y, n, "y", device)
-        if null_class is not None and y.numel() and (int(y.min()) < 0 or int(y.max()) > null_class):
-            raise ValueError(f"y must lie in [0, {null_class}] (num_classes = {null_class} is the "
-                             f"null class), got min {int(y.min())} max {int(y.max())}")
+        if null_class is not None:  # the house's one class-range check, on host values
+            check_class_labels(y.cpu(), null_class, "y", allow_null=True)
     if guidance_scale == 1.0:
         return y, y
     if null_class is None:
@@ -141,7 +141,7 @@ class Sampler:
                                   prediction, variance, clip)
         self.dtype = _check_dtype(dtype)
         self.shape = _check_shape(shape)
-        self.seed = _check_int(seed, "seed", low=0, high=2**64 - 1)
+        self.seed = check_seed(seed)
         self.guidance_scale = check_finite_number(guidance_scale, "guidance_scale")
         self.device = torch.device(device) if device is not None else (
             _model_device(model) or torch.device("cpu"))

@@ -192,6 +192,11 @@ def check_coefficients(coefficients, batch: int, device: torch.device) -> torch.
 
 
 def check_clip(clip) -> tuple[float, float] | None:
+    """None, or a finite pair (lo, hi) with lo < hi, returned as floats.
+
+    A copy of reference/_validate.py's check_clip, kept because kernels never import reference
+    (DESIGN); tests/test_sampling_plan.py checks that both accept and reject the same values.
+    """
     if clip is None:
         return None
     try:
