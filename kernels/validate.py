@@ -71,6 +71,8 @@ def check_no_internal_overlap(x: torch.Tensor, name: str) -> None:
 
 
 def check_seed(seed, name: str = "seed") -> int:
+    # The same range and messages as reference._validate.check_seed, the house's one seed range:
+    # a copy only because DESIGN forbids kernels/ importing reference/.
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise TypeError(f"{name} must be an int, got {type(seed).__name__}")
     if not 0 <= int(seed) < 2**64:

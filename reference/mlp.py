@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._validate import check_float_array, check_timesteps
+from ._validate import check_class_labels, check_float_array, check_timesteps
 from .layers import (
     elu,
     elu_backward,
@@ -132,10 +132,7 @@ class MLP:
             raise TypeError(f"y must be an integer array or None, got dtype {y_arr.dtype}")
         if y_arr.shape != (n,):
             raise ValueError(f"y must have shape ({n},), got {y_arr.shape}")
-        if n and (y_arr.min() < 0 or y_arr.max() > self.num_classes):
-            raise ValueError(f"y must lie in [0, {self.num_classes}] ({self.num_classes} = the null class), "
-                             f"got min {y_arr.min()} max {y_arr.max()}")
-        return x_t, t, y_arr.astype(np.int64)
+        return x_t, t, check_class_labels(y_arr, self.num_classes, "y", allow_null=True)
 
     # ------------------------------------------------------------------------- forward / backward
 

@@ -12,6 +12,8 @@ import math
 
 import numpy as np
 
+from ._validate import check_seed
+
 __all__ = ["DATASETS", "make_dataset", "dataset_num_classes"]
 
 # name -> number of classes (None: no labels)
@@ -70,10 +72,6 @@ def make_dataset(name: str, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarr
         raise TypeError(f"n must be an int, got {type(n).__name__}")
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"seed must be a non-negative int, got {type(seed).__name__}")
-    if seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-    x, label = _MAKERS[name](np.random.default_rng(seed), int(n))
+    x, label = _MAKERS[name](np.random.default_rng(check_seed(seed)), int(n))
     x = np.ascontiguousarray(x, dtype=np.float64)
     return x, None if label is None else label.astype(np.int64)

@@ -418,8 +418,8 @@ def test_unet_load_names_missing_extra_and_misshaped_parameters():
     with pytest.raises(ValueError) as info:
         net.load(params)
     message = str(info.value)
-    assert "missing ['mid_block.attentions.0.to_q.bias']" in message
-    assert "unexpected ['mid_block.attentions.0.to_r.weight']" in message
+    assert "missing 1 key(s): ['mid_block.attentions.0.to_q.bias']" in message
+    assert "unexpected 1 key(s): ['mid_block.attentions.0.to_r.weight']" in message
     assert "conv_out.weight: expected (1, 4, 3, 3), got (2, 4, 3, 3)" in message
     with pytest.raises(ValueError, match="missing"):
         UNet(config, params={})
