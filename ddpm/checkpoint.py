@@ -333,14 +333,20 @@ class Checkpoint:
     def state_dict(self, ema: bool = False) -> dict[str, torch.Tensor]:
         return self.ema_state if ema else self.model_state
 
-    def check_compatible(self, unet_config: reference.UNetConfig) -> None:
-        """Raise CheckpointError naming every field where `unet_config` differs from this one's."""
+    def check_compatible(self, unet_config: reference.UNetConfig,
+                         schedule: reference.Schedule | None = None) -> None:
+        """Raise CheckpointError naming every field where `unet_config` differs from this one's,
+        or when `schedule` (if given) has other betas than the one trained on. The one
+        comparison behind the resume policy (ddpm.runs.check_resume) and `Trainer.load`."""
         mine, theirs = self.unet_config.to_dict(), unet_config.to_dict()
         diff = {k: (mine[k], theirs[k]) for k in mine if mine[k] != theirs.get(k)}
         if diff:
             raise CheckpointError(f"checkpoint {self.path} was trained with a different UNet config: "
                                   + ", ".join(f"{k}: checkpoint {a!r} vs requested {b!r}"
                                               for k, (a, b) in diff.items()))
+        if schedule is not None and not np.array_equal(self.schedule.betas, schedule.betas):
+            raise CheckpointError(f"checkpoint {self.path} was trained with schedule {self.schedule!r}, "
+                                  f"requested {schedule!r}")
 
 
 def load_checkpoint(path, *, map_location="cpu", verify: bool = True,

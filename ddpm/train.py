@@ -451,10 +451,7 @@ class Trainer:
         """Restore everything from a checkpoint (or a run/checkpoint directory) of this model."""
         if not isinstance(checkpoint, Checkpoint):
             checkpoint = load_checkpoint(checkpoint, map_location="cpu")
-        checkpoint.check_compatible(self.unet_config)
-        if not np.array_equal(checkpoint.schedule.betas, self.schedule.betas):
-            raise CheckpointError(f"checkpoint {checkpoint.path} was trained with schedule "
-                                  f"{checkpoint.schedule!r}, this trainer uses {self.schedule!r}")
+        checkpoint.check_compatible(self.unet_config, self.schedule)
         state = checkpoint.trainer_state
         if state is None:
             raise CheckpointError(f"checkpoint {checkpoint.path} was loaded without its trainer state")
