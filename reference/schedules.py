@@ -155,8 +155,10 @@ class Schedule:
         ts = np.sort(self.check_t(timesteps, "timesteps"))
         if ts.size == 0 or np.any(np.diff(ts) == 0):
             raise ValueError("timesteps must be non-empty and without repeats")
-        ab = self.alpha_bars[ts]
-        betas = 1.0 - ab / np.concatenate([[1.0], ab[:-1]])
+        alpha_bars = self.alpha_bars[ts]
+        # alpha_bar of the respaced schedule is the product of its alphas: alpha_k = ratio of
+        # consecutive visited alpha_bars (1 "before t = 0")
+        betas = 1.0 - alpha_bars / np.concatenate([[1.0], alpha_bars[:-1]])
         return Schedule(betas, kind=f"respaced-{self.kind}", params={"timesteps": ts.tolist()})
 
     def __repr__(self) -> str:
@@ -184,8 +186,8 @@ def _cosine_betas(T: int, s: float, max_beta: float) -> np.ndarray:
         return np.cos((u + s) / (1.0 + s) * math.pi / 2.0) ** 2
 
     u = np.arange(T + 1, dtype=np.float64) / T
-    ab = alpha_bar(u)
-    return np.minimum(1.0 - ab[1:] / ab[:-1], max_beta)
+    alpha_bars = alpha_bar(u)
+    return np.minimum(1.0 - alpha_bars[1:] / alpha_bars[:-1], max_beta)
 
 
 def _sigmoid_betas(T: int, start: float, end: float, tau: float, max_beta: float) -> np.ndarray:
@@ -195,9 +197,9 @@ def _sigmoid_betas(T: int, start: float, end: float, tau: float, max_beta: float
 
     u = np.linspace(0, T, T + 1, dtype=np.float64) / T
     v_start, v_end = sigmoid(start / tau), sigmoid(end / tau)
-    ab = (-sigmoid((u * (end - start) + start) / tau) + v_end) / (v_end - v_start)
-    ab = ab / ab[0]
-    return np.clip(1.0 - ab[1:] / ab[:-1], 0.0, max_beta)
+    alpha_bars = (-sigmoid((u * (end - start) + start) / tau) + v_end) / (v_end - v_start)
+    alpha_bars = alpha_bars / alpha_bars[0]
+    return np.clip(1.0 - alpha_bars[1:] / alpha_bars[:-1], 0.0, max_beta)
 
 
 def make_schedule(kind: str, T: int, **params) -> Schedule:

@@ -1,5 +1,6 @@
 """ddpm.FastSampler: the same images as ddpm.sample, eagerly on the CPU and replayed in a CUDA graph."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -112,3 +113,29 @@ def test_graph_cache_keeps_the_most_recent(model, schedule):
     assert list(fast._cache) == [(1, True, 2), (1, True, 1)]
     with pytest.raises(ValueError, match="max_graphs"):
         FastSampler(model, schedule, max_graphs=0)
+
+
+@pytest.mark.parametrize("kind, extra, stochastic", [("ddim", {}, False), ("ddim", {"eta": 0.5}, True),
+                                                     ("ddpm", {}, True), ("dpm_solver++", {}, False)])
+def test_runs_the_reference_plan(model, schedule, kind, extra, stochastic):
+    """FastSampler holds the plan of reference.sampling_plan (the one ddpm.Sampler runs) and
+    captures per seed exactly when the plan draws per-step noise."""
+    fast = FastSampler(model, schedule, sampler=kind, num_steps=5, **extra)
+    plan = reference.sampling_plan(schedule, kind, 5, **extra)
+    assert np.array_equal(fast.plan.coefficients, plan.coefficients)
+    assert fast.plan.timesteps.tolist() == plan.timesteps.tolist()
+    assert fast.stochastic is stochastic
+
+
+def test_writes_no_private_state_of_the_sampler():
+    """FastSampler drives ddpm.Sampler through its public loop/copy_inputs_ only."""
+    import ast
+    import inspect
+
+    import ddpm.fast_sampler
+
+    tree = ast.parse(inspect.getsource(ddpm.fast_sampler))
+    written = [node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)
+               and isinstance(node.ctx, ast.Store) and node.attr.startswith("_")
+               and not (isinstance(node.value, ast.Name) and node.value.id == "self")]
+    assert written == []

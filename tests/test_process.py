@@ -501,3 +501,22 @@ def test_dynamic_threshold_max_value_is_checked():
         dynamic_threshold(np.ones((2, 3)), max_value=float("nan"))
     with pytest.raises(ValueError, match="max_value"):
         dynamic_threshold(np.ones((2, 3)), max_value=0.5)
+
+
+def test_dpm_solver_pp_2m_update_is_the_step_with_given_rows():
+    """The step = its coefficient rows + the shared update (what the plan-driven loops call)."""
+    from reference import dpm_solver_pp_2m_update, dpm_solver_pp_coefficients
+
+    s = make_schedule("cosine", 50)
+    rng = np.random.default_rng(0)
+    x, out, x0_last = (rng.standard_normal((3, 2, 2)) for _ in range(3))
+    want, (x0_want, _) = dpm_solver_pp_2m_step(x, 30, 12, out, s, (x0_last, 41), "v_prediction", (-1, 1))
+    row = dpm_solver_pp_coefficients(s, 30, 12, 41, "v_prediction")[0]
+    got, x0 = dpm_solver_pp_2m_update(x, out, row, x0_last, (-1, 1))
+    assert np.array_equal(got, want) and np.array_equal(x0, x0_want)
+    with pytest.raises(ValueError, match="x0_last .* is required by a second-order step"):
+        dpm_solver_pp_2m_update(x, out, row)
+    with pytest.raises(ValueError, match=r"coefficients must have shape \(7,\) or \(3, 7\)"):
+        dpm_solver_pp_2m_update(x, out, row[:6], x0_last)
+    with pytest.raises(ValueError, match="x0_last must have the shape of x_t"):
+        dpm_solver_pp_2m_update(x, out, row, x0_last[:2])
