@@ -4,7 +4,7 @@ One optimisation step s on a global batch of B images (split over ranks, see ddp
 
     indices  = EpochSampler(seed).next(B)                  data order (NumPy, per-epoch permutation)
     t        ~ U{0, ..., T-1}                               } reference.training_draws (host
-    drop     = U[0,1) < label_dropout -> y = null class     } NumPy, B words, one copy to the device)
+    label_drop = U[0,1) < label_dropout -> y = null class   } NumPy, B words, one copy to the device)
     flip     = U[0,1) < 1/2 (data that allows flips)        torch.Generator(seed), global batch
     x_t, eps = kernels.q_sample(x0, t, ..., seed, samples=global batch positions,
                                 stream=draws.stream)                  DDPM Eq. 4, the noise stream
@@ -322,7 +322,7 @@ class Trainer:
         # The reference decides t and the dropped labels from (seed, global batch position, step)
         # only, so every rank and a resumed run draw the same; B words on the host, then one copy.
         draws = reference.training_draws(cfg.seed, np.arange(B), self.step, self.schedule.T, cfg.label_dropout)
-        t, drop = torch.from_numpy(draws.t), torch.from_numpy(draws.label_drop)
+        t, label_drop = torch.from_numpy(draws.t), torch.from_numpy(draws.label_drop)
         flip = torch.rand(B, generator=self.generator) < 0.5
         mine = rank_slice(B, self.ctx)
         device = self.ctx.device
@@ -332,7 +332,7 @@ class Trainer:
             x0 = torch.where(flip[mine].view(-1, 1, 1, 1), x0.flip(-1), x0)
         y = None
         if self.unet_config.num_classes is not None:
-            y = torch.where(drop[mine], self.unet_config.num_classes, self.dataset.labels[idx])
+            y = torch.where(label_drop[mine], self.unet_config.num_classes, self.dataset.labels[idx])
             y = y.to(device)
         samples = torch.arange(B, dtype=torch.int64)[mine].to(device)
         return x0.to(device), t[mine].to(device), y, samples

@@ -26,7 +26,9 @@ stream s = TRAIN_STREAM_BASE + step and counters (j, 0, i, s):
                           of block b's mask, D = elements of one x0 sample, o_b = the sizes of
                           the blocks before b (forward order): counters the noise never uses
 
-Words 2 and 3 are unused by the normals, so these draws are independent of the noise. In
+Words 2 and 3 are unused by the normals, so these draws are independent of the noise.
+`training_draws` is the one function that makes t, the label-dropout mask and the stream id of a
+step: this loop and ddpm.Trainer both call it, so the NumPy and torch trainers draw alike. In
 `train`, the rows of step `step` are `numpy.random.default_rng([seed, step]).integers(0, len(x0),
 batch_size)` (with replacement), so a resumed run draws the same batches.
 """
