@@ -127,7 +127,8 @@ def check_resume(ckpt: Checkpoint, *, unet_config: reference.UNetConfig | None =
     if steps is not None and steps < ckpt.step:
         raise CheckpointError(f"steps={steps} lies behind {run}, which holds a checkpoint at step "
                               f"{ckpt.step}; pass steps >= {ckpt.step} to continue it")
-    return ckpt.unet_config, ckpt.schedule, TrainConfig.from_dict({**saved, "steps": steps})
+    resumed = {**saved, **({} if steps is None else {"steps": steps})}
+    return ckpt.unet_config, ckpt.schedule, TrainConfig.from_dict(resumed)
 
 
 def new_trainer(unet_config: reference.UNetConfig, schedule: reference.Schedule,
@@ -222,7 +223,8 @@ def draw(model, schedule, y: torch.Tensor | None, n: int, ctx: DistributedContex
     return images, [all_gather_rows(f, counts, ctx) for f in frames]
 
 
-def class_labels(spec: str | None, n: int, num_classes: int | None) -> tuple[torch.Tensor | None, int, int | None]:
+def class_labels(spec: str | None, n: int,
+                 num_classes: int | None) -> tuple[torch.Tensor | None, int, int | None]:
     """--class: None, an int K, or "all" (n per class, one row per class) -> (y, total, nrow)."""
     if spec is None:
         return None, n, None
@@ -293,7 +295,11 @@ def train_run(out, *, data: str = "digits", preset: str | None = None, unconditi
     try:
         out = Path(out)
         ckpt = latest_run_checkpoint(out)
-        shape_from = ckpt.unet_config if ckpt is not None and preset is None else model_config(preset or "digits8", None)
+        # the data is fitted to the model: the saved one unless --config names another
+        if ckpt is not None and preset is None:
+            shape_from = ckpt.unet_config
+        else:
+            shape_from = model_config(preset or "digits8", None)
         dataset = load_dataset(data, shape_from.image_size, shape_from.in_channels, hflip=hflip)
         config, sched, train_config = _resolve_run(ckpt, dataset, preset=preset, unconditional=unconditional,
                                                    schedule=schedule, timesteps=timesteps,
@@ -325,7 +331,8 @@ def _sample_steps(ckpt: Checkpoint, sampler: str, steps: int | None, guidance: f
     """Check --guidance/--class against the model and --steps against T; the steps to take."""
     T = ckpt.schedule.T
     if guidance != 1.0 and ckpt.unet_config.num_classes is None:
-        raise UsageError(f"--guidance {guidance} needs a class-conditional model; {ckpt.path} is unconditional")
+        raise UsageError(f"--guidance {guidance} needs a class-conditional model; "
+                         f"{ckpt.path} is unconditional")
     if guidance != 1.0 and class_id is None:
         raise UsageError("--guidance needs --class K (or --class all)")
     if steps is None:  # the sampler's own default, at most T

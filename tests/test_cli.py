@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 import ddpm
+import reference
 from ddpm.checkpoint import latest_checkpoint, load_checkpoint
 from ddpm.cli import main
 from ddpm.viz import make_grid
@@ -96,6 +97,22 @@ def test_train_resumes_from_out_and_refuses_changed_settings(run_dir, tmp_path, 
     assert load_checkpoint(run_dir).step == 3  # nothing refused was written
 
 
+def test_check_resume_is_the_one_resume_policy(run_dir):
+    from ddpm.checkpoint import CheckpointError
+    from ddpm.runs import check_resume
+
+    ckpt = load_checkpoint(run_dir)
+    saved = ckpt.config["training"]
+    config, schedule, train = check_resume(ckpt, training={"steps": 50, "lr": saved["lr"]})
+    assert config == ckpt.unet_config and schedule is ckpt.schedule
+    assert train.steps == 50 and {**train.to_dict(), "steps": saved["steps"]} == saved
+    with pytest.raises(CheckpointError, match=r"holds a demo checkpoint with other settings \(seed, lr\): "
+                                              r"seed: saved 0, given 1, lr: saved 0.0002, given 0.1"):
+        check_resume(ckpt, training={"seed": 1, "lr": 0.1, "steps": 50}, label="demo")
+    with pytest.raises(CheckpointError, match="was trained with schedule"):
+        check_resume(ckpt, schedule=reference.make_schedule("cosine", 20))
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--class", "7"], "--class 7 is out of range: the model has classes 0..2"),
     (["--class", "seven"], "--class must be an integer class id or 'all'"),
@@ -153,7 +170,6 @@ def test_python_dash_m_ddpm_entry_point():
 
 @pytest.mark.parametrize("steps, frames, expected", [(10, 8, 8), (10, 3, 3), (4, 10, 4), (7, 1, 1)])
 def test_draw_keeps_at_most_gif_frames_snapshots_ending_at_the_last_step(steps, frames, expected):
-    import reference
     from ddpm.distributed import single_process
     from ddpm.runs import draw
 
