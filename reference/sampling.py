@@ -1,4 +1,4 @@
-"""Full sampling loops for any model callable, built from the single steps of `process`.
+"""Full sampling loops for any model callable, built from the update rules of `process`.
 
 A model is a callable `model(x_t, t) -> output` with x_t (N, ...) and t an (N,) int64 array;
 `guided(model, y, null_class, guidance_scale)` makes one from a class-conditional
