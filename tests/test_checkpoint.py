@@ -234,3 +234,73 @@ def test_schedule_mismatch_and_bad_paths(saved, tmp_path):
         load_checkpoint(tmp_path / "file")
     with pytest.raises(ValueError, match="step must be a non-negative int"):
         ckpt_module.save_checkpoint(tmp_path, -1, model_state={}, ema_state={}, config={}, trainer_state={})
+
+
+# ----------------------------------------------------------------------------- every file, every MiB
+
+MiB = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def big_saved(tmp_path_factory):
+    """A checkpoint whose weight files are > 1 MiB (ch=24: 1.5 MiB each, the optimizer state 3 MiB),
+    so a hash over only the first MiB of a file would miss the last corruption below."""
+    run = tmp_path_factory.mktemp("big")
+    torch.manual_seed(0)
+    trainer = Trainer(ddpm.UNet(reference.UNetConfig.tiny(num_classes=3, ch=24, groups=4)), SCHEDULE,
+                      TrainConfig(steps=1, batch_size=4, lr=1e-3, seed=2), tiny_dataset())
+    trainer.fit(1, progress=False, run_dir=run)
+    path = latest_checkpoint(run)
+    files = sorted(p.name for p in path.iterdir())
+    # what the directory holds is what ddpm.checkpoint says it writes, and nothing else
+    assert files == sorted([*ckpt_module.FILES, ckpt_module.MARKER])
+    for name in ("model.safetensors", "ema.safetensors", "trainer_state.pt"):
+        assert (path / name).stat().st_size > MiB + 4096, name
+    return path
+
+
+def _offsets(size: int) -> dict[str, int]:
+    spots = {"first": 0, "middle": size // 2, "last": size - 1}
+    if size > MiB + 4096:
+        spots["beyond 1 MiB"] = MiB + 4000
+    return spots
+
+
+def _flip(path, offset: int):
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x01  # one bit: the same size, so only the hash can tell
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("fname", ckpt_module.FILES)
+def test_a_flipped_byte_anywhere_in_any_checkpoint_file_is_refused(big_saved, fname, tmp_path):
+    """Every data file, at its first, middle and last byte and (files over 1 MiB) past the first
+    MiB: load refuses with CheckpointError naming the file's hash. A flip inside safetensors
+    tensor data or a pickled tensor parses fine, so only the SHA-256 over the WHOLE file of EVERY
+    file (not just *.pt, not just the first MiB) can catch it."""
+    size = (big_saved / fname).stat().st_size
+    for where, offset in _offsets(size).items():
+        copy = tmp_path / where.replace(" ", "_")
+        shutil.copytree(big_saved, copy)
+        _flip(copy / fname, offset)
+        with pytest.raises(CheckpointError, match=rf"{fname} is corrupt: its SHA-256 differs"):
+            load_checkpoint(copy)
+    load_checkpoint(big_saved)  # the untouched original still loads
+
+
+def test_a_corrupted_marker_is_refused(big_saved, tmp_path):
+    """COMPLETE.json: a flipped character in any recorded hash or size, or in its JSON syntax."""
+    text = (big_saved / ckpt_module.MARKER).read_text()
+    marker = json.loads(text)
+    spots = {}
+    for fname, entry in marker["files"].items():
+        spots[f"{fname} sha256"] = text.index(entry["sha256"]) + 5
+        spots[f"{fname} bytes"] = text.index(f'"bytes": {entry["bytes"]}') + len('"bytes": ')
+    spots["syntax"] = text.index("{")
+    assert len(spots) == 2 * len(ckpt_module.FILES) + 1
+    for where, offset in spots.items():
+        copy = tmp_path / where.replace(" ", "_")
+        shutil.copytree(big_saved, copy)
+        _flip(copy / ckpt_module.MARKER, offset)
+        with pytest.raises(CheckpointError):
+            load_checkpoint(copy)
