@@ -13,7 +13,8 @@ directory (default runs/demo):
     checkpoints/     the trained model (`python -m ddpm sample --checkpoint runs/demo ...`)
 
 Defaults are sized for a few minutes on two CPU cores; a CUDA device is used when present.
-Re-running with the same settings resumes (or, when already trained, only samples again).
+Re-running with the same settings resumes (or, when already trained, only samples again);
+other settings are refused with a CheckpointError naming them (ddpm.runs.check_resume).
 """
 
 from __future__ import annotations
