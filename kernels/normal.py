@@ -56,7 +56,9 @@ def normal(seed: int, samples: torch.Tensor | Sequence[int], stream: int | torch
     stream = check_index_values(stream, "stream", samples.numel(), device, allow_scalar=True)
     numel = int(np.prod(shape, dtype=np.int64))
     check_numel_per_sample(numel, "shape")
-    name = resolve_backend(backend, device, dtype)
+    # the stream is drawn in float32 on every backend and stored in `dtype` (float64 included):
+    # dispatch on the draw's dtype, not the storage's
+    name = resolve_backend(backend, device, torch.float32)
     if samples.numel() == 0 or numel == 0:
         return torch.empty((samples.numel(),) + shape, dtype=dtype, device=device)
     if name == "torch":

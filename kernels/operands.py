@@ -48,7 +48,7 @@ def _geometry(x: torch.Tensor, layout: str, seed: int | None, stream) -> Geometr
     has_stream = isinstance(stream, torch.Tensor)
     seed_lo, seed_hi = seed_words(0 if seed is None else seed)
     return Geometry(layout, x.numel(), x.numel() // x.shape[0], C, HW, seed_lo, seed_hi,
-                    stream if has_stream else None, 0 if has_stream else int(stream))
+                    stream.contiguous() if has_stream else None, 0 if has_stream else int(stream))
 
 
 @dataclass(frozen=True)

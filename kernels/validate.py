@@ -100,7 +100,7 @@ def check_timesteps(t, name: str, batch: int, T: int, device: torch.device) -> t
         lo, hi = int(t.min()), int(t.max())
         if lo < 0 or hi >= T:
             raise ValueError(f"{name} must lie in [0, {T - 1}] for T = {T}, got min {lo} max {hi}")
-    return t
+    return t.contiguous()  # any 1-D view (expanded, strided) is accepted; kernels read t_ptr + n
 
 
 def check_index_values(values, name: str, batch: int | None, device: torch.device,
@@ -143,7 +143,7 @@ def check_index_values(values, name: str, batch: int | None, device: torch.devic
         lo, hi = int(host.min()), int(host.max())
         if lo < 0 or hi >= UINT32_LIMIT:
             raise ValueError(f"{name} must lie in [0, 2**32), got min {lo} max {hi}")
-    return tensor.to(torch.int64)
+    return tensor.to(torch.int64).contiguous()  # kernels read samples_ptr + n: no views
 
 
 def check_numel_per_sample(numel: int, name: str) -> None:

@@ -255,6 +255,33 @@ def test_host_sampler_step_matches_reference(host_cupy):
     assert torch.equal(got, torch.from_numpy(expected).to(torch.bfloat16))
 
 
+def test_host_index_views_are_read_by_value(host_cupy):
+    """t, samples and stream given as 1-D views (strided, expanded): the CUDA C reads t[n],
+    samples[n], streams[n], so the launchers must pass them contiguous."""
+    strided = torch.arange(6)[::2]               # 0, 2, 4
+    expanded = torch.tensor([700]).expand(3)     # stride 0
+    x0, eps = torch.randn(3, 4, 5), torch.randn(3, 4, 5)
+    got, _ = cupy_q_sample.q_sample(x0, expanded, *TABLES, eps, None, None, 0)
+    want, _ = cupy_q_sample.q_sample(x0, expanded.contiguous(), *TABLES, eps, None, None, 0)
+    assert not torch.isnan(got).any() and torch.equal(got, want)
+    got, noise = cupy_q_sample.q_sample(x0, strided * 100, *TABLES, None, 11, strided, strided + 1)
+    want, want_noise = cupy_q_sample.q_sample(x0, (strided * 100).contiguous(), *TABLES, None, 11,
+                                              strided.contiguous(), (strided + 1).contiguous())
+    assert torch.equal(noise, want_noise) and torch.equal(got, want)
+    assert_close(noise, reference.normal(11, [0, 2, 4], [1, 3, 5], (4, 5)), atol=1e-5, rtol=0, name="noise")
+    z = cupy_normal.normal(5, strided, strided, (7,), torch.float32)
+    assert torch.equal(z, cupy_normal.normal(5, strided.contiguous(), strided.contiguous(), (7,), torch.float32))
+    words, _ = cupy_philox.philox_words(3, strided, 1, 5)
+    np.testing.assert_array_equal(words.numpy(), reference.philox_words(3, [0, 2, 4], 1, 5).astype(np.int64))
+    x_t, out = torch.randn(3, 2, 4), torch.randn(3, 2, 4)
+    coefficients = torch.tensor(reference.ddpm_coefficients(SCHEDULE, np.array([999, 7, 3])))
+    got = cupy_sampler_step.sampler_step(x_t, out, coefficients, None, 1.0, None, None, 9, strided,
+                                         strided, None)
+    want = cupy_sampler_step.sampler_step(x_t, out, coefficients, None, 1.0, None, None, 9,
+                                          strided.contiguous(), strided.contiguous(), None)
+    assert torch.equal(got, want)
+
+
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("splits", [1, 3])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -40,6 +40,9 @@ BLOCK = 256
 
 def normal(seed: int, samples: torch.Tensor, stream, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     """kernels.normal on the CuPy backend (validated inputs; samples (N,) int64 on the device)."""
+    samples = samples.contiguous()  # the kernel reads samples[n]
+    if isinstance(stream, torch.Tensor):
+        stream = stream.contiguous()
     n = samples.numel()
     numel = 1
     for d in shape:

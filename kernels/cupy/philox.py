@@ -126,6 +126,7 @@ def seed_words(seed: int) -> tuple[np.uint32, np.uint32]:
 
 def philox_words(seed: int, samples: torch.Tensor, stream: int, numel: int):
     """(words (N, numel, 4) int64, uniforms (N, numel, 2) float32) from the CUDA functions."""
+    samples = samples.contiguous()  # the kernel reads samples[n]
     n = samples.numel()
     device = samples.device
     words = torch.empty((n, numel, 4), dtype=torch.int64, device=device)

@@ -78,7 +78,8 @@ def q_sample(x0, t, sqrt_alpha_bar, sqrt_one_minus_alpha_bar, noise, seed, sampl
     float64 tables are converted (t to int64, tables to float32, as the reference casts them)."""
     ops = q_sample_operands(x0, noise, seed, stream)
     g = ops.geometry
-    t = t.to(torch.int64).contiguous()
+    t = t.to(torch.int64).contiguous()  # t, samples, streams: any 1-D view; the kernel reads [n]
+    samples = samples.contiguous() if samples is not None else None
     sqrt_alpha_bar = sqrt_alpha_bar.to(torch.float32).contiguous()
     sqrt_one_minus_alpha_bar = sqrt_one_minus_alpha_bar.to(torch.float32).contiguous()
     kernel = get_kernel(_SOURCE, "q_sample_kernel", STORAGE_ID=storage_id(x0.dtype),

@@ -91,6 +91,7 @@ def sampler_step(x_t, model_output, coefficients, model_output_uncond, guidance_
     ops = sampler_step_operands(x_t, model_output, model_output_uncond, noise, coefficients, seed,
                                 stream, out)
     g = ops.geometry
+    samples = samples.contiguous() if samples is not None else None  # the kernel reads samples[n]
     lo, hi = clip if clip is not None else (0.0, 0.0)
     kernel = get_kernel(_SOURCE, "sampler_step_kernel", STORAGE_ID=storage_id(x_t.dtype),
                         NORMAL_FP64=config.NORMAL_FP64)

@@ -38,6 +38,7 @@ __all__ = ["forward", "backward", "launch_config"]
 
 GPU_TILE = 2048           # elements per tile on the GPU (num_warps = 4: 16 per thread)
 GPU_MAX_BLOCK_C = 64
+STATS_WARPS = 8           # the Welford tile keeps 3 float32 accumulators per element: 8 warps (8 per thread)
 INTERPRETER_TILE = 1 << 15
 
 
@@ -306,7 +307,7 @@ def forward(x, weight, bias, shift, groups: int, eps: float, activation: bool, *
     grid = (N * G, S)
     _stats_kernel[grid](x, shift if shift is not None else x, partial, G, Cg, HW, hw_per, S,
                         sN, sC, sHW, shN, shC, HAS_SHIFT=shift is not None,
-                        BLOCK_HW=block_hw, BLOCK_C=block_c, num_warps=num_warps)
+                        BLOCK_HW=block_hw, BLOCK_C=block_c, num_warps=STATS_WARPS)
     _forward_kernel[grid](x, y, weight if weight is not None else x, bias if bias is not None else x,
                           shift if shift is not None else x, partial, mean, rstd, float(eps),
                           G, Cg, HW, hw_per, S, sN, sC, sHW, shN, shC,

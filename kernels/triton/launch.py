@@ -21,12 +21,23 @@ def next_power_of_2(n: int) -> int:
     return 1 if n <= 1 else 1 << (int(n) - 1).bit_length()
 
 
-def elementwise_block(total: int) -> int:
-    """BLOCK of the flat elementwise kernels: 1024 on the GPU, the whole tensor (capped) when
-    interpreted."""
+def elementwise_block(numel: int) -> int:
+    """BLOCK of the elementwise kernels (each program covers BLOCK elements of one sample):
+    1024 on the GPU, the whole sample (capped) when interpreted."""
     if interpreted():
-        return min(next_power_of_2(total), INTERPRETER_BLOCK)
+        return min(next_power_of_2(numel), INTERPRETER_BLOCK)
     return GPU_ELEMENTWISE_BLOCK
+
+
+def elementwise_grid(batch: int, numel: int) -> tuple[int, tuple[int]]:
+    """(BLOCK, grid) of the elementwise kernels for `batch` samples of `numel` elements:
+    blocks_per_sample = cdiv(numel, BLOCK) programs per sample (grid[0] // batch), so a
+    program's sample index is one scalar division (philox.sample_block)."""
+    block = elementwise_block(numel)
+    per_sample = -(-numel // block)
+    if batch * per_sample >= 2**31:
+        raise ValueError(f"too many elements for one launch: {batch} samples x {numel}")
+    return block, (batch * per_sample,)
 
 
 @functools.lru_cache(maxsize=None)

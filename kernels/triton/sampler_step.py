@@ -6,7 +6,8 @@
     x0_hat  = clip(x0_hat, lo, hi)                             (optional)
     x_prev  = c4 x0_hat + c5 x_t + c6 eps_hat + c7 z           (z only where sigma = c7 != 0)
 
-One flat pass over memory; coefficients (N, 8) float64 gathered per element (cached). The rule is
+One pass over memory, each program covering BLOCK elements of one sample, so the coefficients
+(N, 8) float64 are 8 scalar loads per program and sigma = 0 skips the noise draw entirely. The rule is
 evaluated in float64 because c0, c1 reach ~1/sqrt(alpha_bar) near t = T and float32 would lose
 ~ulp(c |x|) to cancellation; results are rounded once to the storage dtype. `out` may alias x_t.
 """
@@ -20,9 +21,9 @@ import triton.language as tl
 
 from ..operands import sampler_step_operands
 from . import record_decoration
-from .launch import elementwise_block
+from .launch import elementwise_grid
 from .. import config
-from .philox import logical_index, stream_normal
+from .philox import logical_index, sample_block, stream_normal
 
 record_decoration()
 
@@ -40,22 +41,22 @@ def _sampler_step_kernel(x_t_ptr,          # (N, ...) x_t, memory order of its l
                          samples_ptr, stream_ptr,  # (N,) int64 (only with HAS_SAMPLES/HAS_STREAM)
                          coefficient_stride, seed_lo, seed_hi, stream_scalar, guidance_scale,
                          clip_lo_bits, clip_hi_bits,  # float64 bounds as int64 bit patterns
-                         total, numel, C, HW,
+                         numel, blocks_per_sample, C, HW,
                          HAS_UNCOND: tl.constexpr, CLIP: tl.constexpr, NOISE_MODE: tl.constexpr,
                          HAS_SAMPLES: tl.constexpr, HAS_STREAM: tl.constexpr,
                          CHANNELS_LAST: tl.constexpr, FP64: tl.constexpr, BLOCK: tl.constexpr):
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < total
-    n = offs // numel
-    row = coefficients_ptr + n * coefficient_stride
-    c0 = tl.load(row + 0, mask=mask, other=0.0)
-    c1 = tl.load(row + 1, mask=mask, other=0.0)
-    c2 = tl.load(row + 2, mask=mask, other=0.0)
-    c3 = tl.load(row + 3, mask=mask, other=0.0)
-    c4 = tl.load(row + 4, mask=mask, other=0.0)
-    c5 = tl.load(row + 5, mask=mask, other=0.0)
-    c6 = tl.load(row + 6, mask=mask, other=0.0)
-    sigma = tl.load(row + 7, mask=mask, other=0.0)
+    # one program = BLOCK elements of one sample n: the 8 coefficients are scalars (16
+    # registers, not 8 float64 per element) and the sample index costs no per-element division
+    n, j, mask, offs = sample_block(numel, blocks_per_sample, BLOCK)
+    row = coefficients_ptr + n.to(tl.int64) * coefficient_stride
+    c0 = tl.load(row + 0)
+    c1 = tl.load(row + 1)
+    c2 = tl.load(row + 2)
+    c3 = tl.load(row + 3)
+    c4 = tl.load(row + 4)
+    c5 = tl.load(row + 5)
+    c6 = tl.load(row + 6)
+    sigma = tl.load(row + 7)
     out = tl.load(model_output_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     if HAS_UNCOND:
         uncond = tl.load(uncond_ptr + offs, mask=mask, other=0.0).to(tl.float32)
@@ -71,15 +72,18 @@ def _sampler_step_kernel(x_t_ptr,          # (N, ...) x_t, memory order of its l
         x0_hat = tl.minimum(tl.maximum(x0_hat, clip_lo), clip_hi)
     x_prev = c4 * x0_hat + c5 * x_t + c6 * eps_hat
     if NOISE_MODE == 1:
-        z = tl.load(noise_ptr + offs, mask=mask, other=0.0).to(tl.float64)
-        x_prev = x_prev + tl.where(sigma != 0.0, sigma * z, 0.0)
+        if sigma != 0.0:  # a scalar branch: the noise is not even read where sigma = 0
+            z = tl.load(noise_ptr + offs, mask=mask, other=0.0).to(tl.float64)
+            x_prev = x_prev + sigma * z
     elif NOISE_MODE == 2:
-        j = logical_index(offs - n * numel, C, HW, CHANNELS_LAST)
-        z = stream_normal(seed_lo, seed_hi, n, j, mask, samples_ptr, stream_ptr, stream_scalar,
-                          HAS_SAMPLES, HAS_STREAM, FP64).to(tl.float64)
-        x_prev = x_prev + tl.where(sigma != 0.0, sigma * z, 0.0)
+        if sigma != 0.0:  # a scalar branch: no Philox at all for the last step / DDIM eta = 0
+            z = stream_normal(seed_lo, seed_hi, n, logical_index(j, C, HW, CHANNELS_LAST),
+                              samples_ptr, stream_ptr, stream_scalar, HAS_SAMPLES, HAS_STREAM,
+                              FP64).to(tl.float64)
+            x_prev = x_prev + sigma * z
     else:
-        x_prev = tl.where(sigma != 0.0, float("nan"), x_prev)  # sigma != 0 but no noise source
+        if sigma != 0.0:  # sigma != 0 but no noise source
+            x_prev = x_prev + float("nan")
     # float64 -> float32 -> storage: the same two roundings on every backend (CUDA, torch)
     tl.store(x_prev_ptr + offs, x_prev.to(tl.float32).to(x_prev_ptr.dtype.element_ty), mask=mask)
 
@@ -96,15 +100,17 @@ def sampler_step(x_t, model_output, coefficients, model_output_uncond, guidance_
     g = ops.geometry
     c = ops.coefficients
     lo, hi = clip if clip is not None else (0.0, 0.0)
-    block = elementwise_block(g.total)
+    batch = ops.x_t.shape[0]
+    block, grid = elementwise_grid(batch, g.numel)
+    samples = samples.contiguous() if samples is not None else None
     lo_bits, hi_bits = (struct.unpack("<q", struct.pack("<d", float(v)))[0] for v in (lo, hi))
-    _sampler_step_kernel[(triton.cdiv(g.total, block),)](
+    _sampler_step_kernel[grid](
         ops.x_t, ops.model_output,
         ops.model_output_uncond if ops.model_output_uncond is not None else ops.x_t,
         ops.noise if ops.noise is not None else ops.x_t, ops.x_prev, c,
         samples if samples is not None else c, g.stream_tensor if g.stream_tensor is not None else c,
         c.stride(0), g.seed_lo, g.seed_hi, g.stream_scalar, float(guidance_scale),
-        lo_bits, hi_bits, g.total, g.numel, g.C, g.HW,
+        lo_bits, hi_bits, g.numel, grid[0] // batch, g.C, g.HW,
         HAS_UNCOND=ops.model_output_uncond is not None, CLIP=clip is not None,
         NOISE_MODE=ops.noise_mode, HAS_SAMPLES=samples is not None,
         HAS_STREAM=g.stream_tensor is not None, CHANNELS_LAST=g.channels_last,
