@@ -38,7 +38,7 @@ def _step_fn(model, optimizer, x0, schedule, backend: str, device: str):
 
     def step():
         t = torch.randint(0, schedule.T, (n,), device=device, generator=gen)
-        x_t, eps = kernels.q_sample(x0, t, sa, s1a, seed=0, stream=reference.TRAIN_STREAM_BASE + state["step"],
+        x_t, eps = kernels.q_sample(x0, t, sa, s1a, seed=0, stream=reference.train_stream(state["step"]),
                                     backend=backend)
         with amp:
             out = model(x_t, t)
