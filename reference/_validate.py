@@ -117,7 +117,7 @@ def check_class_labels(y, num_classes: int, name: str = "y", *, allow_null: bool
         span = f"[0, {num_classes}] ({num_classes} = the null class)" if allow_null else f"[0, {num_classes})"
         got = f"{int(arr)}" if arr.ndim == 0 else f"min {arr.min()} max {arr.max()}"
         raise ValueError(f"{name} must lie in {span}, got {got}")
-    return arr.astype(np.int64)
+    return arr.astype(np.int64)  # a copy: models cache it for backward
 
 
 def _shape_of(value) -> tuple:
