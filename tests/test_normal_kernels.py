@@ -223,3 +223,12 @@ def test_normal_rejects_bad_arguments(kwargs, error, match):
 def test_normal_with_no_samples_or_empty_shape_is_empty():
     assert kernels.normal(0, [], 0, (3,)).shape == (0, 3)
     assert kernels.normal(0, [1, 2], 0, (0, 4)).shape == (2, 0, 4)
+
+
+@pytest.mark.parametrize("backend, device", BACKEND_DEVICES)
+def test_normal_float64_output_on_every_backend(backend, device):
+    """The docstring lists float64: it is the float32 stream stored as float64 on every backend
+    (the Triton backend raised TypeError before: it dispatched on the storage dtype)."""
+    z = kernels.normal(4, [0, 3], 1, (3, 7), device=device, dtype=torch.float64, backend=backend)
+    assert z.dtype == torch.float64
+    assert torch.equal(z, kernels.normal(4, [0, 3], 1, (3, 7), device=device, backend=backend).double())

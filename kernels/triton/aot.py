@@ -8,10 +8,11 @@ argument types and constexpr values that the launchers pass: it runs the real la
 CPU tensors with a stand-in Triton driver that reports the target, and turns each launch into a
 compile (warmup) instead of a run. No GPU, no CUDA driver and no kernel cache are involved.
 
-    python -m kernels.triton.aot [--arch 90 --arch 80] [--report]
+    python -m kernels.triton.aot [--arch 90 --arch 80] [--ci] [--select TEXT]
 
-prints one line per compiled variant (registers, spill bytes, local memory) and exits non-zero
-if any variant fails to compile. The Triton kernels must be decorated in compiled mode, so the
+prints one line per compiled variant (registers, spill bytes and stack frame from Triton's own
+`ptxas -v` log, 64-bit integer divisions counted in the PTX) and exits non-zero if any variant
+fails to compile. `--ci` compiles the subset of tests/test_triton_aot_compile.py. The Triton kernels must be decorated in compiled mode, so the
 process must not have TRITON_INTERPRET=1 (the tests run this in a subprocess).
 """
 
@@ -19,9 +20,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import os
 import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -88,30 +89,36 @@ def _kernel_modules():
 
 @contextlib.contextmanager
 def _compile_instead_of_launch(arch: int, record):
-    """Within: every `kernel[grid](...)` compiles for `arch` (no launch) and calls record(kernel, fn,
-    kwargs, seconds, error)."""
+    """Within: every `kernel[grid](...)` compiles for `arch` (no launch) and calls
+    record(kernel, compiled, kwargs, seconds, error, ptxas_log)."""
+    from triton import knobs
     from triton.runtime import driver
     from triton.runtime.jit import JITFunction
 
     original_run = JITFunction.run
     previous = driver._active
+    dump = knobs.nvidia.dump_ptxas_log
 
     def run(self, *args, grid, warmup, **kwargs):
         start = time.perf_counter()
+        log = io.StringIO()
         try:
-            compiled = original_run(self, *args, grid=grid, warmup=True, **kwargs)
+            with contextlib.redirect_stdout(log):  # Triton prints `ptxas -v` here
+                compiled = original_run(self, *args, grid=grid, warmup=True, **kwargs)
             error = None
         except Exception as exc:  # noqa: BLE001 - a compile error is the finding
             compiled, error = None, f"{type(exc).__name__}: {exc}"
-        record(self, compiled, kwargs, time.perf_counter() - start, error)
+        record(self, compiled, kwargs, time.perf_counter() - start, error, log.getvalue())
         return compiled
 
     driver.set_active(_TargetDriver(arch))
+    knobs.nvidia.dump_ptxas_log = True
     JITFunction.run = run
     try:
         yield
     finally:
         JITFunction.run = original_run
+        knobs.nvidia.dump_ptxas_log = dump
         driver._active = previous
         for module in _kernel_modules():
             for value in vars(module).values():
@@ -121,9 +128,20 @@ def _compile_instead_of_launch(arch: int, record):
 
 # ----------------------------------------------------------------------------- the launches
 
-def _launches():
-    """(label, thunk) for every variant the launchers produce: each HAS_*/FP64/CHANNELS_LAST
-    setting, the storage dtypes, int32/int64 timesteps, float32/float64 tables."""
+def _flag_sets(full: bool):
+    """(channels_last, samples, stream tensor, fp64) combinations of the in-kernel-noise launches:
+    all 16 with `full`, else each flag alone, none and all (6)."""
+    if full:
+        return [(a, b, c, d) for a in (False, True) for b in (False, True) for c in (False, True)
+                for d in (False, True)]
+    return [(False,) * 4, (True, False, False, False), (False, True, False, False),
+            (False, False, True, False), (False, False, False, True), (True,) * 4]
+
+
+def _launches(full: bool = True):
+    """(label, thunk) for the variants the launchers produce: each HAS_*/FP64/CHANNELS_LAST
+    setting, the storage dtypes, int32/int64 timesteps, float32/float64 tables. `full=False` (the
+    CI test) keeps every flag and dtype but not every combination of them."""
     from .. import config
     from . import group_norm_silu, normal, philox, q_sample, sampler_step
 
@@ -157,6 +175,8 @@ def _launches():
             for fp64 in (False, True):
                 if dtype != f32 and (has_stream or fp64):
                     continue
+                if not full and (dtype == torch.float16 or (has_stream != fp64)):
+                    continue
                 label = f"normal {str(dtype)[6:]} stream={'tensor' if has_stream else 'int'} fp64={fp64}"
                 out.append((label, with_fp64(fp64, lambda dtype=dtype, s=has_stream: normal.normal(
                     5, samples, streams if s else 2, (4, 5), dtype))))
@@ -166,6 +186,8 @@ def _launches():
     tab64 = torch.ones(10, dtype=f64)
     for dtype in (f32, torch.bfloat16, torch.float16):
         for cl in (False, True):
+            if not full and (dtype == torch.float16 or (dtype == torch.bfloat16) != cl):
+                continue
             x = image(dtype, cl)
             t = torch.zeros(3, dtype=torch.int64)
             out.append((f"q_sample given-noise {str(dtype)[6:]} channels_last={cl}",
@@ -174,10 +196,7 @@ def _launches():
     out.append(("q_sample given-noise int32-t float64-tables",
                 lambda: q_sample.q_sample(image(f32), torch.zeros(3, dtype=torch.int32), tab64, tab64,
                                           image(f32), None, None, 0)))
-    for cl in (False, True):
-        for has_samples in (False, True):
-            for has_stream in (False, True):
-                for fp64 in (False, True):
+    for cl, has_samples, has_stream, fp64 in _flag_sets(full):
                     label = (f"q_sample draw float32 channels_last={cl} samples={has_samples} "
                              f"stream={'tensor' if has_stream else 'int'} fp64={fp64}")
                     out.append((label, with_fp64(fp64, lambda cl=cl, a=has_samples, s=has_stream:
@@ -201,15 +220,14 @@ def _launches():
                                   streams if has_stream else 3, x if out_ else None)
 
     for dtype in (f32, torch.bfloat16, torch.float16):
-        out.append((f"sampler_step {str(dtype)[6:]} plain", lambda d=dtype: step(d)))
+        if full or dtype != torch.float16:
+            out.append((f"sampler_step {str(dtype)[6:]} plain", lambda d=dtype: step(d)))
     out.append(("sampler_step float32 shared-coefficients", lambda: step(shared=True)))
     out.append(("sampler_step float32 cfg+clip", lambda: step(uncond=True, clip=(-1.0, 1.0))))
     out.append(("sampler_step float32 noise-tensor", lambda: step(noise_mode=1)))
-    out.append(("sampler_step float32 in-place", lambda: step(out_=True)))
-    for cl in (False, True):
-        for has_samples in (False, True):
-            for has_stream in (False, True):
-                for fp64 in (False, True):
+    if full:
+        out.append(("sampler_step float32 in-place", lambda: step(out_=True)))
+    for cl, has_samples, has_stream, fp64 in _flag_sets(full):
                     label = (f"sampler_step draw float32 channels_last={cl} samples={has_samples} "
                              f"stream={'tensor' if has_stream else 'int'} fp64={fp64}")
                     out.append((label, with_fp64(fp64, lambda cl=cl, a=has_samples, s=has_stream: step(
@@ -234,6 +252,8 @@ def _launches():
 
     for dtype in (f32, torch.bfloat16, torch.float16):
         for cl in (False, True):
+            if not full and dtype != f32 and (dtype == torch.bfloat16) != cl:
+                continue
             out.append((f"group_norm_silu {str(dtype)[6:]} channels_last={cl} (2,128,32,32) G=32",
                         lambda d=dtype, cl=cl: norm(d, cl, (2, 128, 32, 32), 32, splits=9)))
     out.append(("group_norm_silu float32 shift, no affine, no activation (2,64,16,16)",
@@ -253,23 +273,12 @@ def _launches():
 _INT64_DIV = re.compile(r"^\s*(?:@%p\d+\s+)?(?:div|rem)\.(?:s|u)64\b", re.MULTILINE)
 
 
-def _ptxas_figures(variant: Variant, compiled, arch: int) -> None:
-    """Registers, spills and stack of the cubin that Triton built, from `ptxas -v` on its PTX
-    with the flags Triton uses (--regAllocOptLevel=2, -lineinfo)."""
-    from triton.backends.nvidia.compiler import get_ptxas, sm_arch_from_capability
-
-    ptx = compiled.asm["ptx"]
+def _figures(variant: Variant, compiled, log: str) -> None:
+    """Registers, spills and stack from the `ptxas -v` log of Triton's own ptxas call (flags as
+    Triton passes them, e.g. --regAllocOptLevel=2), and 64-bit integer divisions in the PTX."""
+    ptx = compiled.asm.get("ptx", "")
     variant.ptx = ptx
     variant.int64_divisions = len(_INT64_DIV.findall(ptx))
-    ptxas = get_ptxas(arch).path
-    with tempfile.TemporaryDirectory() as tmp:
-        src = os.path.join(tmp, "k.ptx")
-        with open(src, "w") as f:
-            f.write(ptx)
-        res = subprocess.run([ptxas, "-lineinfo", "-v", "--regAllocOptLevel=2",
-                              f"--gpu-name={sm_arch_from_capability(arch)}", src,
-                              "-o", os.path.join(tmp, "k.o")], capture_output=True, text=True)
-    log = res.stdout + res.stderr
     m = re.search(r"Used (\d+) registers", log)
     variant.registers = int(m.group(1)) if m else None
     m = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", log)
@@ -277,36 +286,47 @@ def _ptxas_figures(variant: Variant, compiled, arch: int) -> None:
         variant.stack, variant.spill_stores, variant.spill_loads = (int(v) for v in m.groups())
 
 
-def compile_all(arches=ARCHES, *, figures: bool = False, select: str | None = None) -> list[Variant]:
-    """Compile every launch variant for each arch; ptxas figures when `figures`."""
+def compile_all(arches=ARCHES, *, full: bool = True, select: str | None = None) -> list[Variant]:
+    """Compile the launch variants (all, or the CI subset) for each arch, in a fresh kernel
+    cache (nothing is reused from earlier runs)."""
+    from triton import knobs
+
     _check_mode()
     _kernel_modules()
     variants: list[Variant] = []
-    for arch in arches:
-        for label, thunk in _launches():
-            if select and select not in label:
-                continue
-            seen: list[Variant] = []
+    saved_cache = knobs.cache.dir
+    with tempfile.TemporaryDirectory(prefix="ddpm_triton_aot_") as cache:
+        knobs.cache.dir = cache
+        try:
+            for arch in arches:
+                for label, thunk in _launches(full):
+                    if select and select not in label:
+                        continue
+                    seen: list[Variant] = []
 
-            def record(fn, compiled, kwargs, seconds, error, label=label, arch=arch, seen=seen):
-                v = Variant(fn.__name__, label, arch, kwargs.get("num_warps", 4), seconds, error)
-                if compiled is not None and figures:
-                    _ptxas_figures(v, compiled, arch)
-                seen.append(v)
+                    def record(fn, compiled, kwargs, seconds, error, log, label=label, arch=arch,
+                               seen=seen):
+                        v = Variant(fn.__name__, label, arch, kwargs.get("num_warps", 4), seconds, error)
+                        if compiled is not None:
+                            _figures(v, compiled, log)
+                        seen.append(v)
 
-            with _compile_instead_of_launch(arch, record):
-                try:
-                    thunk()
-                except Exception as exc:  # noqa: BLE001 - the launcher itself failed
-                    seen.append(Variant("(launcher)", label, arch, 0, 0.0, f"{type(exc).__name__}: {exc}"))
-            variants.extend(seen)
+                    with _compile_instead_of_launch(arch, record):
+                        try:
+                            thunk()
+                        except Exception as exc:  # noqa: BLE001 - the launcher itself failed
+                            seen.append(Variant("(launcher)", label, arch, 0, 0.0,
+                                                f"{type(exc).__name__}: {exc}"))
+                    variants.extend(seen)
+        finally:
+            knobs.cache.dir = saved_cache
     return variants
 
 
 def _format(v: Variant) -> str:
     if v.error:
         return f"sm_{v.arch} {v.kernel:28s} FAILED  {v.label}\n    {v.error.splitlines()[0][:300]}"
-    figs = ""
+    figs = " (kernel cache hit: an identical variant above)"
     if v.registers is not None:
         figs = (f" regs={v.registers:3d} spill={v.spill_stores}/{v.spill_loads} stack={v.stack}"
                 f" div64={v.int64_divisions}")
@@ -316,11 +336,12 @@ def _format(v: Variant) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kernels.triton.aot", description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", type=int, action="append", help="compute capability x10 (default 90 and 80)")
-    parser.add_argument("--report", action="store_true", help="ptxas -v figures per variant")
+    parser.add_argument("--ci", action="store_true",
+                        help="the CI subset: every flag and dtype, not every combination")
     parser.add_argument("--select", help="only launch labels containing this text")
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    variants = compile_all(tuple(args.arch or ARCHES), figures=args.report, select=args.select)
+    variants = compile_all(tuple(args.arch or ARCHES), full=not args.ci, select=args.select)
     for v in variants:
         print(_format(v), flush=True)
     failed = [v for v in variants if v.error]

@@ -36,9 +36,11 @@ record_decoration()
 
 __all__ = ["forward", "backward", "launch_config"]
 
-GPU_TILE = 2048           # elements per tile on the GPU (num_warps = 4: 16 per thread)
+GPU_TILE = 2048           # elements per tile on the GPU
 GPU_MAX_BLOCK_C = 64
-STATS_WARPS = 8           # the Welford tile keeps 3 float32 accumulators per element: 8 warps (8 per thread)
+NUM_WARPS = 8             # every kernel: 8 elements per thread of a 2048 tile (ptxas: 4 warps, 16
+                          # per thread, needed 168-244 registers on sm_90 and spilled in _stats_kernel)
+STATS_WARPS = NUM_WARPS
 INTERPRETER_TILE = 1 << 15
 
 
@@ -303,7 +305,7 @@ def forward(x, weight, bias, shift, groups: int, eps: float, activation: bool, *
     partial = torch.empty((N * G, S, 3), dtype=torch.float32, device=x.device)
     mean = torch.empty((N * G,), dtype=torch.float32, device=x.device)
     rstd = torch.empty((N * G,), dtype=torch.float32, device=x.device)
-    num_warps = 4
+    num_warps = NUM_WARPS
     grid = (N * G, S)
     _stats_kernel[grid](x, shift if shift is not None else x, partial, G, Cg, HW, hw_per, S,
                         sN, sC, sHW, shN, shC, HAS_SHIFT=shift is not None,
@@ -334,7 +336,7 @@ def backward(dy, x, weight, bias, shift, mean, rstd, groups: int, activation: bo
     partial = torch.empty((3, N * G, S, Cg), dtype=torch.float32, device=x.device)
     grid = (N * G, S)
     common = dict(HAS_WEIGHT=w is not None, HAS_BIAS=b is not None, HAS_SHIFT=shift is not None,
-                  ACTIVATION=activation, BLOCK_HW=block_hw, BLOCK_C=block_c, num_warps=4)
+                  ACTIVATION=activation, BLOCK_HW=block_hw, BLOCK_C=block_c, num_warps=NUM_WARPS)
     _backward_partials_kernel[grid](dy, x, w if w is not None else x, b if b is not None else x,
                                     shift if shift is not None else x, mean, rstd, partial, plane,
                                     G, Cg, HW, hw_per, S, sN, sC, sHW, shN, shC,
