@@ -26,7 +26,6 @@ model from `unet_weights_from_diffusers`); this module never imports `ddpm.unet`
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import warnings
@@ -169,7 +168,7 @@ def _levels(d: dict) -> tuple[list[int], list[int]]:
     return chans, attention_levels
 
 
-def _sample_size(d: dict) -> int:
+def _sample_size(d: dict, levels: int) -> int:
     size = d["sample_size"]
     if size is None:
         raise ValueError("diffusers config sample_size=None: ddpm.UNet needs a fixed square image size; "
@@ -178,6 +177,9 @@ def _sample_size(d: dict) -> int:
         if len(size) != 2 or int(size[0]) != int(size[1]):
             _reject("sample_size", size, "images are square")
         size = size[0]
+    if int(size) < 1 or int(size) % 2 ** (levels - 1):
+        _reject("sample_size", size, f"{levels} levels halve it {levels - 1} times: a multiple of "
+                                     f"{2 ** (levels - 1)} is needed")
     return int(size)
 
 
@@ -214,7 +216,7 @@ def config_from_diffusers(diffusers_cfg: dict) -> UNetConfig:
     d = _with_defaults(diffusers_cfg)
     _check_supported(d)
     chans, attention_levels = _levels(d)
-    size = _sample_size(d)
+    size = _sample_size(d, len(chans))
     attention_channels = [chans[i] for i in attention_levels] + ([chans[-1]] if d["add_attention"] else [])
     num_heads, head_channels = _heads(d, attention_channels)
     num_class_embeds = d["num_class_embeds"]
@@ -380,7 +382,9 @@ def load_diffusers_state_dict(state_dict_or_path) -> tuple["OrderedDict[str, tor
 
 # UNet2DModel keys that change the outputs but leave no trace in the weights' names and shapes
 # (attention_head_dim: to_q/to_k/to_v are (C, C) for every head count; norm_num_groups: GroupNorm
-# weights are per channel). Without a config they must be given, never guessed.
+# weights are per channel, and every norm width is a multiple of the even block_out_channels[0],
+# so even their gcd leaves several group counts). Without a config they must be given, never
+# guessed.
 WEIGHTS_UNDETERMINED = ("sample_size", "norm_num_groups", "norm_eps", "flip_sin_to_cos", "freq_shift",
                         "downsample_padding", "attention_head_dim")
 
@@ -433,10 +437,11 @@ def _config_from_weights(state: dict) -> dict:
     c0, in_channels = shape("conv_in.weight")[:2]
     inferred = {"in_channels": in_channels, "out_channels": shape("conv_out.weight")[0],
                 "time_embedding_dim": shape("time_embedding.linear_1.weight")[0]}
-    if "time_proj.W" in state:
-        inferred["time_embedding_type"] = "fourier"
-    elif "time_proj.weight" in state:
-        inferred["time_embedding_type"] = "learned"
+    if "time_proj.W" in state or "time_proj.weight" in state:
+        # GaussianFourierProjection holds a (C,) vector, the learned table an (T, C) embedding
+        inferred["time_embedding_type"] = ("learned" if "time_proj.weight" in state
+                                           and len(shape("time_proj.weight")) == 2 else "fourier")
+    inferred["num_class_embeds"] = None
     if "class_embedding.weight" in state:
         inferred["num_class_embeds"] = shape("class_embedding.weight")[0]  # num_classes + the null row
     elif any(k.startswith("class_embedding.") for k in state):
@@ -446,10 +451,6 @@ def _config_from_weights(state: dict) -> dict:
         inferred["attention_head_dim"] = None  # no attention block: the head width means nothing
     if len(inferred["block_out_channels"]) == 1:
         inferred["downsample_padding"] = DIFFUSERS_DEFAULTS["downsample_padding"]  # no downsampler
-    norm_channels = [v.shape[0] for k, v in state.items()
-                     if k.endswith(("norm.weight", "norm1.weight", "norm2.weight", "norm_out.weight"))]
-    if math.gcd(*norm_channels) == 1:
-        inferred["norm_num_groups"] = 1  # the only group count that divides every norm's channels
     return inferred
 
 
@@ -479,7 +480,37 @@ def infer_config(state: dict, config: dict | None = None) -> UNetConfig:
         config = {}
     if not isinstance(config, dict):
         raise TypeError(f"config must be a diffusers config dict or None, got {type(config).__name__}")
+    _check_agreement(config, inferred)
     return config_from_diffusers({**inferred, **config})
+
+
+def _check_agreement(config: dict, inferred: dict) -> None:
+    """Raise a ValueError naming the first config key whose value the weights contradict."""
+    def same(a, b):
+        if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+            return list(a) == list(b)
+        return a == b
+
+    # Filled in only because no block reads them (no attention, one level): nothing to contradict.
+    unused = {"attention_head_dim", "downsample_padding"}
+    for key, value in config.items():
+        if key not in inferred or key in unused or same(value, inferred[key]):
+            continue
+        if key == "time_embedding_dim" and value is None:
+            continue  # None means 4 * block_out_channels[0], checked by config_from_diffusers
+        if key in ("down_block_types", "up_block_types") and not set(value) <= {*_DOWN_TYPES, *_UP_TYPES}:
+            continue  # a block type ddpm.UNet lacks: config_from_diffusers refuses it by name
+        raise ValueError(f"the config's {key}={value!r} contradicts the weights, whose names and shapes "
+                         f"give {key}={inferred[key]!r}")
+
+
+def _all_finite(value: torch.Tensor) -> bool:
+    """No NaN or inf: one reduction pass (NaN propagates into aminmax, inf is an extreme), not
+    isfinite's bool copy of every weight (seconds for 274M parameters)."""
+    if value.numel() == 0:
+        return True
+    low, high = torch.aminmax(value)
+    return bool(torch.isfinite(low) & torch.isfinite(high))
 
 
 def unet_weights_from_diffusers(state_dict_or_path, config=None, *, dtype: torch.dtype | None = None
@@ -505,7 +536,7 @@ def unet_weights_from_diffusers(state_dict_or_path, config=None, *, dtype: torch
     for key, value in state.items():
         if not value.is_floating_point():
             raise TypeError(f"{key} must be a floating tensor, got dtype {value.dtype}")
-        if not bool(torch.isfinite(value).all()):
+        if not _all_finite(value):
             raise ValueError(f"{key} contains NaN or inf")
     if dtype is None:
         dtypes = {v.dtype for v in state.values()}

@@ -435,8 +435,14 @@ class UNet(nn.Module):
         See `ddpm.diffusers_io.unet_weights_from_diffusers` for the checks.
         """
         config, state, dtype = unet_weights_from_diffusers(state_dict_or_path, config, dtype=dtype)
-        model = cls(config).to(dtype)
-        model.load_state_dict(state, strict=True)
+        # The weights replace every parameter: build on the meta device rather than draw a random
+        # initialisation only to overwrite it (seconds for diffusers' 274M-parameter default), and
+        # assign copies, so the model never shares memory with the caller's tensors.
+        with torch.device("meta"):
+            model = cls(config)
+        weights = {name: value.to(device="cpu", dtype=dtype, memory_format=torch.contiguous_format, copy=True)
+                   for name, value in state.items()}
+        model.load_state_dict(weights, strict=True, assign=True)
         return model
 
     def to_diffusers(self) -> "OrderedDict[str, torch.Tensor]":

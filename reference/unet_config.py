@@ -116,16 +116,18 @@ class UNetConfig:
             if c % self.groups:
                 raise ValueError(f"channels {c} (from ch={self.ch}, ch_mult={self.ch_mult}) "
                                  f"are not divisible by groups={self.groups}")
-            if c % self.num_heads:
-                raise ValueError(f"channels {c} are not divisible by num_heads={self.num_heads}")
         valid = {self.image_size // 2**i for i in range(levels)}
         bad = [r for r in self.attn_resolutions if r not in valid]
         if bad:
             raise ValueError(f"attn_resolutions {bad} match no level; levels have {sorted(valid)}")
-        self._check_head_channels()
+        self._check_heads()
 
-    def _check_head_channels(self) -> None:
+    def _check_heads(self) -> None:
+        # Only attention blocks split into heads: other levels' widths need not divide.
         if self.head_channels is None:
+            for c in self.attention_channels:
+                if c % self.num_heads:
+                    raise ValueError(f"attention channels {c} are not divisible by num_heads={self.num_heads}")
             return
         if isinstance(self.head_channels, bool) or not isinstance(self.head_channels, int) \
                 or self.head_channels < 1:

@@ -34,6 +34,11 @@ CONFIGS = {
     "three_levels": reference.UNetConfig(image_size=8, in_channels=1, out_channels=1, ch=4,
                                          ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(2,),
                                          dropout=0.3, groups=2, num_classes=2),
+    # a head width instead of a head count (diffusers' attention_head_dim): 2, 8 and 8 heads at
+    # the 4-, 16-channel levels and the mid block, classes
+    "heads_per_level": reference.UNetConfig(image_size=8, in_channels=1, out_channels=2, ch=4,
+                                            ch_mult=(1, 2, 4), num_res_blocks=1, attn_resolutions=(8, 2),
+                                            dropout=0.0, groups=2, head_channels=2, num_classes=2),
 }
 
 
@@ -91,7 +96,7 @@ def test_output_and_every_gradient_equal_reference_weights_copied_to_torch(name)
     _assert_equal_to_reference(model, ref, *_inputs(config))
 
 
-@pytest.mark.parametrize("name", ["attention_classes", "plain"])
+@pytest.mark.parametrize("name", ["attention_classes", "plain", "heads_per_level"])
 def test_output_and_every_gradient_equal_torch_weights_copied_to_reference(name):
     config = CONFIGS[name]
     torch.manual_seed(2)
@@ -102,6 +107,15 @@ def test_output_and_every_gradient_equal_torch_weights_copied_to_reference(name)
                 p.add_(0.2 * torch.randn_like(p))
     ref = reference.UNet(config, params=model.numpy_params())
     _assert_equal_to_reference(model, ref, *_inputs(config, seed=3))
+
+
+def test_heads_per_level_config_builds_one_head_count_per_level():
+    model = ddpm.UNet(CONFIGS["heads_per_level"])
+    heads = {name: m.num_heads for name, m in model.named_modules() if isinstance(m, ddpm.unet.AttentionBlock)}
+    assert heads == {"down_blocks.0.attentions.0": 2, "down_blocks.2.attentions.0": 8,
+                     "mid_block.attentions.0": 8, "up_blocks.0.attentions.0": 8,
+                     "up_blocks.0.attentions.1": 8, "up_blocks.2.attentions.0": 2,
+                     "up_blocks.2.attentions.1": 2}
 
 
 def test_dropout_sits_where_the_reference_puts_it():
