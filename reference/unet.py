@@ -329,6 +329,18 @@ class UNet:
         """Inference (no dropout, no cache): what the reference samplers call."""
         return self._run(x, t, y, None, None, False, keep_cache=False)
 
+    def _embed(self, t, y):
+        """SiLU(temb) (N, 4ch), shared by every ResBlock, and the caches of the embeddings."""
+        cfg, p = self.config, self.params
+        t_emb = timestep_embedding(t, cfg.ch, cfg.flip_sin_to_cos, cfg.freq_shift, dtype=self.dtype)
+        temb, mlp_cache = time_embedding_mlp(t_emb, _local(p, "time_embedding"))
+        class_cache = None
+        if cfg.num_classes is not None:
+            class_rows, class_cache = embedding(y, p["class_embedding.weight"])
+            temb = temb + class_rows                                    # row num_classes = null class
+        temb_silu, temb_act_cache = silu(temb)
+        return temb_silu, (mlp_cache, class_cache, temb_act_cache)
+
     def _run(self, x, t, y, dropout_masks, rng, train, keep_cache):
         cfg, p = self.config, self.params
         x, t, y = self._check_inputs(x, t, y)
@@ -342,15 +354,7 @@ class UNet:
             if tape is not None:
                 tape.append((kind, prefix, cache))
 
-        # time (and class) embedding: temb (N, 4ch)
-        t_emb = timestep_embedding(t, cfg.ch, cfg.flip_sin_to_cos, cfg.freq_shift, dtype=self.dtype)
-        temb, mlp_cache = time_embedding_mlp(t_emb, _local(p, "time_embedding"))
-        class_cache = None
-        if cfg.num_classes is not None:
-            class_rows, class_cache = embedding(y, p["class_embedding.weight"])
-            temb = temb + class_rows                                    # row num_classes = null class
-        temb_silu, temb_act_cache = silu(temb)                          # shared by every ResBlock
-        embed_caches = (mlp_cache, class_cache, temb_act_cache)
+        temb_silu, embed_caches = self._embed(t, y)
 
         def resnet(h, prefix, c_out):
             mask = None
