@@ -5,6 +5,9 @@
     python -m benchmarks --quick               # tiny sizes, a few repeats (the CI smoke run)
 
 Prints Markdown tables; --json/--md write the report (device, versions, commit, date, command).
+The JSON (and --json-dir DIR/<suite>.json) is rewritten as each suite finishes, so a run cut
+short keeps the suites it finished; a suite that raises is reported and the others still run
+(exit status 1).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ def _parse(argv):
     p.add_argument("--dtype", action="append", choices=("fp32", "bf16", "fp16"),
                    help="dtype(s) for kernel and sampler rows (default fp32 and bf16)")
     p.add_argument("--json", metavar="PATH", help="write the report as JSON")
+    p.add_argument("--json-dir", metavar="DIR", help="also write DIR/<suite>.json as each suite finishes")
     p.add_argument("--md", metavar="PATH", help="write the Markdown tables")
     p.add_argument("--chart", metavar="PATH", help="write the bandwidth chart (PNG, needs matplotlib)")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile peers")
@@ -52,13 +56,29 @@ def main(argv=None) -> int:
 
     runners = {"kernels": suite_kernels.run, "sampler": suite_sampler.run,
                "training": suite_training.run, "cpu": suite_cpu.run}
+    failed = []
     for name in suites:
         print(f"[benchmarks] suite {name} on {device} ...", file=sys.stderr, flush=True)
-        runners[name](report, **opts)
+        try:
+            runners[name](report, **opts)
+        except Exception as exc:  # noqa: BLE001 - keep the other suites' results
+            import traceback
+
+            traceback.print_exc()
+            failed.append(name)
+            report.skip(f"suite {name}", f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}")
+        if args.json:
+            report.write_json(args.json)
+        if args.json_dir:
+            from pathlib import Path
+
+            suite_report = Report(env=report.env, command=report.command,
+                                  rows=[r for r in report.rows if r.suite == name],
+                                  skipped=list(report.skipped))
+            suite_report.write_json(Path(args.json_dir) / f"{name}.json")
+        print(f"[benchmarks] suite {name} done", file=sys.stderr, flush=True)
     md = report.markdown()
     print(md)
-    if args.json:
-        report.write_json(args.json)
     if args.md:
         from pathlib import Path
 
@@ -69,7 +89,7 @@ def main(argv=None) -> int:
 
         written = bandwidth_chart(report.to_json(), args.chart)
         print(f"[benchmarks] chart: {written or 'no sweep rows, nothing drawn'}", file=sys.stderr)
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

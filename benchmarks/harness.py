@@ -17,7 +17,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-__all__ = ["Row", "Report", "environment", "bench", "git_commit"]
+__all__ = ["Row", "Report", "environment", "bench", "git_commit", "compile_peer", "launch_floor",
+           "mark_launch_bound", "LAUNCH_BOUND_FACTOR"]
+
+# A row is launch-bound when our time, or the time of a device copy of the same bytes, is under
+# this many times the launch floor (a 4-byte copy): its GB/s would measure the launch, not memory.
+LAUNCH_BOUND_FACTOR = 2.0
 
 
 def git_commit() -> str:
@@ -119,6 +124,57 @@ def bench(fn: Callable[[], object], device: str, *, warmup: int = 3, repeat: int
     return statistics.median(times)
 
 
+_LAUNCH_FLOOR: dict[str, float] = {}
+
+
+def launch_floor(device: str, repeat: int = 20) -> float:
+    """Seconds of the smallest device operation (a 4-byte copy), measured once per device and run."""
+    if device not in _LAUNCH_FLOOR:
+        import torch
+
+        src = torch.zeros(1, dtype=torch.float32, device=device)
+        dst = torch.empty_like(src)
+        _LAUNCH_FLOOR[device] = bench(lambda: dst.copy_(src), device, repeat=repeat)
+    return _LAUNCH_FLOOR[device]
+
+
+def mark_launch_bound(row: "Row", device: str, ours: str | None = None) -> None:
+    """Set row.launch_bound when our time (the first implementation's, or `ours`) or the copy's
+    is within LAUNCH_BOUND_FACTOR of the launch floor; say so in the notes."""
+    floor = launch_floor(device)
+    first = ours or next((k for k in row.times if k != "copy"), None)
+    times = [row.times[k] for k in (first, "copy") if k in row.times]
+    if times and min(times) < LAUNCH_BOUND_FACTOR * floor:
+        row.launch_bound = True
+        note = f"launch-bound (launch floor {floor * 1e6:.1f} us): no GB/s"
+        row.notes = f"{row.notes}; {note}" if row.notes else note
+
+
+def compile_peer(fn, example_args: tuple, report: "Report", what: str):
+    """torch.compile(fn) for ONE shape/dtype variant, compiled now, or None (reported).
+
+    Dynamo's caches are reset first: every variant of a suite shares fn's code object, and past
+    the recompile limit (8) torch silently runs the function eagerly, so the "torch-compile"
+    rows would be eager timings. The compile happens here, outside the timing, with the example
+    arguments; a failure is reported as a failed compile instead of surfacing lazily (or being
+    timed as eager)."""
+    import torch
+
+    try:
+        torch._dynamo.reset()
+        try:  # the benchmarks time backward with retain_graph=True: no donated buffers
+            torch._functorch.config.donated_buffer = False
+        except AttributeError:
+            pass
+        compiled = torch.compile(fn, dynamic=False)
+        compiled(*example_args)
+    except Exception as exc:  # noqa: BLE001 - no toolchain, an unsupported op, ...
+        report.skip(f"torch-compile peer of {what}",
+                    f"compile failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}")
+        return None
+    return compiled
+
+
 @dataclass
 class Row:
     """One measured case: its parameters, and one time (seconds) per implementation."""
@@ -130,10 +186,13 @@ class Row:
     bytes_moved: int | None = None      # the fewest bytes the op must move (read + write)
     items: int | None = None            # e.g. images per call, for throughput rows
     notes: str = ""
+    launch_bound: bool = False          # too small to measure bandwidth: no GB/s is reported
 
     def gbps(self, impl: str) -> float | None:
         t = self.times.get(impl)
-        return None if t is None or self.bytes_moved is None else self.bytes_moved / t / 1e9
+        if t is None or self.bytes_moved is None or self.launch_bound:
+            return None
+        return self.bytes_moved / t / 1e9
 
 
 @dataclass
@@ -209,7 +268,9 @@ def _table(rows: list[Row]) -> list[str]:
         ours = impls[0] if impls else None
         cells = [r.case, ", ".join(f"{k}={v}" for k, v in r.params.items())]
         cells += [_fmt_time(r.times[k]) if k in r.times else "-" for k in impls]
-        if has_bytes:
+        if has_bytes and r.launch_bound:
+            cells += ["launch-bound", "-"]
+        elif has_bytes:
             g = r.gbps(next((k for k in impls if k in r.times), "")) if r.bytes_moved else None
             copy = r.gbps("copy")
             cells += [f"{g:.3g}" if g else "-", f"{100 * g / copy:.3g}%" if g and copy else "-"]

@@ -2,7 +2,10 @@
 group_norm_silu forward/backward), each against its peers.
 
 Peers in the same run: every available `kernels` backend, torch eager of the same math,
-torch.compile of the same math, and a device-to-device copy of the same number of bytes.
+torch.compile of the same math (compiled anew for every shape/dtype variant after a Dynamo
+reset, so no row is silently eager past the recompile limit; a failed compile is reported as
+such), and a device-to-device copy of the same number of bytes. Rows too small to measure
+bandwidth (our time or the copy's within 2x of a 4-byte copy) say "launch-bound", no GB/s.
 Bytes are the fewest the op must move: each input read once, each output written once.
 """
 
@@ -15,7 +18,7 @@ import kernels
 import reference
 from kernels.dispatch import backend_unavailable_reason
 
-from .harness import Report, Row, bench
+from .harness import Report, Row, bench, compile_peer, mark_launch_bound
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -30,16 +33,6 @@ def _copy_time(nbytes: int, device: str, repeat: int) -> float:
     src = torch.empty(max(nbytes // 2, 1), dtype=torch.uint8, device=device)
     dst = torch.empty_like(src)
     return bench(lambda: dst.copy_(src), device, repeat=repeat)
-
-
-def _maybe_compile(fn, enabled: bool):
-    if not enabled:
-        return None
-    try:
-        compiled = torch.compile(fn, dynamic=False)
-        return compiled
-    except Exception:  # noqa: BLE001 - a missing compiler toolchain: peer not measured
-        return None
 
 
 def unet_group_norm_shapes(batch: int) -> list[tuple[int, int, int, int]]:
@@ -71,11 +64,19 @@ def _time_peers(report: Report, row: Row, eager, device, compile_peers: bool, re
     """Add the same-run peers of an elementwise op to `row`: torch eager of the same math,
     torch.compile of it, and a device copy of the same bytes; then record the row."""
     row.times["torch-eager"] = bench(eager, device, **rep)
-    compiled = _maybe_compile(eager, compile_peers)
-    if compiled is not None:
-        row.times["torch-compile"] = bench(compiled, device, **rep)
+    if compile_peers:
+        compiled = compile_peer(eager, (), report, _what(row))
+        if compiled is not None:
+            row.times["torch-compile"] = bench(compiled, device, **rep)
+        else:
+            row.notes = "torch-compile: compile failed (see 'Not measured')"
     row.times["copy"] = _copy_time(row.bytes_moved, device, rep["repeat"])
+    mark_launch_bound(row, device)
     report.add(row)
+
+
+def _what(row: Row) -> str:
+    return f"{row.case} ({', '.join(f'{k}={v}' for k, v in row.params.items())})"
 
 
 def _run_normal(report: Report, device, dtype_name, shape, case, backends, compile_peers, rep):
@@ -166,13 +167,24 @@ def _run_group_norm_silu(report: Report, device, dtype_name, shape, case, backen
     impls = {b: (lambda x_, w_, b_, b=b: kernels.group_norm_silu(x_, w_, b_, groups, 1e-6, backend=b))
              for b in backends}
     impls["torch-eager"] = eager
-    compiled = _maybe_compile(eager, compile_peers)
-    if compiled is not None:
-        impls["torch-compile"] = compiled
-
     base, sweep = (case[: -len("-sweep")], "-sweep") if case.endswith("-sweep") else (case, "")
     fwd = Row("kernels", f"{base}-forward{sweep}", dict(params), bytes_moved=2 * nbytes)
     bwd = Row("kernels", f"{base}-backward{sweep}", dict(params), bytes_moved=3 * nbytes)
+    if compile_peers:
+        # one compile per shape/dtype/layout variant (Dynamo reset first), forward and backward
+        # compiled here, outside the timing
+        compiled = compile_peer(eager, (x, w, bias), report, _what(fwd))
+        if compiled is not None:
+            try:
+                with torch.no_grad():
+                    compiled(x, w, bias)
+                torch.autograd.grad(compiled(x, w, bias), (x, w, bias), dy)
+                impls["torch-compile"] = compiled
+            except Exception as exc:  # noqa: BLE001
+                report.skip(f"torch-compile peer of {_what(bwd)}", f"compile failed: {type(exc).__name__}")
+                compiled = None
+        if compiled is None:
+            fwd.notes = bwd.notes = "torch-compile: compile failed (see 'Not measured')"
     for name, fn in impls.items():
         with torch.no_grad():
             fwd.times[name] = bench(lambda fn=fn: fn(x, w, bias), device, **rep)
@@ -182,6 +194,8 @@ def _run_group_norm_silu(report: Report, device, dtype_name, shape, case, backen
         del y
     fwd.times["copy"] = _copy_time(2 * nbytes, device, rep["repeat"])
     bwd.times["copy"] = _copy_time(3 * nbytes, device, rep["repeat"])
+    mark_launch_bound(fwd, device)
+    mark_launch_bound(bwd, device)
     report.add(fwd)
     report.add(bwd)
 
