@@ -2,7 +2,8 @@
 
     x (N, C, H, W) -> h = GroupNorm(x) (no SiLU) -> tokens (N, L = H*W, C)
     q, k, v = tokens W_q^T + b_q, ...        per-pixel linear maps = 1x1 convs, weights (C, C)
-    heads: channel c = head * d + j, d = C / heads
+    heads: channel c = head * d + j, d = C / heads   (the UNet passes config.heads(C): a fixed
+           count, or C / head_channels, so blocks of different widths get different counts)
     P = softmax(q k^T / sqrt(d)) over the L key positions     (Vaswani et al. 2017, Eq. 1)
     o = P v  -> heads merged -> o W_out^T + b_out -> (N, C, H, W) -> + x   (residual)
 

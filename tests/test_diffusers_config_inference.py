@@ -149,6 +149,18 @@ def test_a_save_pretrained_folder_needs_no_config(tmp_path):
     _assert_same_outputs(ours, theirs)
 
 
+def test_a_given_dict_completes_the_stored_config(tmp_path):
+    # diffusers' default sample_size=None (any size): the folder's config.json cannot say it
+    kwargs = {**LAYOUTS["mid_attention_only"][0], "sample_size": None}
+    theirs = _diffusers_model(kwargs, seed=3)
+    theirs.save_pretrained(tmp_path / "unet")
+    with pytest.raises(ValueError, match="sample_size=None"):
+        ddpm.UNet.from_diffusers(tmp_path / "unet")
+    ours = ddpm.UNet.from_diffusers(tmp_path / "unet", {"sample_size": 8})
+    assert ours.config == config_from_diffusers({**theirs.config, "sample_size": 8})
+    _assert_same_outputs(ours, theirs)
+
+
 # ----------------------------------------------------------------------------- diffusers' default
 
 def _fill_from_a_random_pool(model) -> None:
