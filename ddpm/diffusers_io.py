@@ -434,8 +434,7 @@ def _config_from_weights(state: dict) -> dict:
             raise ValueError(f"cannot infer the UNet config: the state dict has no {key!r}")
         return tuple(state[key].shape)
 
-    c0, in_channels = shape("conv_in.weight")[:2]
-    inferred = {"in_channels": in_channels, "out_channels": shape("conv_out.weight")[0],
+    inferred = {"in_channels": shape("conv_in.weight")[1], "out_channels": shape("conv_out.weight")[0],
                 "time_embedding_dim": shape("time_embedding.linear_1.weight")[0]}
     if "time_proj.W" in state or "time_proj.weight" in state:
         # GaussianFourierProjection holds a (C,) vector, the learned table an (T, C) embedding
@@ -463,9 +462,9 @@ def infer_config(state: dict, config: dict | None = None) -> UNetConfig:
     They cannot fix WEIGHTS_UNDETERMINED (image size, GroupNorm groups and eps, the sinusoid's
     order and shift, the downsampling pad, the attention head width). config: None, and those
     keys raise a ValueError naming them; or a diffusers config dict (complete, or only those
-    keys) whose keys override the weights' and whose missing keys take UNet2DModel's defaults,
-    as diffusers reads a config. Keys that cannot change an eval output (dropout) take diffusers'
-    defaults.
+    keys): its keys must agree with the weights (a contradiction is a ValueError naming the key),
+    and keys that neither it nor the weights give take UNet2DModel's defaults, as diffusers
+    reads a config. dropout, which no eval output depends on, takes diffusers' default 0.0.
     """
     inferred = _config_from_weights(state)
     if config is None:
@@ -498,7 +497,8 @@ def _check_agreement(config: dict, inferred: dict) -> None:
             continue
         if key == "time_embedding_dim" and value is None:
             continue  # None means 4 * block_out_channels[0], checked by config_from_diffusers
-        if key in ("down_block_types", "up_block_types") and not set(value) <= {*_DOWN_TYPES, *_UP_TYPES}:
+        if key in ("down_block_types", "up_block_types") and not (
+                isinstance(value, (list, tuple)) and set(value) <= {*_DOWN_TYPES, *_UP_TYPES}):
             continue  # a block type ddpm.UNet lacks: config_from_diffusers refuses it by name
         raise ValueError(f"the config's {key}={value!r} contradicts the weights, whose names and shapes "
                          f"give {key}={inferred[key]!r}")
