@@ -35,6 +35,9 @@ def _parse(argv):
     p.add_argument("--md", metavar="PATH", help="write the Markdown tables")
     p.add_argument("--chart", metavar="PATH", help="write the bandwidth chart (PNG, needs matplotlib)")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile peers")
+    p.add_argument("--check", action="store_true",
+                   help="the device-check subset (benchmarks/gpu_check.sh): the full-size cases "
+                        "the issue targets name, fewer shapes and repeats, to fit one short call")
     return p.parse_args(argv)
 
 
@@ -49,8 +52,10 @@ def main(argv=None) -> int:
     suites = args.suite or list(SUITES)
     dtypes = args.dtype or ["fp32", "bf16"]
     command = "python -m benchmarks " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
-    report = Report(env=environment(device), command=command.strip())
+    report = Report(env=environment(device), command=command.strip(), autosave=args.json)
     opts = dict(device=device, quick=args.quick, dtypes=dtypes, compile_peers=not args.no_compile)
+    if args.check:
+        opts["check"] = True
 
     from . import suite_cpu, suite_kernels, suite_sampler, suite_training
 

@@ -201,13 +201,20 @@ class Report:
     command: str
     rows: list[Row] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    autosave: str | None = None   # rewrite this JSON after every row (a run killed keeps its rows)
 
     def add(self, row: Row) -> Row:
         self.rows.append(row)
+        self._autosave()
         return row
 
     def skip(self, what: str, why: str) -> None:
         self.skipped.append(f"{what}: {why}")
+        self._autosave()
+
+    def _autosave(self) -> None:
+        if self.autosave:
+            self.write_json(self.autosave)
 
     def to_json(self) -> dict:
         return {"env": self.env, "command": self.command,

@@ -103,7 +103,8 @@ def _unet_rows(report: Report, quick: bool, rep: dict) -> None:
             report.add(row)
 
 
-def run(report: Report, *, device: str, quick: bool, dtypes, compile_peers: bool) -> None:
+def run(report: Report, *, device: str, quick: bool, dtypes, compile_peers: bool,
+        check: bool = False) -> None:
     """Always on the CPU, whatever `device` is: this suite measures the reference's cost."""
     rep = dict(repeat=3 if quick else 10)
     _mlp_rows(report, quick, rep)

@@ -200,7 +200,8 @@ def _run_group_norm_silu(report: Report, device, dtype_name, shape, case, backen
     report.add(bwd)
 
 
-def run(report: Report, *, device: str, quick: bool, dtypes, compile_peers: bool) -> None:
+def run(report: Report, *, device: str, quick: bool, dtypes, compile_peers: bool,
+        check: bool = False) -> None:
     backends = fast_backends(device)
     for b in ("triton", "cupy"):
         if b not in backends:
@@ -213,6 +214,12 @@ def run(report: Report, *, device: str, quick: bool, dtypes, compile_peers: bool
         gn_shapes = [(2, 64, 8, 8)]
         sweep = [2**k for k in (12, 14)]
         dtypes = [d for d in dtypes if d == "fp32"] or ["fp32"]
+    elif check:  # the device check: the largest/middle/smallest UNet norms, three sweep sizes
+        rep = dict(repeat=10)
+        image_shapes = [(256, 3, 32, 32)]
+        unet = unet_group_norm_shapes(128)
+        gn_shapes = [unet[0], unet[len(unet) // 2], unet[-1], (1, 320, 64, 64)]
+        sweep = [2**20, 2**24, 2**27]
     else:
         image_shapes = [(128, 3, 32, 32), (256, 3, 32, 32)]
         gn_shapes = unet_group_norm_shapes(128) + [(1, 320, 64, 64), (2, 128, 256, 256)]
@@ -232,7 +239,7 @@ def run(report: Report, *, device: str, quick: bool, dtypes, compile_peers: bool
             for shape in gn_shapes:
                 _run_group_norm_silu(report, device, dtype_name, shape, "group_norm_silu", backends,
                                      compile_peers, rep, channels_last)
-        if not (quick or not on_cuda):
+        if on_cuda and not quick and not check:
             for numel in sweep:
                 shape = (max(numel // (256 * 32 * 32), 1), 256, 32, 32) if numel >= 256 * 1024 else (1, 64, 64, numel // 4096)
                 _run_group_norm_silu(report, device, dtype_name, shape, "group_norm_silu-sweep", backends,

@@ -46,7 +46,8 @@ def _diffusers_sampler(model: UNet, dtype, device, num_steps: int, T: int):
     return run
 
 
-def run(report: Report, *, device: str, quick: bool, dtypes, compile_peers: bool) -> None:
+def run(report: Report, *, device: str, quick: bool, dtypes, compile_peers: bool,
+        check: bool = False) -> None:
     on_cuda = device.startswith("cuda")
     if quick or not on_cuda:
         config = reference.UNetConfig.tiny()
@@ -58,7 +59,7 @@ def run(report: Report, *, device: str, quick: bool, dtypes, compile_peers: bool
     else:
         config = reference.UNetConfig.ddpm_cifar10(dropout=0.0)
         batches, num_steps, T = [1, 256], 50, 1000
-        rep = dict(warmup=2, repeat=10)
+        rep = dict(warmup=1, repeat=3) if check else dict(warmup=2, repeat=10)
     schedule = reference.make_schedule("linear", T)
     torch.manual_seed(0)
     base = UNet(config, zero_init=False).to(device).eval()

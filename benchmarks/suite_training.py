@@ -70,7 +70,8 @@ def _step_fn(model, optimizer, x0, schedule, backend: str, device: str):
     return step
 
 
-def run(report: Report, *, device: str, quick: bool, dtypes, compile_peers: bool) -> None:
+def run(report: Report, *, device: str, quick: bool, dtypes, compile_peers: bool,
+        check: bool = False) -> None:
     on_cuda = device.startswith("cuda")
     if quick or not on_cuda:
         config, batch = reference.UNetConfig.tiny(), 4

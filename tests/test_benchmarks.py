@@ -58,3 +58,43 @@ def test_markdown_ratios_and_chart(tmp_path):
     assert "80%" in md            # ours at 80% of the copy bandwidth
     path = bandwidth_chart(report.to_json(), tmp_path / "chart.png")
     assert path is not None and path.stat().st_size > 1000
+
+
+def test_launch_bound_rows_show_no_bandwidth():
+    report = Report(env=dict(date="2026-01-01T00:00:00", commit="abc", torch="x", triton="y", cupy=None,
+                             diffusers=None, numpy="z", python="3", device="cuda", device_name="GPU"),
+                    command="python -m benchmarks")
+    row = report.add(Row("kernels", "q_sample", dict(dtype="fp32"),
+                         times={"triton": 3e-6, "torch-eager": 9e-6, "copy": 2.5e-6}, bytes_moved=3 * 2**20))
+    row.launch_bound = True
+    md = report.markdown()
+    assert "launch-bound" in md and row.gbps("triton") is None
+    assert "3.00x" in md  # the ratio against the peers stays
+
+
+def test_mark_launch_bound_uses_the_same_run_floor(monkeypatch):
+    from benchmarks import harness
+
+    monkeypatch.setitem(harness._LAUNCH_FLOOR, "cuda", 2e-6)
+    small = Row("kernels", "normal", {}, times={"triton": 3e-6, "copy": 2.5e-6}, bytes_moved=1)
+    big = Row("kernels", "normal", {}, times={"triton": 3e-4, "copy": 2.5e-4}, bytes_moved=1)
+    harness.mark_launch_bound(small, "cuda")
+    harness.mark_launch_bound(big, "cuda")
+    assert small.launch_bound and "launch-bound" in small.notes
+    assert not big.launch_bound
+
+
+def test_gpu_check_script_parses_and_its_memcheck_workload_runs_here():
+    """benchmarks/gpu_check.sh is checked end to end with --dry by hand (~90 s); here: bash
+    syntax, and the sanitizer's workload on the backends that run on this machine."""
+    import shutil
+
+    import torch
+
+    import kernels
+    from benchmarks.memcheck_kernels import run_all
+
+    if shutil.which("bash"):
+        subprocess.run(["bash", "-n", str(ROOT / "benchmarks" / "gpu_check.sh")], check=True)
+    device = torch.device("cpu")
+    assert run_all(device, kernels.available_backends(device))
