@@ -93,12 +93,14 @@ def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype | Non
         if device.type == "cuda" and fast_dtype and backend_unavailable_reason("triton", device) is None:
             return "triton"
         return "torch"
+    # the dtype first: float64 on a fused backend is a TypeError on every machine (with or
+    # without a GPU / the interpreter), not a RuntimeError that depends on where it runs
+    if backend in ("triton", "cupy") and dtype is not None and dtype not in FAST_DTYPES:
+        raise TypeError(f"the {backend} backend supports float32, bfloat16 and float16, got {dtype}; "
+                        f"use backend='torch' for {dtype}")
     reason = backend_unavailable_reason(backend, device)
     if reason is not None:
         raise RuntimeError(f"kernels backend {backend!r} is not available: {reason}")
-    if backend != "torch" and dtype is not None and dtype not in FAST_DTYPES:
-        raise TypeError(f"the {backend} backend supports float32, bfloat16 and float16, got {dtype}; "
-                        f"use backend='torch' for {dtype}")
     return backend
 
 

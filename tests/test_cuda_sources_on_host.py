@@ -311,6 +311,26 @@ def test_host_group_norm_silu_forward_and_backward_match_reference(host_cupy, ch
     assert_close(rstd, cache.rstd.reshape(-1), atol=1e-5, rtol=1e-5, name="rstd")
 
 
+@pytest.mark.parametrize("shape, groups", [((2, 48, 5, 3), 2), ((1, 600, 2, 3), 2)])
+def test_host_group_norm_silu_backward_channels_last_walks(host_cupy, shape, groups):
+    """The channels_last backward partials: Cg = 24 (10 lanes per channel, 16 idle threads) and
+    Cg = 300 > the block (the channel-at-a-time fallback), against the reference."""
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(shape, generator=gen).contiguous(memory_format=torch.channels_last)
+    C = shape[1]
+    weight, bias = torch.randn(C, generator=gen), torch.randn(C, generator=gen)
+    dy = torch.randn(shape, generator=gen).contiguous(memory_format=torch.channels_last)
+    y, mean, rstd = cupy_group_norm.forward(x, weight, bias, None, groups, 1e-5, True, splits=2)
+    dx, dw, db, _ = cupy_group_norm.backward(dy, x, weight, bias, None, mean, rstd, groups, True,
+                                             (True, True, True, False), splits=2)
+    _, cache = reference.group_norm_silu(x.double().numpy(), weight.double().numpy(),
+                                         bias.double().numpy(), groups, 1e-5, True)
+    dx_ref, dw_ref, db_ref = reference.group_norm_silu_backward(dy.double().numpy(), cache)
+    assert_close(dx, dx_ref, atol=1e-5, rtol=1e-5, name="dx")
+    assert_close(dw, dw_ref, atol=1e-4, rtol=1e-5, name="dweight")
+    assert_close(db, db_ref, atol=1e-4, rtol=1e-5, name="dbias")
+
+
 NVCC = shutil.which("nvcc")
 
 

@@ -97,13 +97,20 @@ def test_triton_on_cpu_without_interpreter_is_a_runtime_error(monkeypatch):
 
 
 def test_fused_backends_reject_float64_with_a_type_error():
-    if not INTERPRETED and not HAS_CUDA:
-        pytest.skip("triton cannot run here at all")
-    device = CPU if INTERPRETED else torch.device("cuda")
-    with pytest.raises(TypeError, match="float64.*backend='torch'"):
-        kernels.resolve_backend("triton", device, torch.float64)
+    """float64 on a fused backend is a TypeError wherever it runs: the dtype is checked before the
+    backend's availability (on a GPU machine CPU tensors + triton would otherwise be a
+    RuntimeError first). kernels.normal's float64 is the float32 draw stored as float64: allowed."""
+    for device in (CPU, torch.device("cuda")):
+        for backend in ("triton", "cupy"):
+            with pytest.raises(TypeError, match="float64.*backend='torch'"):
+                kernels.resolve_backend(backend, device, torch.float64)
     with pytest.raises(TypeError, match="float64"):
-        kernels.normal(0, [0], 0, (3,), dtype=torch.float64, device=device, backend="triton")
+        kernels.q_sample(torch.zeros(2, 3, dtype=torch.float64), 0, torch.ones(10), torch.ones(10),
+                         torch.zeros(2, 3, dtype=torch.float64), backend="triton")
+    if INTERPRETED or HAS_CUDA:
+        device = CPU if INTERPRETED else torch.device("cuda")
+        z = kernels.normal(0, [0], 0, (3,), dtype=torch.float64, device=device, backend="triton")
+        assert z.dtype == torch.float64
 
 
 def test_validation_happens_before_backend_resolution_for_bad_tensors(monkeypatch):

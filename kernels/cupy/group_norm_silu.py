@@ -9,7 +9,9 @@ forward   stats_kernel      per-chunk Welford (count, mean, M2), block tree-comb
           forward_kernel    every thread combines the S chunk statistics of its group in the
                             same order (so all agree), normalises, affine, SiLU; mean/rstd out
 backward  backward_partials_kernel  per-(n, c, chunk) sums of dz, dz x_hat, x_hat (x_hat and the
-                            activation recomputed from x); group_norm_silu_reduce.backward_stage2;
+                            activation recomputed from x; channels_last: thread t owns channel
+                            t % Cg, so a warp reads contiguous channels of its pixels, the lanes
+                            summed in a fixed order); group_norm_silu_reduce.backward_stage2;
                             backward_dx_kernel
 Deterministic: fixed-shape tree reductions in shared memory, no atomics. float32 arithmetic.
 """
@@ -180,6 +182,19 @@ __device__ __forceinline__ void backward_element(const storage_t* dy, const stor
     *dz = d;
 }
 
+/* per-channel sums over the lanes of the channels_last walk: thread t < Cg returns the sum of
+   the values of threads t, t + Cg, t + 2 Cg, ... (lanes of them), in that order */
+__device__ __forceinline__ float lane_sum(float value, float* scratch, long long Cg, long long lanes) {
+    __syncthreads();  /* scratch may still be read by the previous call */
+    scratch[threadIdx.x] = value;
+    __syncthreads();
+    float total = 0.0f;
+    if (threadIdx.x < Cg) {
+        for (long long k = 0; k < lanes; ++k) total += scratch[threadIdx.x + k * Cg];
+    }
+    return total;
+}
+
 extern "C" __global__ void backward_partials_kernel(
         unsigned long long dy_addr, unsigned long long x_addr,  /* dy: same strides as x */
         unsigned long long weight_addr, unsigned long long bias_addr, unsigned long long shift_addr,
@@ -198,7 +213,38 @@ extern "C" __global__ void backward_partials_kernel(
     const long long ng = blockIdx.x, s = blockIdx.y, n = ng / G, g = ng - n * G;
     const float mean = ((const float*)mean_addr)[ng], rstd = ((const float*)rstd_addr)[ng];
     const GroupView v = group_view(n, g, s, Cg, HW, HW_PER, sN, sC, sHW);
-    /* one channel at a time: threads over the chunk's hw (strided reads for channels_last) */
+    if (v.channels_last && Cg <= BLOCK) {
+        /* channels_last: thread t owns channel t % Cg of pixels t / Cg, t / Cg + lanes, ...:
+           neighbouring threads read neighbouring channels of a pixel (contiguous memory; the
+           channel-at-a-time walk below reads with stride C). The lanes of a channel are added
+           in a fixed order (deterministic). */
+        const long long lanes = BLOCK / Cg;
+        const long long cc = threadIdx.x % Cg, lane = threadIdx.x / Cg, ch = g * Cg + cc;
+        float sum_dz = 0.0f, sum_dz_x_hat = 0.0f, sum_x_hat = 0.0f;
+        if (lane < lanes) {
+            for (long long hw = lane; hw < v.length; hw += lanes) {
+                const long long offset = v.base + cc + (v.hw_start + hw) * sHW;
+                float x_hat, dz;
+                backward_element(dy, x, weight, bias, shift, n, ch, offset, shN, shC, mean, rstd,
+                                 activation, &x_hat, &dz);
+                sum_dz += dz;
+                sum_dz_x_hat += dz * x_hat;
+                sum_x_hat += x_hat;
+            }
+        }
+        sum_dz = lane_sum(sum_dz, scratch, Cg, lanes);
+        sum_dz_x_hat = lane_sum(sum_dz_x_hat, scratch, Cg, lanes);
+        if (need_x_hat_sum) sum_x_hat = lane_sum(sum_x_hat, scratch, Cg, lanes);
+        if (threadIdx.x < Cg) {
+            float* out = partial + (ng * S + s) * Cg + cc;
+            out[0] = sum_dz;
+            out[plane] = sum_dz_x_hat;
+            if (need_x_hat_sum) out[2 * plane] = sum_x_hat;
+        }
+        return;
+    }
+    /* NCHW (or channels_last groups wider than a block): one channel at a time, threads over
+       the chunk's hw */
     for (long long cc = 0; cc < Cg; ++cc) {
         const long long ch = g * Cg + cc;
         float sum_dz = 0.0f, sum_dz_x_hat = 0.0f, sum_x_hat = 0.0f;
