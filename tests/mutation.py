@@ -234,6 +234,15 @@ def run_tests(m: Mutation, root: Path, timeout: int) -> tuple[int, list[str], st
     return proc.returncode, failed, proc.stdout[-3000:] + proc.stderr[-2000:]
 
 
+def _summarise(failed: list[str]) -> str:
+    """Node ids grouped by test function: 'file.py::test (3 cases)'."""
+    counts: dict[str, int] = {}
+    for nodeid in failed:
+        key = nodeid.replace("tests/", "").split("[")[0]
+        counts[key] = counts.get(key, 0) + 1
+    return ", ".join(k if n == 1 else f"{k} ({n} cases)" for k, n in counts.items())
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", action="store_true", help="only check the anchors")
@@ -298,7 +307,7 @@ def main(argv=None) -> int:
             caught = rc != 0 and (bool(failed) or rc in (2, 3, 124))
             if not caught:
                 survived.append(m)
-            who = ", ".join(f.replace("tests/", "") for f in failed) if failed else f"(pytest rc {rc})"
+            who = _summarise(failed) if failed else f"(pytest rc {rc})"
             rows.append((m, caught, who, seconds))
             print(f"{'CAUGHT  ' if caught else 'SURVIVED'} {m.name} ({seconds:.0f} s): {who if caught else ''}",
                   flush=True)
