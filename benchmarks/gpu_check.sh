@@ -89,7 +89,7 @@ if [ $DRY -eq 1 ]; then
         env TRITON_INTERPRET=1 "$PY" -m benchmarks.memcheck_kernels --device cpu
     SUITE_ARGS=(--quick --device cpu --no-compile)
 else
-    step "pytest -m cuda" 130 "$OUT/pytest-cuda.txt" \
+    step "pytest -m cuda" 110 "$OUT/pytest-cuda.txt" \
         "$PY" -m pytest -m cuda -q -p no:cacheprovider --junitxml "$OUT/pytest-cuda.xml"
     SANITIZER="$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -n 1)"
     if [ -n "$SANITIZER" ]; then
@@ -106,7 +106,7 @@ else
 fi
 
 for suite in kernels sampler; do
-    limit=$([ $suite = kernels ] && echo 140 || echo 110)
+    limit=$([ $suite = kernels ] && echo 170 || echo 100)
     step "benchmarks suite $suite" "$limit" "$OUT/$suite.log" \
         "$PY" -m benchmarks --suite "$suite" "${SUITE_ARGS[@]}" --json "$OUT/$suite.json" \
         --md "$OUT/$suite.md"
