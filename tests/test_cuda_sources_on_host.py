@@ -341,12 +341,14 @@ SOURCES = {"philox": cupy_philox._WORDS_SOURCE, "normal": cupy_normal._SOURCE, "
 @pytest.mark.skipif(NVCC is None, reason="nvcc is not installed")
 @pytest.mark.parametrize("name", list(SOURCES))
 def test_cuda_sources_compile_with_nvcc(name, tmp_path):
-    """Every storage dtype compiles for sm_90 (as NVRTC will at run time)."""
+    """Every storage dtype compiles to a cubin for sm_90 (through ptxas, as NVRTC + the driver
+    will at run time), float32 and float64 Box-Muller, and for sm_80."""
     source = SOURCES[name]
     path = tmp_path / f"{name}.cu"
     path.write_text(source)
-    for storage in (0, 1, 2):
-        result = subprocess.run([NVCC, "-arch=sm_90", "-ptx", "-std=c++14", f"-DSTORAGE_ID={storage}",
-                                 "-DNORMAL_FP64=1", str(path), "-o", str(tmp_path / f"{name}.ptx")],
+    builds = [("sm_90", storage, 0) for storage in (0, 1, 2)] + [("sm_90", 0, 1), ("sm_80", 2, 1)]
+    for arch, storage, fp64 in builds:
+        result = subprocess.run([NVCC, f"-arch={arch}", "-cubin", "-std=c++14", f"-DSTORAGE_ID={storage}",
+                                 f"-DNORMAL_FP64={fp64}", str(path), "-o", str(tmp_path / f"{name}.cubin")],
                                 capture_output=True, text=True)
-        assert result.returncode == 0, result.stderr
+        assert result.returncode == 0, f"{arch} STORAGE_ID={storage} NORMAL_FP64={fp64}:\n{result.stderr}"
