@@ -53,3 +53,4 @@ from .toy_data import DATASETS, dataset_num_classes, make_dataset
 from .train import TrainingDraws, train_step, train_stream, training_draws  # the loop: reference.train.train
 from .unet_config import UNetConfig, count_parameters, parameter_shapes
 from .unet import UNet
+from .variational import learned_log_variance, learned_log_variance_backward, log_variance_bounds
