@@ -49,7 +49,7 @@ def test_learned_log_variance_backward_matches_central_differences(seed, n):
     v, t = rng.uniform(-1.5, 1.5, (n, 2, 3)), rng.integers(0, COS.T, n)
     w = rng.standard_normal(v.shape)
     analytic = learned_log_variance_backward(w, t, COS)
-    check_gradient(lambda: float(np.sum(w * learned_log_variance(v, t, COS))), v, analytic, rtol=1e-8, name="dv")
+    check_gradient(lambda: float(np.sum(w * learned_log_variance(v, t, COS))), v, analytic, rtol=1e-6, name="dv")
 
 
 def test_learned_log_variance_float32_on_request_and_bad_input():
