@@ -180,3 +180,20 @@ def test_bf16_trajectory_stays_within_its_rounding_budget_of_the_float64_referen
     assert err <= budget, f"{case} w={w}: max |x0_bf16 - x0_ref| = {err:.3e} > (K+1) 2u max|x| = {budget:.3e}"
     # and the bf16 run is a real approximation, not an identical float64 run
     assert err > 0
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_fast_sampler_in_bf16_runs_the_checked_loop(case, channels_last):
+    """FastSampler (bf16 is its CUDA default) on the CPU runs exactly the Sampler loop checked
+    above: the same bf16 result bit for bit, in either memory format."""
+    from ddpm.fast_sampler import FastSampler
+
+    kind, steps, eta, spacing = CASES[case]
+    runner, states = bf16_run(case, 3.0)
+    fast = FastSampler(EpsModel(), SCHEDULE, image_shape=SHAPE[1:], sampler=kind, num_steps=steps, eta=eta,
+                       spacing=spacing, guidance_scale=3.0, dtype=torch.bfloat16, channels_last=channels_last,
+                       backend="torch")
+    out = fast(SHAPE[0], seed=SEED, y=torch.from_numpy(Y))
+    assert out.dtype == torch.bfloat16
+    assert np.array_equal(out.double().numpy(), states[-1])
