@@ -4,8 +4,8 @@ what CI must have (no silent skips there).
 Hypothesis profiles (pick one with HYPOTHESIS_PROFILE=<name> or pytest's
 `--hypothesis-profile <name>`):
 
-- "ci" (the default): derandomized, so every run tries the same examples (a fixed table of
-  cases, reproducible, no flaky CI); max_examples 25 where a test does not set its own.
+- "ci" (the default of a plain `pytest`): derandomized, so every run tries the same examples
+  (a fixed table of cases, reproducible); max_examples 25 where a test does not set its own.
 - "random": derandomize OFF, otherwise as "ci" (each run draws new examples; same run time).
 - "thorough": derandomize OFF and many more examples: max_examples 200 by default and every
   test's own `@settings(max_examples=n)` multiplied by HYPOTHESIS_EXAMPLES_SCALE (default 8).
