@@ -5,7 +5,25 @@ float64 by default, float32 on request. Imports nothing of `kernels`, `ddpm`, `t
 """
 
 from ._validate import check_class_labels, check_parameter_names, check_seed  # shared by ddpm
-from .losses import min_snr_weights, training_target, weighted_mse, weighted_mse_backward
+from .learned_variance_step import (
+    LEARNED_VARIANCE,
+    LEARNED_VARIANCE_COEFFICIENTS,
+    ddpm_learned_step,
+    learned_variance_coefficients,
+    learned_variance_step,
+)
+from .losses import (
+    LOSSES,
+    VLB_WEIGHT,
+    check_loss_variance,
+    min_snr_weights,
+    training_target,
+    variational_loss,
+    variational_loss_backward,
+    weighted_mse,
+    weighted_mse_backward,
+)
+from .importance import LossSecondMomentHistory
 from .metrics import energy_distance, mean_pairwise_distance, sliced_wasserstein
 from .mlp import MLP
 from .optim import EMA, Adam, clip_grad_norm, global_norm
@@ -47,10 +65,31 @@ from .process import (
     v_from_x0_eps,
 )
 from .sampling import guided, initial_noise, sample_ddim, sample_ddpm, sample_dpm_solver_pp, sample_plan
-from .sampling_plan import SAMPLERS, STEP_KINDS, SamplingPlan, default_num_steps, sampling_plan
+from .sampling_plan import SAMPLER_VARIANCES, SAMPLERS, STEP_KINDS, SamplingPlan, default_num_steps, sampling_plan
 from .schedules import SCHEDULE_KINDS, SPACINGS, Schedule, make_schedule, timestep_subset
 from .toy_data import DATASETS, dataset_num_classes, make_dataset
-from .train import TrainingDraws, train_step, train_stream, training_draws  # the loop: reference.train.train
+from .train import ImportanceDraws, TrainingDraws, importance_draws, train_step, train_stream, training_draws  # the loop: reference.train.train
 from .unet_config import UNetConfig, count_parameters, parameter_shapes
 from .unet import UNet
-from .variational import learned_log_variance, learned_log_variance_backward, log_variance_bounds
+from .variational import (
+    CDF_KINDS,
+    check_8bit_grid,
+    discretized_gaussian_log_likelihood,
+    discretized_gaussian_log_likelihood_backward,
+    learned_log_variance,
+    learned_log_variance_backward,
+    log_variance_bounds,
+    normal_kl,
+    normal_kl_backward,
+)
+from .vlb import (
+    BPD_STREAM_BASE,
+    VARIANCE_KINDS,
+    bits_per_dim,
+    bpd_stream,
+    fixed_log_variance,
+    prior_bpd,
+    split_model_output,
+    vlb_terms,
+    vlb_terms_backward,
+)

@@ -1,18 +1,23 @@
 """Training objectives with their hand-written gradients (forward above backward).
 
 The loss of a batch is the mean over samples of w_i * mean_j (out_ij - target_ij)^2, the
-"simple" objective of DDPM (Eq. 14) when the target is eps and w = 1.
+"simple" objective of DDPM (Eq. 14) when the target is eps and w = 1; Improved DDPM's hybrid and
+vlb objectives (`variational_loss`) add the bound's per-t terms of reference.vlb.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
 from ._validate import check_float_array, check_same_shape, check_timesteps, per_sample, result_dtype
 from .process import PREDICTIONS, v_from_x0_eps
 from .schedules import Schedule, check_schedule
+from .vlb import VARIANCE_KINDS, split_model_output, vlb_terms, vlb_terms_backward
 
-__all__ = ["training_target", "min_snr_weights", "weighted_mse", "weighted_mse_backward"]
+__all__ = ["training_target", "min_snr_weights", "weighted_mse", "weighted_mse_backward", "LOSSES",
+           "VLB_WEIGHT", "check_loss_variance", "variational_loss", "variational_loss_backward"]
 
 
 def training_target(x0: np.ndarray, noise: np.ndarray, t, schedule: Schedule,
@@ -84,3 +89,73 @@ def weighted_mse_backward(cache, dloss: float = 1.0) -> np.ndarray:
     n = diff.shape[0]
     d = diff[0].size
     return (dloss * 2.0 * per_sample(w, diff.ndim) * diff / (n * d)).astype(dtype)
+
+
+# ----------------------------------------------------------------------------- Improved DDPM
+
+LOSSES = ("simple", "hybrid", "vlb")
+VLB_WEIGHT = 0.001  # lambda of L_hybrid = L_simple + lambda L_vlb (Improved DDPM Sec. 3.1)
+
+
+def check_loss_variance(loss: str, variance: str) -> None:
+    """The combinations that train something: the variance half needs L_vlb, L_hybrid a variance half."""
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    if variance not in VARIANCE_KINDS:
+        raise ValueError(f"variance must be one of {VARIANCE_KINDS}, got {variance!r}")
+    if loss == "simple" and variance == "learned":
+        raise ValueError("loss='simple' does not train a learned variance (L_simple has no sigma); use "
+                         "loss='hybrid' or 'vlb' with variance='learned'")
+    if loss == "hybrid" and variance != "learned":
+        raise ValueError(f"loss='hybrid' trains the variance only through L_vlb (the mean's gradient is "
+                         f"stopped), so it needs variance='learned', got {variance!r}")
+
+
+def variational_loss(model_output, x0, x_t, target, t, schedule: Schedule, *, loss: str = "hybrid",
+                     prediction: str = "epsilon", variance: str = "learned",
+                     vlb_weight: float = VLB_WEIGHT, weights=None):
+    """The training objectives of Improved DDPM for a batch; returns (loss, terms, cache).
+
+    simple: mean_i w_i mean_j (mean part - target)^2                      (DDPM Eq. 14)
+    hybrid: mean_i [mean_j (mean part - target)^2 + lambda T L_t,i]        (Sec. 3.1; lambda T L_t
+            estimates lambda L_vlb = lambda sum_t L_t; the mean's gradient through L_t is stopped)
+    vlb:    mean_i w_i T L_t,i                                             (L_vlb, importance
+            weights w_i = 1 / (T p_t) from `importance_draws`; 1 for uniform t)
+    L_t in bits/dim (`vlb_terms`). terms: (N,) float64 L_t,i (what the importance history
+    records), zeros for "simple". weights: (N,) or None (ones); the hybrid takes none.
+    """
+    schedule = check_schedule(schedule)
+    check_loss_variance(loss, variance)
+    x0 = check_float_array(x0, "x0", min_ndim=2)
+    n, T = x0.shape[0], schedule.T
+    mean_out, _ = split_model_output(model_output, x0.shape[1], variance)
+    w = np.ones(n) if weights is None else check_float_array(np.asarray(weights, dtype=np.float64), "weights")
+    if w.shape != (n,) or np.any(w < 0):
+        raise ValueError(f"weights must be (N,) = ({n},) non-negative numbers, got shape {w.shape}")
+    if loss == "hybrid" and weights is not None:
+        raise ValueError("weights apply to loss='simple' or 'vlb', not 'hybrid' (uniform t, Sec. 3.1)")
+    if not (isinstance(vlb_weight, (int, float)) and math.isfinite(vlb_weight) and vlb_weight >= 0):
+        raise ValueError(f"vlb_weight must be a finite number >= 0, got {vlb_weight!r}")
+    value, terms, vlb_cache, mse_cache = 0.0, np.zeros(n), None, None
+    if loss != "vlb":
+        value, mse_cache = weighted_mse(mean_out, target, w)
+    if loss != "simple":
+        terms, vlb_cache = vlb_terms(model_output, x0, x_t, t, schedule, prediction, variance)
+        scale = vlb_weight * T if loss == "hybrid" else float(T)
+        value += float(np.mean(scale * w * terms))
+    cache = dict(loss=loss, mse=mse_cache, vlb=vlb_cache, w=w, T=T, vlb_weight=vlb_weight,
+                 shape=np.shape(model_output), dtype=result_dtype(model_output), C=x0.shape[1])
+    return value, terms, cache
+
+
+def variational_loss_backward(cache, dloss: float = 1.0) -> np.ndarray:
+    """d loss / d model_output (N, C_out, ...) of `variational_loss`."""
+    grad = np.zeros(cache["shape"])
+    C, n = cache["C"], cache["shape"][0]
+    if cache["mse"] is not None:
+        grad[:, :C] = weighted_mse_backward(cache["mse"], dloss)
+    if cache["vlb"] is not None:
+        scale = cache["vlb_weight"] * cache["T"] if cache["loss"] == "hybrid" else float(cache["T"])
+        dterms = dloss * scale * cache["w"] / n
+        grad += vlb_terms_backward(dterms, cache["vlb"], stop_mean_gradient=cache["loss"] == "hybrid")
+    return grad.astype(cache["dtype"])

@@ -40,13 +40,14 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from ._validate import check_float_array, check_samples
-from .losses import min_snr_weights, training_target, weighted_mse, weighted_mse_backward
+from .losses import (min_snr_weights, training_target, variational_loss, variational_loss_backward,
+                     weighted_mse, weighted_mse_backward)
 from .noise import TRAIN_STREAM_BASE, normal, philox_words, uniform, uint_to_uniform_float
 from .optim import EMA, Adam, clip_grad_norm, global_norm
 from .process import PREDICTIONS, q_sample
 from .schedules import Schedule, check_schedule
 
-__all__ = ["TrainingDraws", "training_draws", "dropout_masks", "train_step", "train", "train_stream"]
+__all__ = ["TrainingDraws", "training_draws", "ImportanceDraws", "importance_draws", "dropout_masks", "train_step", "train", "train_stream"]
 
 
 def train_stream(step: int) -> int:
@@ -90,6 +91,35 @@ def training_draws(seed: int, samples, step: int, T: int, label_dropout: float =
     return TrainingDraws(t, label_drop, stream)
 
 
+class ImportanceDraws(NamedTuple):
+    """t (N,) int64 and weights (N,) float64 = 1 / (T p_t) (ones while t is uniform)."""
+
+    t: np.ndarray
+    weights: np.ndarray
+
+
+def importance_draws(seed: int, samples, step: int, probabilities: np.ndarray | None, T: int) -> ImportanceDraws:
+    """t of step `step` drawn from `probabilities` (Improved DDPM Sec. 3.3, reference.importance).
+
+    u = (word 2 of counter j = 0 of the step's stream) / 2^32, exact in float64, and t = the first
+    index whose cumulative probability exceeds u (inverse CDF); weights 1 / (T p_t) make
+    mean_i w_i T L_t unbiased for L_vlb. probabilities None (the history is not full): uniform t,
+    exactly the t of `training_draws` (Lemire's multiply-shift of the same word), weights 1.
+    """
+    samples = np.asarray(samples)
+    if probabilities is None:
+        t = training_draws(seed, samples, step, T).t
+        return ImportanceDraws(t, np.ones(t.shape))
+    p = np.asarray(probabilities, dtype=np.float64)
+    if p.shape != (T,) or np.any(p <= 0) or not np.isclose(p.sum(), 1.0, rtol=1e-12, atol=0):
+        raise ValueError(f"probabilities must be ({T},) positive numbers summing to 1")
+    word = philox_words(seed, samples, train_stream(step), 1)[:, 0, 2]
+    u = word.astype(np.float64) / 2.0**32
+    cdf = np.cumsum(p)
+    t = np.minimum(np.searchsorted(cdf, u, side="right"), T - 1).astype(np.int64)
+    return ImportanceDraws(t, 1.0 / (T * p[t]))
+
+
 def dropout_masks(model, seed: int, samples, step: int, offset: int) -> dict | None:
     """The dropout masks of one training step from the noise stream (module docstring), or None.
 
@@ -112,7 +142,8 @@ def dropout_masks(model, seed: int, samples, step: int, offset: int) -> dict | N
 def train_step(model, optimizer: Adam, x0: np.ndarray, schedule: Schedule, seed: int, step: int,
                y=None, *, samples=None, prediction: str = "epsilon", min_snr_gamma: float | None = None,
                label_dropout: float = 0.0, ema: EMA | None = None,
-               grad_clip: float | None = None) -> dict:
+               grad_clip: float | None = None, loss: str = "simple", variance: str = "fixed_small",
+               vlb_weight: float = 0.001, history=None) -> dict:
     """One optimisation step of DDPM Alg. 1 (Ho et al. 2020) on the batch x0 (N, ...).
 
     t ~ U{0..T-1}, eps ~ N(0, I) (from the noise stream), x_t = q_sample(x0, t, eps);
@@ -123,7 +154,11 @@ def train_step(model, optimizer: Adam, x0: np.ndarray, schedule: Schedule, seed:
 
     y: (N,) int labels for a conditional model (dropped to the null class with probability
     label_dropout). samples: the (N,) global indices of the rows (default arange(N)).
-    Returns {"loss": float, "grad_norm": float (before clipping)}.
+    loss "hybrid" / "vlb" with variance "learned" (or "vlb" with a fixed one): Improved DDPM's
+    objectives (`variational_loss`); with loss "vlb" and a `history`
+    (reference.LossSecondMomentHistory), t is importance-sampled (`importance_draws`) and the
+    step's L_t are recorded in it.
+    Returns {"loss": float, "grad_norm": float (before clipping), "terms": (N,) L_t in bits/dim}.
     """
     check_schedule(schedule)
     if prediction not in PREDICTIONS:
@@ -140,8 +175,13 @@ def train_step(model, optimizer: Adam, x0: np.ndarray, schedule: Schedule, seed:
             raise TypeError(f"y must be an integer array of shape ({n},), got {y.dtype} {y.shape}")
     if label_dropout and num_classes is None:
         raise ValueError("label_dropout needs a conditional model (num_classes set)")
+    if min_snr_gamma is not None and loss != "simple":
+        raise ValueError(f"min_snr_gamma weights the simple loss only, got loss={loss!r}")
 
     t, label_drop, stream = training_draws(seed, samples, step, schedule.T, label_dropout)
+    importance = None
+    if history is not None and loss == "vlb":
+        t, importance = importance_draws(seed, samples, step, history.probabilities(), schedule.T)
     noise = normal(seed, samples, stream, x0.shape[1:]).astype(x0.dtype)
     if num_classes is not None:
         labels = np.full(n, num_classes, dtype=np.int64) if y is None else y.astype(np.int64)
@@ -153,13 +193,22 @@ def train_step(model, optimizer: Adam, x0: np.ndarray, schedule: Schedule, seed:
     masks = dropout_masks(model, seed, samples, step, int(np.prod(x0.shape[1:])))
     extra = {} if masks is None else {"dropout_masks": masks}
     output = model.forward(x_t, t, y, train=True, **extra)
-    loss, cache = weighted_mse(output, target, weights)
-    model.backward(weighted_mse_backward(cache))
+    if loss == "simple" and variance != "learned":
+        value, cache = weighted_mse(output, target, weights)
+        terms = np.zeros(n)
+        model.backward(weighted_mse_backward(cache))
+    else:
+        value, terms, cache = variational_loss(
+            output, x0, x_t, target, t, schedule, loss=loss, prediction=prediction, variance=variance,
+            vlb_weight=vlb_weight, weights=importance if loss == "vlb" else weights)
+        model.backward(variational_loss_backward(cache))
+        if history is not None and loss == "vlb":
+            history.update(t, terms)
     grad_norm = clip_grad_norm(model.grads, grad_clip) if grad_clip is not None else global_norm(model.grads)
     optimizer.step(model.grads)
     if ema is not None:
         ema.update(model.params)
-    return {"loss": loss, "grad_norm": grad_norm}
+    return {"loss": value, "grad_norm": grad_norm, "terms": terms}
 
 
 def train(model, x0: np.ndarray, schedule: Schedule, *, steps: int, batch_size: int, seed: int = 0,
