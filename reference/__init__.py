@@ -5,13 +5,6 @@ float64 by default, float32 on request. Imports nothing of `kernels`, `ddpm`, `t
 """
 
 from ._validate import check_class_labels, check_parameter_names, check_seed  # shared by ddpm
-from .learned_variance_step import (
-    LEARNED_VARIANCE,
-    LEARNED_VARIANCE_COEFFICIENTS,
-    ddpm_learned_step,
-    learned_variance_coefficients,
-    learned_variance_step,
-)
 from .losses import (
     LOSSES,
     VLB_WEIGHT,
