@@ -58,7 +58,7 @@ from .process import (
     v_from_x0_eps,
 )
 from .sampling import guided, initial_noise, sample_ddim, sample_ddpm, sample_dpm_solver_pp, sample_plan
-from .sampling_plan import SAMPLER_VARIANCES, SAMPLERS, STEP_KINDS, SamplingPlan, default_num_steps, sampling_plan
+from .sampling_plan import SAMPLERS, STEP_KINDS, SamplingPlan, default_num_steps, sampling_plan
 from .schedules import SCHEDULE_KINDS, SPACINGS, Schedule, make_schedule, timestep_subset
 from .toy_data import DATASETS, dataset_num_classes, make_dataset
 from .train import ImportanceDraws, TrainingDraws, importance_draws, train_step, train_stream, training_draws  # the loop: reference.train.train
