@@ -1,5 +1,5 @@
 """Kernel suite: one row per op, named after it (normal, q_sample, sampler_step,
-group_norm_silu forward/backward), each against its peers.
+learned_variance_step, group_norm_silu forward/backward), each against its peers.
 
 Peers in the same run: every available `kernels` backend, torch eager of the same math,
 torch.compile of the same math (compiled anew for every shape/dtype variant after a Dynamo
@@ -148,6 +148,35 @@ def _run_sampler_step(report: Report, device, dtype_name, shape, case, backends,
     _time_peers(report, row, eager, device, compile_peers, rep)
 
 
+def _run_learned_variance_step(report: Report, device, dtype_name, shape, case, backends,
+                               compile_peers, rep):
+    """`learned_variance_step`: the DDPM step with the model's per-element variance (Improved
+    DDPM Eq. 15) from a (N, 2C, ...) model output; eager peer: chunk + the same math + randn."""
+    dtype = DTYPES[dtype_name]
+    schedule = reference.make_schedule("linear", 1000)
+    coef_np = reference.learned_variance_coefficients(schedule, 500)[0]
+    coef = torch.tensor(coef_np, dtype=torch.float64, device=device)  # as ddpm.Sampler keeps them
+    x = torch.randn(shape, device=device).to(dtype)
+    wide = (shape[0], 2 * shape[1]) + tuple(shape[2:])
+    model_output = torch.randn(wide, device=device).to(dtype)
+    c = [float(v) for v in coef_np]
+
+    def eager():
+        out, v = model_output.chunk(2, dim=1)
+        x0 = (c[0] * x + c[1] * out).clamp(-1, 1)
+        eps = c[2] * x + c[3] * out
+        frac = (v.float() + 1) / 2
+        sigma = torch.exp(0.5 * (frac * c[7] + (1 - frac) * c[8]))
+        return (c[4] * x0 + c[5] * x + c[6] * eps + sigma * torch.randn_like(x)).to(dtype)
+
+    row = Row("kernels", case, dict(shape="x".join(map(str, shape)), dtype=dtype_name, noise="in-kernel"),
+              bytes_moved=4 * x.numel() * x.element_size())  # x_t, the 2C output, x_prev
+    for b in backends:
+        row.times[b] = bench(lambda b=b: kernels.learned_variance_step(
+            x, model_output, coef, clip=(-1.0, 1.0), seed=1, stream=3, backend=b), device, **rep)
+    _time_peers(report, row, eager, device, compile_peers, rep)
+
+
 def _run_group_norm_silu(report: Report, device, dtype_name, shape, case, backends, compile_peers,
                          rep, channels_last: bool, groups: int = 32):
     dtype = DTYPES[dtype_name]
@@ -232,6 +261,8 @@ def run(report: Report, *, device: str, quick: bool, dtypes, compile_peers: bool
             _run_sampler_step(report, device, dtype_name, shape, "sampler_step", backends, compile_peers, rep)
             _run_sampler_step(report, device, dtype_name, shape, "sampler_step", backends, compile_peers,
                               rep, guidance=True)
+            _run_learned_variance_step(report, device, dtype_name, shape, "learned_variance_step",
+                                       backends, compile_peers, rep)
         for channels_last in (False, True):
             for shape in gn_shapes:
                 _run_group_norm_silu(report, device, dtype_name, shape, "group_norm_silu", backends,

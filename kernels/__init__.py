@@ -10,10 +10,11 @@ from .q_sample import q_sample
 from .group_norm_silu import GroupNormSiLU, GroupNormSiLUFunction, group_norm_silu
 from .normal import normal
 from .sampler_step import sampler_step
+from .learned_variance_step import learned_variance_step
 
 # One name per op (kernels/README.md): reference.<op>, kernels/<op>.py, kernels/{triton,cupy}/<op>.py,
 # tests/test_<op>_*.py and the benchmark rows "<op>..." all use it.
-OPS = ("normal", "q_sample", "sampler_step", "group_norm_silu")
+OPS = ("normal", "q_sample", "sampler_step", "learned_variance_step", "group_norm_silu")
 
 __all__ = [
     "OPS",
@@ -24,6 +25,7 @@ __all__ = [
     "normal",
     "q_sample",
     "sampler_step",
+    "learned_variance_step",
     "group_norm_silu",
     "GroupNormSiLU",
     "GroupNormSiLUFunction",

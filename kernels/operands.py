@@ -14,6 +14,7 @@ import torch
 from .layout import channels_and_spatial, dense_layout, empty_like_layout, same_layout_or_copy
 
 __all__ = ["NOISE_NONE", "NOISE_TENSOR", "NOISE_STREAM", "Geometry", "SamplerStepOperands",
+           "learned_variance_step_operands",
            "QSampleOperands", "sampler_step_operands", "q_sample_operands", "seed_words"]
 
 NOISE_NONE, NOISE_TENSOR, NOISE_STREAM = 0, 1, 2
@@ -58,7 +59,7 @@ class SamplerStepOperands:
     model_output_uncond: torch.Tensor | None
     noise: torch.Tensor | None
     x_prev: torch.Tensor        # where the kernel writes (`out` itself when its layout matches)
-    coefficients: torch.Tensor  # (N, 8) float64 with unit column stride, row stride 0 or 8
+    coefficients: torch.Tensor  # (N, width) float64 (width 8, or 10 learned): row stride 0 or width
     noise_mode: int
     geometry: Geometry
 
@@ -86,6 +87,26 @@ def sampler_step_operands(x_t, model_output, model_output_uncond, noise, coeffic
     mode = NOISE_TENSOR if noise is not None else (NOISE_STREAM if seed is not None else NOISE_NONE)
     return SamplerStepOperands(x_t_dense, model_output, model_output_uncond, noise, x_prev,
                                coefficients, mode, _geometry(x_t, layout, seed, stream))
+
+
+def learned_variance_step_operands(x_t, model_output, noise, coefficients, seed, stream,
+                                   out) -> SamplerStepOperands:
+    """The operands of kernels.learned_variance_step: as `sampler_step_operands`, with the
+    (N, 2C, ...) model output brought to x_t's layout as a whole (the kernel reads its mean part
+    and its v from the one buffer) and (N, 10) coefficient rows (row stride 0 or 10)."""
+    layout = dense_layout(x_t) or "contiguous"
+    x_t_dense = same_layout_or_copy(x_t, layout)
+    model_output = same_layout_or_copy(model_output, layout)
+    if noise is not None:
+        noise = same_layout_or_copy(noise, layout)
+    direct = out is not None and dense_layout(out) == layout
+    x_prev = out if direct else empty_like_layout(x_t_dense, layout)
+    width = coefficients.shape[1]
+    if coefficients.stride(1) != 1 or coefficients.stride(0) not in (0, width):
+        coefficients = coefficients.contiguous()  # (N, 10) floats: tiny
+    mode = NOISE_TENSOR if noise is not None else (NOISE_STREAM if seed is not None else NOISE_NONE)
+    return SamplerStepOperands(x_t_dense, model_output, None, noise, x_prev, coefficients, mode,
+                               _geometry(x_t, layout, seed, stream))
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ with it to the last bit or so:
   evaluated in float64 and rounded once to float32, exactly as the reference does.
 - `q_sample`: reference.q_sample (DDPM Eq. 4).
 - `sampler_step`: reference.sampler_step (+ reference.classifier_free_guidance first).
+- `learned_variance_step`: reference.learned_variance_step (Improved DDPM Eq. 15).
 - `group_norm_silu`: reference.group_norm_silu written with torch ops (autograd, any dtype).
 
 Inputs arrive validated by the public functions in kernels/__init__.py.
@@ -20,7 +21,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["philox_words", "normal", "q_sample", "sampler_step", "group_norm_silu"]
+__all__ = ["philox_words", "normal", "q_sample", "sampler_step", "learned_variance_step",
+           "group_norm_silu"]
 
 _MASK32 = 0xFFFFFFFF
 PHILOX_KEY_A = 0x9E3779B9  # golden ratio, the Weyl key increment
@@ -159,6 +161,42 @@ def sampler_step(x_t, model_output, coefficients, model_output_uncond, guidance_
             term = col[7] * noise.to(compute)
             x_prev = x_prev + torch.where(has_noise, term, torch.zeros_like(term))
     elif host_sigma_nonzero is None:
+        x_prev = torch.where(has_noise, torch.full_like(x_prev, float("nan")), x_prev)
+    if x_t.dtype != torch.float64:
+        x_prev = x_prev.to(torch.float32)  # float64 -> float32 -> storage, as the fused kernels
+    return x_prev.to(x_t.dtype)
+
+
+def learned_variance_step(x_t, model_output, coefficients, clip, noise, seed, samples, stream,
+                          host_has_noise):
+    """reference.learned_variance_step in float64 (the reference's operation order), rounded once.
+
+    model_output: (N, 2C, ...), the mean part then v; coefficients: (N, 10) float64 on x_t's
+    device. host_has_noise: None when the coefficients live on a device (then samples with
+    has_noise != 0 and no noise source become NaN).
+    """
+    compute = torch.float64
+    ndim = x_t.dim()
+    channels = x_t.shape[1]
+    col = [_per_sample(coefficients[:, k].to(compute), ndim) for k in range(10)]
+    out = model_output[:, :channels].to(compute)
+    v = model_output[:, channels:].to(compute)
+    xt = x_t.to(compute)
+    x0 = col[0] * xt + col[1] * out
+    eps = col[2] * xt + col[3] * out
+    if clip is not None:
+        x0 = torch.clamp(x0, clip[0], clip[1])
+    x_prev = col[4] * x0 + col[5] * xt + col[6] * eps
+    has_noise = _per_sample(coefficients[:, 9] != 0, ndim)
+    if noise is not None or seed is not None:
+        if host_has_noise is None or host_has_noise:
+            if noise is None:
+                noise = normal(seed, samples, stream, tuple(x_t.shape[1:]))
+            frac = (v + 1.0) / 2.0
+            log_variance = frac * col[7] + (1.0 - frac) * col[8]  # Improved DDPM Eq. 15
+            term = torch.exp(0.5 * log_variance) * noise.to(compute)
+            x_prev = x_prev + torch.where(has_noise, term, torch.zeros_like(term))
+    elif host_has_noise is None:
         x_prev = torch.where(has_noise, torch.full_like(x_prev, float("nan")), x_prev)
     if x_t.dtype != torch.float64:
         x_prev = x_prev.to(torch.float32)  # float64 -> float32 -> storage, as the fused kernels

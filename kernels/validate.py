@@ -167,8 +167,9 @@ def check_table(table, name: str, device: torch.device) -> torch.Tensor:
     return table
 
 
-def check_coefficients(coefficients, batch: int, device: torch.device) -> torch.Tensor:
-    """(8,) or (batch, 8) sampler coefficients -> a float64 (batch, 8) tensor on `device`.
+def check_coefficients(coefficients, batch: int, device: torch.device, width: int = 8) -> torch.Tensor:
+    """(width,) or (batch, width) sampler coefficients -> a float64 (batch, width) tensor on `device`
+    (width 8: `sampler_step`; 10: `learned_variance_step`).
 
     Accepts a torch.Tensor (any float dtype, any device: moved), a NumPy array or a sequence.
     """
@@ -184,10 +185,10 @@ def check_coefficients(coefficients, batch: int, device: torch.device) -> torch.
         if arr.dtype == object or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
             raise TypeError(f"coefficients must be numbers, got dtype {arr.dtype}")
         c = torch.as_tensor(arr.astype(np.float64))
-    if tuple(c.shape) == (8,):
-        c = c.reshape(1, 8).expand(batch, 8)
-    if tuple(c.shape) != (batch, 8):
-        raise ValueError(f"coefficients must have shape (8,) or ({batch}, 8), got {tuple(c.shape)}")
+    if tuple(c.shape) == (width,):
+        c = c.reshape(1, width).expand(batch, width)
+    if tuple(c.shape) != (batch, width):
+        raise ValueError(f"coefficients must have shape ({width},) or ({batch}, {width}), got {tuple(c.shape)}")
     if _host_checkable(c) and not bool(torch.isfinite(c).all()):
         raise ValueError("coefficients contain NaN or inf")
     return c.to(device=device, dtype=torch.float64)

@@ -5,6 +5,13 @@ float64 by default, float32 on request. Imports nothing of `kernels`, `ddpm`, `t
 """
 
 from ._validate import check_class_labels, check_parameter_names, check_seed  # shared by ddpm
+from .learned_variance_step import (
+    LEARNED_VARIANCE,
+    LEARNED_VARIANCE_COEFFICIENTS,
+    ddpm_learned_step,
+    learned_variance_coefficients,
+    learned_variance_step,
+)
 from .losses import (
     LOSSES,
     VLB_WEIGHT,
@@ -58,7 +65,7 @@ from .process import (
     v_from_x0_eps,
 )
 from .sampling import guided, initial_noise, sample_ddim, sample_ddpm, sample_dpm_solver_pp, sample_plan
-from .sampling_plan import SAMPLERS, STEP_KINDS, SamplingPlan, default_num_steps, sampling_plan
+from .sampling_plan import SAMPLER_VARIANCES, SAMPLERS, STEP_KINDS, SamplingPlan, default_num_steps, sampling_plan
 from .schedules import SCHEDULE_KINDS, SPACINGS, Schedule, make_schedule, timestep_subset
 from .toy_data import DATASETS, dataset_num_classes, make_dataset
 from .train import ImportanceDraws, TrainingDraws, importance_draws, train_step, train_stream, training_draws  # the loop: reference.train.train

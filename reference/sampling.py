@@ -17,12 +17,13 @@ from typing import Callable
 import numpy as np
 
 from ._validate import check_float_array, check_samples
+from .learned_variance_step import learned_variance_step, split_learned_output
 from .noise import SAMPLER_INIT_STREAM, normal
 from .process import classifier_free_guidance, dpm_solver_pp_2m_update, sampler_step
 from .sampling_plan import NO_NOISE, SamplingPlan, sampling_plan
 from .schedules import Schedule, check_schedule
 
-__all__ = ["guided", "sample_plan", "sample_ddpm", "sample_ddim", "sample_dpm_solver_pp",
+__all__ = ["guided", "sample_plan", "READS_VARIANCE", "sample_ddpm", "sample_ddim", "sample_dpm_solver_pp",
            "initial_noise", "STEP_RULES"]
 
 Model = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -81,9 +82,33 @@ def _dpm_solver_pp_2m_rule(x, model_output, coefficients, noise, clip, x0_last):
     return dpm_solver_pp_2m_update(x, model_output, coefficients, x0_last, clip)
 
 
+def _learned_variance_rule(x, model_output, coefficients, noise, clip, carry):
+    """DDPM Alg. 2 with the model's per-element variance (Improved DDPM Eq. 15); reads all 2C
+    output channels (`learned_variance_step`)."""
+    return learned_variance_step(x, model_output, coefficients, noise, clip), carry
+
+
 # step kind -> rule(x, model_output, coefficients, noise, clip, carry) -> (x_next, carry);
 # a new sampler whose update is none of these adds a kind here, not a loop
-STEP_RULES = {"sampler_step": _sampler_step_rule, "dpm_solver_pp_2m": _dpm_solver_pp_2m_rule}
+STEP_RULES = {"sampler_step": _sampler_step_rule, "dpm_solver_pp_2m": _dpm_solver_pp_2m_rule,
+              "learned_variance_step": _learned_variance_rule}
+# the kinds that read the model's whole 2C-channel output under variance="learned"; the others
+# read its mean part (the first C channels)
+READS_VARIANCE = ("learned_variance_step",)
+
+
+def _model_output_for_step(out, shape, plan: SamplingPlan, k: int):
+    """The part of the model output step k reads: all of it, or the mean part (the first C of
+    2C channels) under variance="learned" for the kinds that do not read v."""
+    out = np.asarray(out)
+    if plan.learned_variance:
+        mean_part, _ = split_learned_output(out, shape[1], "model output")
+        return out if plan.step_kinds[k] in READS_VARIANCE else mean_part
+    if out.shape[0] == shape[0] and out.shape[2:] == tuple(shape[2:]) and out.shape[1:2] == (2 * shape[1],):
+        raise ValueError(f"model output has 2 x {shape[1]} channels (shape {out.shape}, a learned-"
+                         f"variance model?) but the plan's variance is {plan.variance!r}: pass "
+                         "variance='learned' to use its v, or a model with x's channels")
+    return out
 
 
 def sample_plan(model: Model, shape, plan: SamplingPlan, seed: int, samples=None, *, x_T=None,
@@ -93,7 +118,8 @@ def sample_plan(model: Model, shape, plan: SamplingPlan, seed: int, samples=None
     model(x_t, t) -> output of x_t's shape (N, ...), t (N,) int64; shape (N, ...); seed and the
     (N,) global `samples` pick the noise (x_T from stream SAMPLER_INIT_STREAM unless given, step
     k's z from plan.noise_streams[k]). Returns x_0, (N, ...) in `dtype`; callback(k, t, x) is
-    called after every step.
+    called after every step. With plan.learned_variance the model returns (N, 2C, ...): ddpm
+    steps read all of it, the others its first C channels.
     """
     if not isinstance(plan, SamplingPlan):
         raise TypeError(f"plan must be a reference.SamplingPlan (from sampling_plan), got {type(plan).__name__}")
@@ -101,6 +127,7 @@ def sample_plan(model: Model, shape, plan: SamplingPlan, seed: int, samples=None
     carry = None  # what one step hands the next (DPM-Solver++: x0_hat)
     for k, t in enumerate(plan.timesteps):
         out = model(x, np.full(shape[0], t, dtype=np.int64))
+        out = _model_output_for_step(out, shape, plan, k)
         stream = int(plan.noise_streams[k])
         noise = None if stream == NO_NOISE else normal(seed, s, stream, shape[1:]).astype(dtype)
         rule = STEP_RULES[plan.step_kinds[k]]

@@ -16,7 +16,14 @@ Step kinds (STEP_KINDS):
     "sampler_step"      the elementwise rule of `reference.sampler_step` (DDPM Alg. 2, DDIM
                         Eq. 12), coefficient columns STEP_COEFFICIENTS;
     "dpm_solver_pp_2m"  DPM-Solver++(2M) (Lu et al. 2022, Alg. 2), columns
-                        DPM_SOLVER_COEFFICIENTS; it also reads the previous step's x0_hat.
+                        DPM_SOLVER_COEFFICIENTS; it also reads the previous step's x0_hat;
+    "learned_variance_step"  DDPM Alg. 2 with the model's own per-element variance (Improved
+                        DDPM Eq. 15; `reference.learned_variance_step`), columns
+                        LEARNED_VARIANCE_COEFFICIENTS: the rows hold log beta_t and log
+                        beta_tilde_t, the step interpolates them with the model's v.
+With variance="learned" the model outputs 2C channels (the mean part, then v): the ddpm plan
+is made of "learned_variance_step" steps, and ddim / dpm_solver++ read the mean part only
+(`SamplingPlan.learned_variance`), as improved-diffusion's DDIM does.
 A new sampler (learned variance, classifier guidance, Langevin, predictor-corrector) is a new
 plan builder here and, where its update is none of these rules, a new step kind with its own
 columns: the loops dispatch on `step_kinds[k]`, they are not written again. A corrector step
@@ -33,6 +40,11 @@ import numpy as np
 
 from ._validate import check_clip, check_eta
 from .noise import sampler_step_stream
+from .learned_variance_step import (
+    LEARNED_VARIANCE,
+    LEARNED_VARIANCE_COEFFICIENTS,
+    learned_variance_coefficients,
+)
 from .process import (
     DPM_SOLVER_COEFFICIENTS,
     PREDICTIONS,
@@ -44,11 +56,13 @@ from .process import (
 )
 from .schedules import SPACINGS, Schedule, check_schedule, timestep_subset
 
-__all__ = ["SAMPLERS", "STEP_KINDS", "DEFAULT_NUM_STEPS", "DEFAULT_SPACING", "NO_NOISE",
+__all__ = ["SAMPLERS", "STEP_KINDS", "SAMPLER_VARIANCES", "DEFAULT_NUM_STEPS", "DEFAULT_SPACING", "NO_NOISE",
            "SamplingPlan", "sampling_plan", "default_num_steps"]
 
 SAMPLERS = ("ddpm", "ddim", "dpm_solver++")
-STEP_KINDS = ("sampler_step", "dpm_solver_pp_2m")
+STEP_KINDS = ("sampler_step", "dpm_solver_pp_2m", "learned_variance_step")
+# the fixed variances of DDPM, and the learned one of Improved DDPM (the model's 2C outputs)
+SAMPLER_VARIANCES = VARIANCES + (LEARNED_VARIANCE,)
 NO_NOISE = -1  # noise_streams[k] of a step that draws no z
 
 # num_steps=None: every timestep for DDPM (Alg. 2 as trained), else these, capped at T.
@@ -104,6 +118,11 @@ class SamplingPlan:
         """Whether any step draws a Gaussian z (a stochastic sampler: the seed matters per step)."""
         return bool(np.any(self.noise_streams != NO_NOISE))
 
+    @property
+    def learned_variance(self) -> bool:
+        """Whether the model outputs 2C channels (mean part, then v; Improved DDPM Eq. 15)."""
+        return self.variance == LEARNED_VARIANCE
+
     def __repr__(self) -> str:
         return (f"SamplingPlan(sampler={self.sampler!r}, num_steps={self.num_steps}, "
                 f"spacing={self.spacing!r}, eta={self.eta}, prediction={self.prediction!r}, "
@@ -133,13 +152,16 @@ def _step_streams(sigma: np.ndarray) -> np.ndarray:
 
 
 def _ddpm_coefficients(schedule: Schedule, timesteps, prediction: str, variance: str) -> np.ndarray:
-    """(K, 8) DDPM Alg. 2 rows; fewer than T steps run on the respaced schedule (Improved DDPM
-    Sec. 4), all T on the training schedule itself (a respaced copy would recompute its betas
-    from ratios of alpha_bar, equal only to round-off)."""
+    """(K, 8) DDPM Alg. 2 rows ((K, 10) learned-variance rows for variance="learned"); fewer than
+    T steps run on the respaced schedule (Improved DDPM Sec. 4: the learned variance then
+    interpolates the respaced betas), all T on the training schedule itself (a respaced copy
+    would recompute its betas from ratios of alpha_bar, equal only to round-off)."""
     K = timesteps.shape[0]
     step_schedule = schedule if K == schedule.T else schedule.respace(timesteps)
     # the step schedule is ascending and the walk descending: step k is its index K-1-k
     respaced_index = np.arange(K - 1, -1, -1, dtype=np.int64)
+    if variance == LEARNED_VARIANCE:
+        return learned_variance_coefficients(step_schedule, respaced_index, prediction)
     return ddpm_coefficients(step_schedule, respaced_index, prediction, variance)
 
 
@@ -160,7 +182,8 @@ def sampling_plan(schedule: Schedule, sampler: str, num_steps: int | None = None
         (Lu et al. 2022, 2M). num_steps None: `default_num_steps(sampler, T)`.
     spacing: "leading" | "trailing" | "linspace" (`timestep_subset`); None: DEFAULT_SPACING.
     eta: DDIM only. prediction: "epsilon" | "sample" | "v_prediction". variance: "fixed_small"
-        | "fixed_large" (used by ddpm). clip: None or (lo, hi) for x0_hat.
+        | "fixed_large" (used by ddpm) | "learned" (a model with 2C output channels: ddpm uses its
+        v, ddim and dpm_solver++ its mean part). clip: None or (lo, hi) for x0_hat.
     Bad input raises a ValueError (TypeError for a wrong type) naming the argument.
     """
     schedule = check_schedule(schedule)
@@ -168,8 +191,8 @@ def sampling_plan(schedule: Schedule, sampler: str, num_steps: int | None = None
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
     if prediction not in PREDICTIONS:
         raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
-    if variance not in VARIANCES:
-        raise ValueError(f"variance must be one of {VARIANCES}, got {variance!r}")
+    if variance not in SAMPLER_VARIANCES:
+        raise ValueError(f"variance must be one of {SAMPLER_VARIANCES}, got {variance!r}")
     eta = check_eta(eta)
     if sampler != "ddim" and eta != 0.0:
         raise ValueError(f"eta applies to the ddim sampler only, got eta={eta} with sampler={sampler!r}")
@@ -190,6 +213,10 @@ def sampling_plan(schedule: Schedule, sampler: str, num_steps: int | None = None
         coefficients = _dpm_solver_pp_coefficients(schedule, timesteps, timesteps_prev, prediction)
         kind, names = "dpm_solver_pp_2m", DPM_SOLVER_COEFFICIENTS
         streams = np.full(num_steps, NO_NOISE, dtype=np.int64)  # an ODE solver: no z
+    elif sampler == "ddpm" and variance == LEARNED_VARIANCE:
+        coefficients = _ddpm_coefficients(schedule, timesteps, prediction, variance)
+        kind, names = "learned_variance_step", LEARNED_VARIANCE_COEFFICIENTS
+        streams = _step_streams(coefficients[:, LEARNED_VARIANCE_COEFFICIENTS.index("has_noise")])
     else:
         if sampler == "ddpm":
             coefficients = _ddpm_coefficients(schedule, timesteps, prediction, variance)

@@ -29,6 +29,7 @@ import torch
 import reference
 from kernels import config
 from kernels.cupy import group_norm_silu as cupy_group_norm
+from kernels.cupy import learned_variance_step as cupy_learned_variance_step
 from kernels.cupy import normal as cupy_normal
 from kernels.cupy import philox as cupy_philox
 from kernels.cupy import q_sample as cupy_q_sample
@@ -165,7 +166,8 @@ def host_cupy(monkeypatch):
     def launch(kernel, grid, block, args, device, shared_mem=0):
         kernel(grid, block, args)
 
-    for module in (cupy_philox, cupy_normal, cupy_q_sample, cupy_sampler_step, cupy_group_norm):
+    for module in (cupy_philox, cupy_normal, cupy_q_sample, cupy_sampler_step, cupy_group_norm,
+                   cupy_learned_variance_step):
         monkeypatch.setattr(module, "get_kernel", get_kernel)
         monkeypatch.setattr(module, "launch", launch)
         if hasattr(module, "grid_1d"):
@@ -255,6 +257,42 @@ def test_host_sampler_step_matches_reference(host_cupy):
     assert torch.equal(got, torch.from_numpy(expected).to(torch.bfloat16))
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_host_learned_variance_step_matches_reference(host_cupy, channels_last):
+    """The learned-variance step (Improved DDPM Eq. 15): both halves of the (N, 2C, ...) output
+    read in either layout, given and in-kernel noise, a shared row, t = 0, bf16 storage."""
+    layout = (lambda x: x.contiguous(memory_format=torch.channels_last)) if channels_last else (lambda x: x)
+    gen = torch.Generator().manual_seed(3)
+    x_t, z = (layout(torch.randn(3, 2, 4, 5, generator=gen)) for _ in range(2))
+    model_output = layout(torch.randn(3, 4, 4, 5, generator=gen) * 1.5)
+    c = reference.learned_variance_coefficients(SCHEDULE, np.array([999, 7, 0]), "epsilon")
+    got = cupy_learned_variance_step.learned_variance_step(x_t, model_output, torch.tensor(c), (-1.0, 1.0),
+                                                           z, None, None, 0, None)
+    expected = reference.learned_variance_step(x_t.numpy(), model_output.numpy(), c, z.numpy(), (-1.0, 1.0))
+    assert got.is_contiguous(memory_format=torch.channels_last) == channels_last
+    assert_close(got, expected, atol=0.0, rtol=2**-23, name="given noise")  # libm exp: <= 1 float32 ulp
+    shared = torch.tensor(c[1]).expand(3, 10)  # one row for every sample: row stride 0, no copy
+    got = cupy_learned_variance_step.learned_variance_step(x_t, model_output, shared, None, z, None, None, 0, None)
+    expected = reference.learned_variance_step(x_t.numpy(), model_output.numpy(), c[1], z.numpy())
+    assert_close(got, expected, atol=0.0, rtol=2**-23, name="shared row")
+    x_before = x_t.clone()
+    result = cupy_learned_variance_step.learned_variance_step(x_t, model_output, torch.tensor(c), None, None, 9,
+                                                              torch.tensor([5, 6, 7]), 2, x_t)  # in place
+    assert result is x_t
+    noise = reference.normal(9, [5, 6, 7], 2, (2, 4, 5))
+    expected = reference.learned_variance_step(x_before.numpy(), model_output.numpy(), c, noise)
+    assert_close(result, expected, atol=1e-5, rtol=1e-6, name="in-kernel noise")
+    x_t = x_before
+    got = cupy_learned_variance_step.learned_variance_step(x_t, model_output, torch.tensor(c), None, None, None,
+                                                           None, 0, None)
+    assert torch.isnan(got[:2]).all() and torch.isfinite(got[2]).all()  # has_noise, no source: NaN
+    bf = [v.to(torch.bfloat16) for v in (x_t, model_output, z)]
+    got = cupy_learned_variance_step.learned_variance_step(bf[0], bf[1], torch.tensor(c), None, bf[2], None,
+                                                           None, 0, None)
+    expected = reference.learned_variance_step(*(v.float().numpy() for v in bf[:2]), c, bf[2].float().numpy())
+    assert_close(got, expected, atol=1e-5, rtol=1.6e-2, name="bf16")
+
+
 def test_host_index_views_are_read_by_value(host_cupy):
     """t, samples and stream given as 1-D views (strided, expanded): the CUDA C reads t[n],
     samples[n], streams[n], so the launchers must pass them contiguous."""
@@ -335,7 +373,8 @@ NVCC = shutil.which("nvcc")
 
 
 SOURCES = {"philox": cupy_philox._WORDS_SOURCE, "normal": cupy_normal._SOURCE, "q_sample": cupy_q_sample._SOURCE,
-           "sampler_step": cupy_sampler_step._SOURCE, "group_norm_silu": cupy_group_norm._SOURCE}
+           "sampler_step": cupy_sampler_step._SOURCE, "group_norm_silu": cupy_group_norm._SOURCE,
+           "learned_variance_step": cupy_learned_variance_step._SOURCE}
 
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc is not installed")

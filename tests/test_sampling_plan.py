@@ -145,7 +145,7 @@ def test_plan_is_read_only_and_keeps_its_options():
     (dict(sampler="ddpm", eta=0.5), ValueError, "eta applies to the ddim sampler only"),
     (dict(sampler="dpm_solver++", eta=0.5), ValueError, "eta applies to the ddim sampler only"),
     (dict(prediction="x0"), ValueError, r"prediction must be one of .* got 'x0'"),
-    (dict(variance="learned"), ValueError, r"variance must be one of .* got 'learned'"),
+    (dict(variance="learned_range"), ValueError, r"variance must be one of .* got 'learned_range'"),
     (dict(clip=(1, -1)), ValueError, "clip must satisfy lo < hi"),
     (dict(clip=3.0), TypeError, "clip must be None or a pair"),
 ])

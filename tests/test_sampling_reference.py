@@ -206,7 +206,7 @@ MODEL = gaussian_eps_model(S)
     (lambda: sample_ddim(MODEL, (2, 2), S, 0, num_steps=5, spacing="even"), ValueError, "spacing must be one of"),
     (lambda: sample_ddim(MODEL, (2, 2), S, 0, dtype=np.int32), TypeError, "dtype must be float32 or float64"),
     (lambda: sample_ddpm(MODEL, (2, 2), S, 0, num_steps=0), ValueError, "num_steps must lie in"),
-    (lambda: sample_ddpm(MODEL, (2, 2), S, 0, variance="learned"), ValueError, "variance must be one of"),
+    (lambda: sample_ddpm(MODEL, (2, 2), S, 0, variance="learned_range"), ValueError, "variance must be one of"),
     (lambda: sample_ddpm(lambda x, t: x[:, :1], (2, 2), S, 0), ValueError, "model_output must have the shape"),
     (lambda: sample_ddpm(lambda x, t: x * np.nan, (2, 2), S, 0), ValueError, "model_output contains NaN"),
     (lambda: sample_dpm_solver_pp(MODEL, (2, 2), S, 0, prediction="x0"), ValueError, "prediction must be one of"),

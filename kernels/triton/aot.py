@@ -82,9 +82,9 @@ def _check_mode() -> None:
 
 
 def _kernel_modules():
-    from . import group_norm_silu, normal, philox, q_sample, sampler_step
+    from . import group_norm_silu, learned_variance_step, normal, philox, q_sample, sampler_step
 
-    return group_norm_silu, normal, philox, q_sample, sampler_step
+    return group_norm_silu, learned_variance_step, normal, philox, q_sample, sampler_step
 
 
 @contextlib.contextmanager
@@ -143,7 +143,7 @@ def _launches(full: bool = True):
     setting, the storage dtypes, int32/int64 timesteps, float32/float64 tables. `full=False` (the
     CI test) keeps every flag and dtype but not every combination of them."""
     from .. import config
-    from . import group_norm_silu, normal, philox, q_sample, sampler_step
+    from . import group_norm_silu, learned_variance_step, normal, philox, q_sample, sampler_step
 
     cpu = torch.device("cpu")
     f32, f64 = torch.float32, torch.float64
@@ -234,6 +234,28 @@ def _launches(full: bool = True):
                         cl=cl, noise_mode=2, has_samples=a, has_stream=s))))
     out.append(("sampler_step draw bfloat16 cfg+clip channels_last", lambda: step(
         torch.bfloat16, True, True, (-1.0, 1.0), 2)))
+
+    # learned_variance_step: coefficients (N, 10) float64, a (N, 2C, ...) model output
+    def learned(dtype=f32, cl=False, clip=None, noise_mode=2, has_samples=False, has_stream=False,
+                shared=False):
+        x = image(dtype, cl)
+        c = torch.zeros(1, 10, dtype=f64).expand(3, 10) if shared else torch.zeros(3, 10, dtype=f64)
+        learned_variance_step.learned_variance_step(
+            x, image(dtype, cl, (3, 8, 5, 6)), c, clip, torch.zeros_like(x) if noise_mode == 1 else None,
+            7 if noise_mode == 2 else None, samples if has_samples else None,
+            streams if has_stream else 3, None)
+
+    for dtype in (f32, torch.bfloat16, torch.float16):
+        if full or dtype != torch.float16:
+            out.append((f"learned_variance_step draw {str(dtype)[6:]}", lambda d=dtype: learned(d)))
+    out.append(("learned_variance_step float32 noise-tensor clip shared", lambda: learned(
+        clip=(-1.0, 1.0), noise_mode=1, shared=True)))
+    out.append(("learned_variance_step float32 no-noise", lambda: learned(noise_mode=0)))
+    for cl, has_samples, has_stream, fp64 in _flag_sets(full):
+        label = (f"learned_variance_step draw float32 channels_last={cl} samples={has_samples} "
+                 f"stream={'tensor' if has_stream else 'int'} fp64={fp64}")
+        out.append((label, with_fp64(fp64, lambda cl=cl, a=has_samples, s=has_stream: learned(
+            cl=cl, has_samples=a, has_stream=s))))
 
     # group_norm_silu: the GPU tile sizes of launch_config for typical UNet shapes; splits as a
     # device with 132 SMs would choose (BLOCK_S is a constexpr of the forward kernel)
