@@ -10,6 +10,10 @@ One optimisation step s on a global batch of B images (split over ranks, see ddp
                                 stream=draws.stream)                  DDPM Eq. 4, the noise stream
     loss     = mean_i w_i mean_j (model(x_t, t, y) - target)^2        target eps / x0 / v,
                w = Min-SNR-gamma weights (Hang et al. 2023) or 1       reference.min_snr_weights
+               or Improved DDPM's hybrid / vlb objectives (config.loss, config.variance;
+               ddpm.losses = reference.variational_loss), t importance-sampled for "vlb" with
+               timestep_sampling="importance" (reference.importance_draws, the same word of the
+               noise stream; the history of L_t per t is in the checkpoint)
 
 then AdamW with linear warmup (and optional cosine decay), gradient-norm clipping and an EMA of
 the weights. bf16 autocast is used on CUDA only. A step whose loss or gradient norm is not finite
@@ -44,8 +48,10 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .data import EpochSampler, ImageDataset
-from .distributed import DistributedContext, all_reduce_mean, barrier, rank_slice, single_process, wrap_model
+from .distributed import (DistributedContext, all_gather_rows, all_reduce_mean, barrier, rank_slice,
+                          single_process, wrap_model)
 from .ema import EMA
+from .losses import VariationalTables, variational_loss
 
 __all__ = ["TrainConfig", "Trainer", "StepResult", "NonFiniteLossError"]
 
@@ -53,6 +59,7 @@ log = logging.getLogger("ddpm.train")
 
 LR_SCHEDULES = ("constant", "cosine")
 MIXED_PRECISION = ("auto", "bf16", "no")
+TIMESTEP_SAMPLING = ("uniform", "importance")
 
 
 def _mix_seed(seed: int, step: int, rank: int) -> int:
@@ -64,6 +71,11 @@ def _mix_seed(seed: int, step: int, rank: int) -> int:
         z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
         z ^= z >> 31
     return z >> 1
+
+
+def _tensors(state: dict) -> dict:
+    """NumPy arrays as tensors: checkpoints load with weights_only=True, which refuses ndarrays."""
+    return {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in state.items()}
 
 
 class NonFiniteLossError(RuntimeError):
@@ -79,6 +91,10 @@ class TrainConfig:
     none (DDPM: 1.0). ema_decay / ema_warmup: see ddpm.ema. weight_decay applies to weights with
     >= 2 dimensions only. label_dropout: probability of replacing a class label by the null class.
     min_snr_gamma: None for the plain objective.
+    Improved DDPM (Nichol & Dhariwal 2021): variance "learned" (the model has 2 x in_channels
+    outputs, Eq. 15) or "fixed_small" / "fixed_large"; loss "simple" | "hybrid" (L_simple +
+    vlb_weight L_vlb, Sec. 3.1) | "vlb"; timestep_sampling "importance" (vlb only, Sec. 3.3)
+    keeps the last importance_history values of L_t per t.
     """
 
     steps: int = 10_000
@@ -99,6 +115,11 @@ class TrainConfig:
     seed: int = 0
     max_consecutive_nonfinite: int = 10
     mixed_precision: str = "auto"
+    variance: str = "fixed_small"
+    loss: str = "simple"
+    vlb_weight: float = 0.001
+    timestep_sampling: str = "uniform"
+    importance_history: int = 10
 
     def __post_init__(self):
         def positive_int(name):
@@ -106,7 +127,7 @@ class TrainConfig:
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
 
-        for name in ("steps", "batch_size", "max_consecutive_nonfinite"):
+        for name in ("steps", "batch_size", "max_consecutive_nonfinite", "importance_history"):
             positive_int(name)
         if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be a non-negative int, got {self.warmup_steps!r}")
@@ -131,6 +152,19 @@ class TrainConfig:
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if self.mixed_precision not in MIXED_PRECISION:
             raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}")
+        self._check_improved_ddpm()
+
+    def _check_improved_ddpm(self) -> None:
+        reference.check_loss_variance(self.loss, self.variance)  # names loss / variance
+        if not (isinstance(self.vlb_weight, (int, float)) and math.isfinite(self.vlb_weight) and self.vlb_weight >= 0):
+            raise ValueError(f"vlb_weight must be a finite number >= 0, got {self.vlb_weight!r}")
+        if self.timestep_sampling not in TIMESTEP_SAMPLING:
+            raise ValueError(f"timestep_sampling must be one of {TIMESTEP_SAMPLING}, got {self.timestep_sampling!r}")
+        if self.timestep_sampling == "importance" and self.loss != "vlb":
+            raise ValueError(f"timestep_sampling='importance' applies to loss='vlb' (Improved DDPM Sec. 3.3), "
+                             f"got loss={self.loss!r}")
+        if self.min_snr_gamma is not None and self.loss != "simple":
+            raise ValueError(f"min_snr_gamma weights the simple loss only, got loss={self.loss!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -198,6 +232,7 @@ class Trainer:
         if not isinstance(self.unet_config, reference.UNetConfig):
             raise TypeError("model must carry its reference.UNetConfig as `.config`")
         self._check_dataset(dataset)
+        self._check_variance_channels()
         self.dataset = dataset
         rank_slice(config.batch_size, self.ctx)  # validates that the batch splits over the ranks
 
@@ -221,6 +256,12 @@ class Trainer:
             w = reference.min_snr_weights(np.arange(self.schedule.T), self.schedule, config.prediction,
                                           config.min_snr_gamma)
             self._min_snr_table = torch.tensor(w, dtype=torch.float32, device=device)
+        self._vlb_tables = None if config.loss == "simple" else \
+            VariationalTables(self.schedule, config.prediction, device=device, dtype=torch.float32)
+        self.importance = None  # the L_t history of importance-sampled t (Improved DDPM Sec. 3.3)
+        if config.timestep_sampling == "importance":
+            self.importance = reference.LossSecondMomentHistory(self.schedule.T, config.importance_history)
+        self._step_t = self._step_terms = None
         self.generator = torch.Generator().manual_seed(config.seed)
         self.sampler = EpochSampler(len(dataset), config.seed)
         self.step = 0              # steps attempted (the noise stream index)
@@ -247,6 +288,15 @@ class Trainer:
             if dataset.num_classes > cfg.num_classes:
                 raise ValueError(f"dataset has {dataset.num_classes} classes, the model only "
                                  f"num_classes={cfg.num_classes}")
+
+    def _check_variance_channels(self) -> None:
+        """A learned variance needs out_channels = 2 in_channels (the v half); a fixed one, equal."""
+        cfg, variance = self.unet_config, self.config.variance
+        want = 2 * cfg.in_channels if variance == "learned" else cfg.in_channels
+        if cfg.out_channels != want:
+            half = "a variance half (v, Improved DDPM Eq. 15)" if variance == "learned" else "no variance half"
+            raise ValueError(f"config.variance={variance!r} needs {half}: a model with out_channels = {want}, "
+                             f"got out_channels={cfg.out_channels} for in_channels={cfg.in_channels}")
 
     def check_batch(self, x0: torch.Tensor, y: torch.Tensor | None) -> None:
         """Raise TypeError/ValueError unless (x0, y) fit the model (shape, dtype, class range).
@@ -285,7 +335,13 @@ class Trainer:
                 - self._sqrt_one_minus_alpha_bar[t].view(shape) * x0)
 
     def loss_weights(self, t: torch.Tensor) -> torch.Tensor | None:
-        """(N,) float32 Min-SNR-gamma weights from reference.min_snr_weights, or None."""
+        """(N,) float32 Min-SNR-gamma weights from reference.min_snr_weights, the importance
+        weights 1 / (T p_t) once the L_t history is full (reference.importance_draws), or None."""
+        if self.importance is not None:
+            p = self.importance.probabilities()
+            if p is None:
+                return None
+            return torch.tensor(1.0 / (self.schedule.T * p), dtype=torch.float32, device=t.device)[t]
         if self._min_snr_table is None:
             return None
         return self._min_snr_table[t]
@@ -310,8 +366,14 @@ class Trainer:
             torch.manual_seed(_mix_seed(self.config.seed, step, self.ctx.rank))
             with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=self.use_bf16):
                 out = self.ddp_model(x_t, t, y)
-        per_sample = (out.float() - target).pow(2).flatten(1).mean(dim=1)
         weights = self.loss_weights(t)
+        if self._vlb_tables is not None:  # Improved DDPM: the hybrid or vlb objective
+            cfg = self.config
+            loss, self._step_terms = variational_loss(out.float(), x0, x_t, target, t, self._vlb_tables,
+                                                      loss=cfg.loss, variance=cfg.variance,
+                                                      vlb_weight=cfg.vlb_weight, weights=weights)
+            return loss
+        per_sample = (out.float() - target).pow(2).flatten(1).mean(dim=1)
         return per_sample.mean() if weights is None else (weights * per_sample).mean()
 
     # ------------------------------------------------------------------ one step
@@ -323,6 +385,10 @@ class Trainer:
         # only, so every rank and a resumed run draw the same; B words on the host, then one copy.
         draws = reference.training_draws(cfg.seed, np.arange(B), self.step, self.schedule.T, cfg.label_dropout)
         t, label_drop = torch.from_numpy(draws.t), torch.from_numpy(draws.label_drop)
+        if self.importance is not None:  # same word of the stream, read through p_t once warmed up
+            t = torch.from_numpy(reference.importance_draws(cfg.seed, np.arange(B), self.step,
+                                                            self.importance.probabilities(), self.schedule.T).t)
+        self._step_t = t
         flip = torch.rand(B, generator=self.generator) < 0.5
         mine = rank_slice(B, self.ctx)
         device = self.ctx.device
@@ -368,6 +434,7 @@ class Trainer:
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             self.ema.update(self.model)
+            self._record_importance()
             self.optimizer_steps += 1
             self.consecutive_nonfinite = 0
         self.step += 1
@@ -379,6 +446,15 @@ class Trainer:
                 f"non-finite loss or gradient (last loss {mean_loss}, gradient norm {grad_norm}); "
                 f"lower the learning rate (now {lr:g}), keep grad_clip on, or check the data for NaN")
         return StepResult(step, mean_loss, grad_norm, lr, skipped)
+
+    def _record_importance(self) -> None:
+        """Add this step's L_t of the whole global batch to the history (every rank alike)."""
+        if self.importance is None:
+            return
+        world = self.ctx.world_size
+        counts = [self.config.batch_size // world] * world
+        terms = all_gather_rows(self._step_terms.detach().float(), counts, self.ctx)
+        self.importance.update(self._step_t.numpy(), terms.cpu().double().numpy())
 
     # ------------------------------------------------------------------ the loop
     def fit(self, steps: int | None = None, *, run_dir=None, checkpoint_every: int | None = None,
@@ -431,6 +507,7 @@ class Trainer:
             "rng": capture_rng_states(),
             "history": {k: list(v) for k, v in self.history.items()},
             "world_size": self.ctx.world_size,
+            "importance": None if self.importance is None else _tensors(self.importance.state_dict()),
         }
 
     def save(self, run_dir, keep_last: int | None = 3) -> Path | None:
@@ -470,3 +547,9 @@ class Trainer:
         self.skipped_steps = int(state["skipped_steps"])
         self.consecutive_nonfinite = int(state["consecutive_nonfinite"])
         self.history = {k: list(v) for k, v in state["history"].items()}
+        if self.importance is not None:
+            if state.get("importance") is None:
+                raise CheckpointError(f"checkpoint {checkpoint.path} has no L_t history for "
+                                      f"timestep_sampling='importance'")
+            self.importance.load_state_dict({k: v.numpy() if isinstance(v, torch.Tensor) else v
+                                             for k, v in state["importance"].items()})
