@@ -13,7 +13,11 @@ equals the reference's to round-off:
   `SAMPLER_INIT_STREAM`, step k from the plan's `noise_streams[k]` (= k + 1), for the GLOBAL
   sample indices `samples`, so sample i is the same whatever batch it is drawn in;
 - DPM-Solver++(2M) ("dpm_solver_pp_2m" kind) has no fused kernel: its update is one line of
-  tensor math with the plan's rows (`reference.dpm_solver_pp_2m_update`).
+  tensor math with the plan's rows (`reference.dpm_solver_pp_2m_update`);
+- variance="learned" (Improved DDPM, a model with 2C output channels: the mean part, then v):
+  each DDPM step ("learned_variance_step" kind) is ONE `kernels.learned_variance_step` call
+  (the per-element log-variance interpolation, exp and noise fused with the mean); DDIM and
+  DPM-Solver++ read the mean part (the first C channels) only.
 
 `Sampler` precomputes everything a run needs (plan, sample indices, the batched class labels)
 so that `Sampler.step(x, k)` does no host-side work but the model call and one kernel launch:
@@ -32,6 +36,7 @@ import kernels
 from kernels.validate import check_finite_number
 from reference._validate import check_class_labels, check_seed
 from reference.noise import SAMPLER_INIT_STREAM
+from reference.sampling import READS_VARIANCE
 from reference.sampling_plan import NO_NOISE, SAMPLERS, sampling_plan
 from reference.schedules import check_schedule
 
@@ -204,7 +209,24 @@ class Sampler:
             seed=self.seed if noisy else None, samples=self.samples if noisy else None,
             stream=stream if noisy else 0, backend=self.backend)
 
-    _RULES = {"sampler_step": _sampler_step, "dpm_solver_pp_2m": _dpm_solver_pp_2m}
+    def _learned_variance_step(self, x: torch.Tensor, cond, uncond, k: int) -> torch.Tensor:
+        """DDPM Alg. 2 with the learned variance (Improved DDPM Eq. 15): one fused
+        `kernels.learned_variance_step` on the model's 2C channels. Under guidance the combine
+        uncond + w (cond - uncond) runs first over all 2C channels (v included), as
+        `reference.guided` does, in the storage precision (float32 at least)."""
+        if uncond is not None:
+            storage = torch.float64 if x.dtype == torch.float64 else torch.float32
+            cond, uncond = cond.to(storage), uncond.to(storage)
+            cond = (uncond + self.guidance_scale * (cond - uncond)).to(x.dtype)
+        stream = self._streams[k]
+        noisy = stream != NO_NOISE
+        return kernels.learned_variance_step(
+            x, cond, self.coefficients[k], clip=self.clip, seed=self.seed if noisy else None,
+            samples=self.samples if noisy else None, stream=stream if noisy else 0,
+            backend=self.backend)
+
+    _RULES = {"sampler_step": _sampler_step, "dpm_solver_pp_2m": _dpm_solver_pp_2m,
+              "learned_variance_step": _learned_variance_step}
 
     # ------------------------------------------------------------------ the loop
 
@@ -215,7 +237,10 @@ class Sampler:
         return z.to(self.dtype)
 
     def model_output(self, x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(cond, uncond or None): one model call, on [x; x] with labels [y; null] when guided."""
+        """(cond, uncond or None): one model call, on [x; x] with labels [y; null] when guided.
+
+        Under variance="learned" the model returns 2C channels; steps that do not read v get the
+        mean part (the first C)."""
         t = self.model_t[k]
         if self.guided:
             out = self.model(torch.cat([x, x]), t, self.y_model)
@@ -223,14 +248,31 @@ class Sampler:
             out = self.model(x, t, self.y_model)
         else:
             out = self.model(x, t)
-        expected = (2 * x.shape[0],) + tuple(x.shape[1:]) if self.guided else tuple(x.shape)
-        if not isinstance(out, torch.Tensor) or tuple(out.shape) != expected:
-            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise ValueError(f"model output must have shape {expected} (that of its input), got {got}")
+        self._check_model_output(out, x)
+        if self.plan.learned_variance and self._kinds[k] not in READS_VARIANCE:
+            out = out[:, : x.shape[1]]
         if self.guided:
             cond, uncond = out.chunk(2)
             return cond, uncond
         return out, None
+
+    def _check_model_output(self, out, x: torch.Tensor) -> None:
+        """The model output's shape: x's (2C channels under variance="learned"), batch doubled
+        under guidance; a 2C output without variance="learned" is named as such."""
+        batch = 2 * x.shape[0] if self.guided else x.shape[0]
+        channels = x.shape[1] * (2 if self.plan.learned_variance else 1)
+        expected = (batch, channels) + tuple(x.shape[2:])
+        if isinstance(out, torch.Tensor) and tuple(out.shape) == expected:
+            return
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        if self.plan.learned_variance:
+            raise ValueError(f"model output must have shape {expected} for variance='learned' (2 x "
+                             f"the {x.shape[1]} image channels: the mean part, then v), got {got}: "
+                             "does the model have the extra output channels?")
+        if isinstance(out, torch.Tensor) and tuple(out.shape) == (batch, 2 * x.shape[1]) + tuple(x.shape[2:]):
+            raise ValueError(f"model output has 2 x {x.shape[1]} channels ({got}, a learned-variance "
+                             f"model?) but variance={self.plan.variance!r}: pass variance='learned'")
+        raise ValueError(f"model output must have shape {expected} (that of its input), got {got}")
 
     def reset(self) -> None:
         """Forget what one step hands the next (DPM-Solver++'s x0_hat): before step 0."""
@@ -313,7 +355,10 @@ def sample(model, shape, schedule, *, sampler: str = "ddim", num_steps: int | No
     seed, samples: noise-stream seed and the (N,) GLOBAL sample indices (default arange(N)).
     y: (N,) class ids in [0, model.null_class]; guidance_scale w != 1 runs classifier-free
         guidance out = uncond + w (cond - uncond) (Ho & Salimans 2022) with one batched call.
-    clip: (lo, hi) clips the predicted x0; variance "fixed_small" | "fixed_large" (ddpm only).
+    clip: (lo, hi) clips the predicted x0; variance "fixed_small" | "fixed_large" (ddpm only) |
+        "learned" (Improved DDPM: the model outputs 2C channels, its prediction then v; ddpm
+        samples with sigma^2 = exp(frac log beta_t + (1 - frac) log beta_tilde_t), frac =
+        (v + 1) / 2, full or respaced; ddim and dpm_solver++ use the prediction half).
     device/dtype: of the sampler's state (default: the model's device; float32).
     x_T: start here instead of the stream's x_T. callback(step, t, x) after every step.
     backend: kernels backend ("auto" | "triton" | "cupy" | "torch").

@@ -318,7 +318,7 @@ def test_class_id_out_of_range_is_rejected(y):
     (dict(num_steps=0), ValueError, "num_steps must lie in"),
     (dict(spacing="quadratic"), ValueError, "spacing must be one of"),
     (dict(prediction="score"), ValueError, "prediction must be one of"),
-    (dict(variance="learned"), ValueError, "variance must be one of"),
+    (dict(variance="learned_range"), ValueError, "variance must be one of"),
     (dict(seed=-1), ValueError, r"seed must lie in \[0, 2\*\*64\)"),
     (dict(seed=2**64), ValueError, r"seed must lie in \[0, 2\*\*64\)"),
     (dict(seed=1.5), TypeError, "seed must be an int"),
