@@ -14,14 +14,23 @@ A save writes everything into a hidden temporary directory, fsyncs it, writes th
 leaves the previous checkpoint untouched and `latest` pointing at it. Loading checks the marker,
 each file's size and hash, the JSON, the safetensors headers and every parameter's name and shape,
 and says which file is wrong and how.
+
+Interrupted saves leave hidden `.tmp-step_*` / `.trash-step_*` folders and `.latest.tmp-*`
+files; `remove_leftovers` deletes them (it runs at every save, and the runs module calls it when
+a run is resumed), and nothing counts them as checkpoints, except a `.trash-step_N` that is the
+only complete copy of step N (a re-save killed between its two renames), which is moved back.
+One trainer writes to a run directory at a time.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import pickle
 import random
+import re
 import shutil
 import uuid
 from dataclasses import dataclass, field
@@ -46,7 +55,11 @@ __all__ = [
     "check_state_dict",
     "capture_rng_states",
     "restore_rng_states",
+    "remove_leftovers",
+    "check_trainer_state",
 ]
+
+log = logging.getLogger("ddpm")
 
 FORMAT = "ddpm-checkpoint"
 VERSION = 1
@@ -54,6 +67,14 @@ MARKER = "COMPLETE.json"
 FILES = ("model.safetensors", "ema.safetensors", "config.json", "trainer_state.pt")
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
+_STEP_NAME = re.compile(r"step_\d{8}")
+_LATEST_TEXT = re.compile(r"checkpoints/step_\d{8}")
+
+
+def one_line(err: BaseException) -> str:
+    """An exception's message on one line (torch and zlib write several)."""
+    text = " ".join(str(err).split())
+    return text if text else type(err).__name__
 
 
 class CheckpointError(ValueError):
@@ -181,6 +202,52 @@ def _tensors_for_file(state: dict) -> dict[str, torch.Tensor]:
     return out
 
 
+def _save_files(tmp: Path, step: int, *, model_state, ema_state, config, trainer_state) -> None:
+    """Every file of a checkpoint into `tmp`, fsynced, the marker last."""
+    meta = {"format": FORMAT, "step": str(step)}
+    save_file(_tensors_for_file(model_state), tmp / "model.safetensors", metadata=meta)
+    save_file(_tensors_for_file(ema_state), tmp / "ema.safetensors", metadata=meta)
+    (tmp / "config.json").write_text(json.dumps({**config, "step": step}, indent=2, sort_keys=True))
+    torch.save(trainer_state, tmp / "trainer_state.pt")
+    files = {}
+    for fname in FILES:
+        _fsync(tmp / fname)
+        files[fname] = {"bytes": (tmp / fname).stat().st_size, "sha256": _sha256(tmp / fname)}
+    marker = json.dumps({"format": FORMAT, "version": VERSION, "step": step, "files": files}, indent=2)
+    with open(tmp / MARKER, "w") as f:  # the marker is written last: its presence means complete
+        f.write(marker)
+        f.flush()
+        os.fsync(f.fileno())
+    _fsync(tmp)
+
+
+def _move_into_place(tmp: Path, final: Path) -> None:
+    root = final.parent
+    if final.exists():  # re-saving a step: move the old one aside first (never half-replaced)
+        trash = root / f".trash-{final.name}-{uuid.uuid4().hex[:8]}"
+        os.replace(final, trash)
+        try:
+            os.replace(tmp, final)
+        except BaseException:
+            os.replace(trash, final)  # put the complete old one back
+            raise
+        _remove_checkpoint(trash)
+    else:
+        os.replace(tmp, final)
+    _fsync(root)
+
+
+def _save_failed(run_dir: Path, step: int, err: BaseException) -> CheckpointError:
+    """A failed write (disk full, permission, quota) as one line that says what is still there."""
+    previous = latest_checkpoint(run_dir)
+    kept = f"{previous} stays the latest checkpoint" if previous else "no earlier checkpoint exists"
+    reason = one_line(err)
+    if isinstance(err, RuntimeError):  # torch's zip writer says only "file write failed"
+        free = shutil.disk_usage(run_dir).free
+        reason = f"{reason} ({free / 2**20:.1f} MiB free on that disk)"
+    return CheckpointError(f"cannot save checkpoint step {step} in {run_dir}: {reason}; {kept}")
+
+
 def save_checkpoint(run_dir, step: int, *, model_state: dict, ema_state: dict, config: dict,
                     trainer_state: dict, keep_last: int | None = None) -> Path:
     """Write checkpoint `step` under `run_dir` atomically and point `latest` at it.
@@ -189,58 +256,84 @@ def save_checkpoint(run_dir, step: int, *, model_state: dict, ema_state: dict, c
     config: JSON-serialisable (see `checkpoint_config`); trainer_state: what `torch.save` stores
     (loaded back with weights_only=True, so tensors, numbers, strings and containers only).
     keep_last: delete all but the newest `keep_last` complete checkpoints after a save.
-    Returns the checkpoint directory.
+    Returns the checkpoint directory. A write that fails (disk full, permission) removes what it
+    wrote and raises a CheckpointError; the previous checkpoint stays `latest`.
     """
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
         raise ValueError(f"step must be a non-negative int, got {step!r}")
     if keep_last is not None and (isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 1):
         raise ValueError(f"keep_last must be None or a positive int, got {keep_last!r}")
-    root = Path(run_dir) / CHECKPOINTS
-    root.mkdir(parents=True, exist_ok=True)
+    run_dir = Path(run_dir)
+    root = run_dir / CHECKPOINTS
     name = f"step_{step:08d}"
     final = root / name
-    tmp = root / f".tmp-{name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
+    tmp = None
     try:
-        meta = {"format": FORMAT, "step": str(step)}
-        save_file(_tensors_for_file(model_state), tmp / "model.safetensors", metadata=meta)
-        save_file(_tensors_for_file(ema_state), tmp / "ema.safetensors", metadata=meta)
-        (tmp / "config.json").write_text(json.dumps({**config, "step": step}, indent=2, sort_keys=True))
-        torch.save(trainer_state, tmp / "trainer_state.pt")
-        files = {}
-        for fname in FILES:
-            _fsync(tmp / fname)
-            files[fname] = {"bytes": (tmp / fname).stat().st_size, "sha256": _sha256(tmp / fname)}
-        marker = json.dumps({"format": FORMAT, "version": VERSION, "step": step, "files": files}, indent=2)
-        with open(tmp / MARKER, "w") as f:  # the marker is written last: its presence means complete
-            f.write(marker)
-            f.flush()
-            os.fsync(f.fileno())
-        _fsync(tmp)
-        if final.exists():  # re-saving a step: move the old one aside first (never half-replaced)
-            trash = root / f".trash-{name}-{uuid.uuid4().hex[:8]}"
-            os.replace(final, trash)
-            try:
-                os.replace(tmp, final)
-            except BaseException:
-                os.replace(trash, final)  # put the complete old one back
-                raise
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-        _fsync(root)
+        root.mkdir(parents=True, exist_ok=True)
+        remove_leftovers(run_dir)
+        tmp = root / f".tmp-{name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()  # inside the try: a failure from here on removes it
+        _save_files(tmp, step, model_state=model_state, ema_state=ema_state, config=config,
+                    trainer_state=trainer_state)
+        _move_into_place(tmp, final)
+        _write_text_atomic(run_dir / LATEST, f"{CHECKPOINTS}/{name}\n")
+    except (OSError, RuntimeError) as err:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise _save_failed(run_dir, step, err) from None
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _write_text_atomic(Path(run_dir) / LATEST, f"{CHECKPOINTS}/{name}\n")
     if keep_last is not None:
-        for old in _complete_checkpoints(Path(run_dir))[:-keep_last]:
+        for old in _complete_checkpoints(run_dir)[:-keep_last]:
             if old != final:
-                shutil.rmtree(old, ignore_errors=True)
+                _remove_checkpoint(old)
     return final
 
 
-# ----------------------------------------------------------------------------- finding and loading
+# ----------------------------------------------------------------------------- finding and cleaning
+
+def _remove_checkpoint(path: Path) -> None:
+    """Delete a checkpoint directory, its marker first: a deletion cut short leaves a folder
+    without a marker, which nothing counts and `remove_leftovers` removes."""
+    try:
+        (path / MARKER).unlink()
+    except FileNotFoundError:
+        pass
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def remove_leftovers(run_dir) -> list[Path]:
+    """Remove what interrupted saves left in `run_dir` (temporary folders and files, step
+    folders without their marker, superseded copies); returns the paths removed. A `.trash-`
+    copy that is the only complete one of its step is moved back into place instead."""
+    run_dir = Path(run_dir)
+    removed = []
+    if run_dir.is_dir():
+        for f in run_dir.glob(f".{LATEST}.tmp-*"):
+            f.unlink(missing_ok=True)
+            removed.append(f)
+    root = run_dir / CHECKPOINTS
+    if not root.is_dir():
+        return removed
+    for d in sorted(root.iterdir()):
+        if not d.is_dir():
+            continue
+        if d.name.startswith(".trash-step_"):
+            step_name = d.name[len(".trash-"):].split("-")[0]
+            home = root / step_name
+            if (d / MARKER).is_file() and not (home / MARKER).is_file() and _STEP_NAME.fullmatch(step_name):
+                if home.exists():
+                    shutil.rmtree(home, ignore_errors=True)
+                os.replace(d, home)
+                continue
+        elif not (d.name.startswith(".tmp-step_") or (d.name.startswith("step_") and not (d / MARKER).is_file())):
+            continue
+        _remove_checkpoint(d)
+        removed.append(d)
+    return removed
+
 
 def _complete_checkpoints(run_dir: Path) -> list[Path]:
     """Complete checkpoint directories under run_dir, oldest first."""
@@ -248,7 +341,7 @@ def _complete_checkpoints(run_dir: Path) -> list[Path]:
     if not root.is_dir():
         return []
     complete = [d for d in root.iterdir() if d.is_dir() and (d / MARKER).is_file()]
-    steps = {d.name: d for d in complete if d.name.startswith("step_")}
+    steps = {d.name: d for d in complete if _STEP_NAME.fullmatch(d.name)}
     # a process killed between the two renames of a re-save leaves the step only in .trash-*
     for d in complete:
         if d.name.startswith(".trash-step_"):
@@ -256,17 +349,35 @@ def _complete_checkpoints(run_dir: Path) -> list[Path]:
     return [steps[k] for k in sorted(steps)]
 
 
+def _read_latest(pointer: Path) -> tuple[Path | None, str]:
+    """The checkpoint `latest` names, or (None, why it cannot be used)."""
+    try:
+        text = pointer.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as err:
+        return None, f"cannot be read ({one_line(err)})"
+    if not _LATEST_TEXT.fullmatch(text):
+        return None, f"does not name a checkpoint ({text[:60]!r})"
+    target = pointer.parent / text
+    if not (target / MARKER).is_file():
+        return None, f"names {target}, which is missing or incomplete"
+    return target, ""
+
+
 def latest_checkpoint(run_dir) -> Path | None:
-    """The checkpoint `latest` names, or (if that is missing or incomplete) the newest complete
-    one; None when the run directory holds no complete checkpoint."""
+    """The checkpoint `latest` names, or (if that is missing, corrupt or incomplete: with a
+    warning naming both) the newest complete one; None when there is no complete checkpoint."""
     run_dir = Path(run_dir)
     pointer = run_dir / LATEST
+    problem = ""
     if pointer.is_file():
-        target = run_dir / pointer.read_text().strip()
-        if (target / MARKER).is_file():
+        target, problem = _read_latest(pointer)
+        if target is not None:
             return target
     complete = _complete_checkpoints(run_dir)
-    return complete[-1] if complete else None
+    newest = complete[-1] if complete else None
+    if problem:
+        log.warning("%s %s; using the newest complete checkpoint, %s", pointer, problem, newest)
+    return newest
 
 
 def _resolve(path: Path) -> Path:
@@ -315,6 +426,61 @@ def _read_safetensors(fpath: Path, map_location) -> dict[str, torch.Tensor]:
         return load_file(fpath, device=str(map_location))
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         raise CheckpointError(f"{fpath} is not a readable safetensors file: {err}") from None
+
+
+# the trainer state's entries and their types (ddpm.train.Trainer.trainer_state writes them)
+TRAINER_STATE_TYPES = {
+    "step": int, "optimizer_steps": int, "skipped_steps": int, "consecutive_nonfinite": int,
+    "optimizer": dict, "ema_num_updates": int, "generator": torch.Tensor, "sampler": dict,
+    "rng": dict, "history": dict,
+}
+
+
+def check_trainer_state(state, fpath, unet_config: reference.UNetConfig | None = None) -> None:
+    """Raise CheckpointError (one line naming `fpath`) unless `state` has every entry a Trainer
+    restores, of the right type, with one optimizer slot per parameter of `unet_config`."""
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{fpath} holds a {type(state).__name__}, not a trainer state (a dict)")
+    missing = [k for k in TRAINER_STATE_TYPES if k not in state]
+    if missing:
+        raise CheckpointError(f"{fpath} lacks the trainer state entries {missing}: it was not written "
+                              f"by this library's Trainer, or was altered")
+    wrong = [f"{k} is {type(state[k]).__name__}, expected {t.__name__}" for k, t in TRAINER_STATE_TYPES.items()
+             if not isinstance(state[k], t) or (t is int and isinstance(state[k], bool))]
+    sampler, rng, opt = state["sampler"], state["rng"], state["optimizer"]
+    if not wrong:
+        wrong += [f"sampler lacks {k}" for k in ("n", "seed", "position") if k not in sampler]
+        wrong += [f"rng lacks {k}" for k in ("torch", "numpy", "python") if k not in rng]
+        wrong += [f"optimizer lacks {k}" for k in ("state", "param_groups") if k not in opt]
+    if not wrong and unet_config is not None:
+        slots = sum(len(g.get("params", ())) for g in opt["param_groups"] if isinstance(g, dict))
+        expected = len(reference.parameter_shapes(unet_config))
+        if slots != expected:
+            wrong.append(f"the optimizer state covers {slots} parameters, the model has {expected}")
+    if wrong:
+        raise CheckpointError(f"{fpath} is not a valid trainer state: {'; '.join(wrong)}")
+
+
+def _unpickler_reason(err: BaseException) -> str:
+    """The one sentence of torch's weights_only error that says what it met."""
+    text = one_line(err)
+    reason = text.split("WeightsUnpickler error:")[-1].split(" Check the documentation")[0].strip()
+    return reason.split(". Please use")[0][:200]
+
+
+def _read_trainer_state(fpath: Path, map_location, unet_config) -> dict:
+    try:
+        state = torch.load(fpath, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        reason = _unpickler_reason(err)
+        if "Unsupported global" in reason:  # a planted object: refused, never run
+            raise CheckpointError(f"{fpath} holds objects that safe loading (weights_only=True) "
+                                  f"refuses ({reason}); it was not written by this library") from None
+        raise CheckpointError(f"{fpath} cannot be read: {reason}") from None
+    except Exception as err:  # torch raises RuntimeError/EOFError/... for a bad zip
+        raise CheckpointError(f"{fpath} cannot be read: {one_line(err)[:300]}") from None
+    check_trainer_state(state, fpath, unet_config)
+    return state
 
 
 @dataclass
@@ -380,11 +546,6 @@ def load_checkpoint(path, *, map_location="cpu", verify: bool = True,
     ema_state = _read_safetensors(path / "ema.safetensors", map_location)
     check_state_dict(model_state, unet_config, f"{path / 'model.safetensors'}")
     check_state_dict(ema_state, unet_config, f"{path / 'ema.safetensors'}")
-    state = None
-    if trainer_state:
-        try:
-            state = torch.load(path / "trainer_state.pt", map_location=map_location, weights_only=True)
-        except Exception as err:  # torch raises RuntimeError/UnpicklingError/EOFError for bad zips
-            raise CheckpointError(f"{path / 'trainer_state.pt'} cannot be read: {err}") from None
+    state = _read_trainer_state(path / "trainer_state.pt", map_location, unet_config) if trainer_state else None
     return Checkpoint(path, int(config.get("step", 0)), config, unet_config, schedule,
                       model_state, ema_state, state)

@@ -7,9 +7,12 @@ ddpm.runs (train, sample) and ddpm.demo; what a run does is decided there.
     python -m ddpm demo                        # the README's main job (see ddpm.demo)
     torchrun --nproc_per_node 2 -m ddpm train ...   # DDP; gloo with --device cpu
 
-`train` resumes from --out when it holds a checkpoint (same model and training settings; only
---steps may grow: ddpm.runs.check_resume). Usage errors exit with status 2; bad data,
-checkpoints and refused resumes with status 1 and a one-line message, never a traceback.
+`train` resumes from --out when it holds a checkpoint (same model, training settings and data;
+only --steps may grow: ddpm.runs.check_resume). One rule for errors: a user error (a path, a
+permission, a file format, an option value, a checkpoint that does not fit its settings) exits
+with status 2 and one line naming the argument or file, before any training or sampling starts
+(a failed save during training, e.g. a full disk, is also one line); a bug in the library shows
+its traceback. Every option is checked where it is parsed, its range in `--help`.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -25,6 +29,7 @@ import torch
 import reference
 
 from .checkpoint import CheckpointError
+from .data import DataError
 from .demo import DemoSettings, run_demo
 from .runs import CONFIG_PRESETS, UsageError, sample_run, train_run
 from .samplers import SAMPLERS
@@ -45,6 +50,53 @@ def resolve_device(name: str) -> torch.device:
         return torch.device(name)
     except RuntimeError:
         raise UsageError(f"--device must be auto, cpu or cuda[:k], got {name!r}") from None
+
+
+# ----------------------------------------------------------------------------- option types
+
+def _integer(lo: int, hi: int | None = None):
+    """An argparse type: an int in [lo, hi] (hi None: no upper bound)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < lo or (hi is not None and value > hi):
+            bound = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
+            raise argparse.ArgumentTypeError(f"must be an integer {bound}, got {text!r}")
+        return value
+    return parse
+
+
+def _real(lo: float, hi: float = math.inf, *, lo_open: bool = False, hi_open: bool = True):
+    """An argparse type: a finite float in the interval from lo to hi (open or closed ends)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        above = value > lo if lo_open else value >= lo
+        below = value < hi if hi_open else value <= hi
+        if not (math.isfinite(value) and above and below):
+            interval = f"{'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+            raise argparse.ArgumentTypeError(f"must be a finite number in {interval}, got {text!r}")
+        return value
+    return parse
+
+
+def _class_spec(text: str) -> str:
+    if text != "all" and not (text.isdigit()):
+        raise argparse.ArgumentTypeError(f"must be a class id K >= 0 or 'all', got {text!r}")
+    return text
+
+
+COUNT = _integer(1)          # steps, sizes: at least one
+COUNT0 = _integer(0)         # may be zero (warmup, samples)
+SEED = _integer(0, 2**64 - 1)  # the noise stream's key range (reference.check_seed)
+POSITIVE = _real(0.0, lo_open=True)
+NONNEG = _real(0.0)
+RATE = _real(0.0, 1.0)       # [0, 1): decays and dropout rates
+GUIDANCE = _real(0.0)        # w >= 0; a negative w (steering away from the class) is refused
 
 
 def _training_args(args) -> dict:
@@ -68,7 +120,7 @@ def cmd_train(args) -> int:
               timesteps=args.timesteps, training=_training_args(args),
               checkpoint_every=args.checkpoint_every, samples=args.samples, guidance=args.guidance,
               sample_steps=args.sample_steps, device=resolve_device(args.device),
-              progress=not args.no_progress)
+              progress=not args.no_progress, allow_data_change=args.allow_data_change)
     return 0
 
 
@@ -93,9 +145,16 @@ def cmd_demo(args) -> int:
 
 # ----------------------------------------------------------------------------- parser
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (no usage block): `prog: error: what; see --help`."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m ddpm", description="Denoising diffusion models "
-                                     "(Ho et al. 2020): train, sample, and the digits demo.")
+    parser = _Parser(prog="python -m ddpm", description="Denoising diffusion models "
+                     "(Ho et al. 2020): train, sample, and the digits demo.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{train,sample,demo}")
     _add_train(sub)
     _add_sample(sub)
@@ -108,28 +167,31 @@ def _add_train(sub) -> None:
     tr.add_argument("--data", default="digits", help="'digits' (default), an image folder, .npy/.npz, or IDX file/folder")
     tr.add_argument("--config", choices=CONFIG_PRESETS, default=None, help="UNet preset (default digits8)")
     tr.add_argument("--out", required=True, help="run directory (resumed when it holds a checkpoint)")
-    tr.add_argument("--steps", type=int, default=None, help="train until this step (default 10000)")
-    tr.add_argument("--batch-size", type=int, default=None, help="global batch (split over processes)")
-    tr.add_argument("--lr", type=float, default=None)
-    tr.add_argument("--warmup", type=int, default=None, help="linear LR warmup steps")
+    tr.add_argument("--steps", type=COUNT, default=None, help="train until this step, >= 1 (default 10000)")
+    tr.add_argument("--batch-size", type=COUNT, default=None, help="global batch, >= 1 (split over processes)")
+    tr.add_argument("--lr", type=POSITIVE, default=None, help="learning rate, > 0")
+    tr.add_argument("--warmup", type=COUNT0, default=None, help="linear LR warmup steps, >= 0")
     tr.add_argument("--lr-schedule", choices=("constant", "cosine"), default=None)
-    tr.add_argument("--weight-decay", type=float, default=None)
-    tr.add_argument("--grad-clip", type=float, default=None, help="max gradient norm (default 1.0)")
+    tr.add_argument("--weight-decay", type=NONNEG, default=None, help=">= 0")
+    tr.add_argument("--grad-clip", type=POSITIVE, default=None, help="max gradient norm, > 0 (default 1.0)")
     tr.add_argument("--no-grad-clip", action="store_true")
-    tr.add_argument("--ema-decay", type=float, default=None)
+    tr.add_argument("--ema-decay", type=RATE, default=None, help="in [0, 1)")
     tr.add_argument("--prediction", choices=reference.PREDICTIONS, default=None)
-    tr.add_argument("--min-snr-gamma", type=float, default=None)
-    tr.add_argument("--label-dropout", type=float, default=None, help="null-class rate for guidance")
+    tr.add_argument("--min-snr-gamma", type=POSITIVE, default=None, help="> 0")
+    tr.add_argument("--label-dropout", type=RATE, default=None, help="null-class rate for guidance, in [0, 1)")
     tr.add_argument("--unconditional", action="store_true", help="ignore the data's labels")
     tr.add_argument("--hflip", choices=("on", "off"), default=None, help="random horizontal flips (default: per data)")
     tr.add_argument("--schedule", choices=reference.SCHEDULE_KINDS, default=None, help="beta schedule (default linear)")
-    tr.add_argument("--timesteps", type=int, default=None, help="T (default 1000)")
-    tr.add_argument("--seed", type=int, default=None)
-    tr.add_argument("--checkpoint-every", type=int, default=1000)
-    tr.add_argument("--samples", type=int, default=8, help="samples per class (or total) in samples.png; 0: none")
-    tr.add_argument("--guidance", type=float, default=2.0, help="guidance of the final samples.png")
-    tr.add_argument("--sample-steps", type=int, default=50, help="DDIM steps of the final samples.png")
-    tr.add_argument("--device", default="auto")
+    tr.add_argument("--timesteps", type=COUNT, default=None, help="T, >= 1 (default 1000)")
+    tr.add_argument("--seed", type=SEED, default=None, help="in [0, 2^64)")
+    tr.add_argument("--checkpoint-every", type=COUNT, default=1000, help="steps between checkpoints, >= 1")
+    tr.add_argument("--samples", type=COUNT0, default=8, help="samples per class (or total) in samples.png, "
+                    ">= 0; 0: none")
+    tr.add_argument("--guidance", type=GUIDANCE, default=2.0, help="guidance of the final samples.png, >= 0")
+    tr.add_argument("--sample-steps", type=COUNT, default=50, help="DDIM steps of the final samples.png, >= 1")
+    tr.add_argument("--allow-data-change", action="store_true", help="resume the run in --out on data "
+                    "other than it was trained on (refused otherwise)")
+    tr.add_argument("--device", default="auto", help="auto, cpu or cuda[:k]")
     tr.add_argument("--no-progress", action="store_true")
     tr.set_defaults(func=cmd_train)
 
@@ -138,23 +200,26 @@ def _add_sample(sub) -> None:
     sa = sub.add_parser("sample", help="draw a grid (and a GIF of the reverse process) from a checkpoint")
     sa.add_argument("--checkpoint", required=True, help="a run directory or a checkpoint directory")
     sa.add_argument("--sampler", choices=SAMPLERS, default="ddim")
-    sa.add_argument("--steps", type=int, default=None,
-                    help="sampler steps (default: 50 for ddim, 20 for dpm_solver++, T for ddpm; at most T)")
-    sa.add_argument("--n", "--num-samples", dest="n", type=int, default=64,
-                    help="number of samples (per class with --class all); under torchrun spell it "
+    sa.add_argument("--steps", type=COUNT, default=None,
+                    help="sampler steps in [1, T] (default: 50 for ddim, 20 for dpm_solver++, T for ddpm)")
+    sa.add_argument("--n", "--num-samples", dest="n", type=COUNT, default=64,
+                    help="number of samples, >= 1 (per class with --class all); under torchrun spell it "
                          "--num-samples (torchrun's parser takes --n for its own --nnodes/--nproc...)")
-    sa.add_argument("--class", dest="class_id", default=None, help="class id K, or 'all' for one row per class")
-    sa.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale w")
-    sa.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0: deterministic)")
-    sa.add_argument("--seed", type=int, default=0)
+    sa.add_argument("--class", dest="class_id", type=_class_spec, default=None,
+                    help="class id K in [0, classes), or 'all' for one row per class")
+    sa.add_argument("--guidance", type=GUIDANCE, default=1.0, help="classifier-free guidance scale w >= 0 "
+                    "(0: unconditional, 1: conditional, > 1: guided)")
+    sa.add_argument("--eta", type=_real(0.0, 1.0, hi_open=False), default=0.0,
+                    help="DDIM eta in [0, 1] (0: deterministic)")
+    sa.add_argument("--seed", type=SEED, default=0, help="in [0, 2^64)")
     sa.add_argument("--ema", action="store_true", help="use the EMA weights")
     sa.add_argument("--clip", action="store_true", help="clip the predicted x0 to [-1, 1] at every step "
                     "(helps ddpm; hurts ddim, which keeps the model's eps)")
     sa.add_argument("--out", default="samples.png", help="PNG grid path")
-    sa.add_argument("--nrow", type=int, default=None, help="images per row")
+    sa.add_argument("--nrow", type=COUNT, default=None, help="images per row, >= 1")
     sa.add_argument("--gif", default=None, help="also write the reverse process as a GIF here")
-    sa.add_argument("--gif-frames", type=int, default=50)
-    sa.add_argument("--device", default="auto")
+    sa.add_argument("--gif-frames", type=COUNT, default=50, help="frames of the GIF, >= 1")
+    sa.add_argument("--device", default="auto", help="auto, cpu or cuda[:k]")
     sa.set_defaults(func=cmd_sample)
 
 
@@ -163,24 +228,28 @@ def _add_demo(sub) -> None:
                         "row per class, report a classifier's hit rate")
     de.add_argument("--out", default=None, help="output directory (default runs/demo)")
     de.add_argument("--quick", action="store_true", help="a seconds-long smoke run (tests)")
-    de.add_argument("--steps", type=int, default=None)
-    de.add_argument("--batch-size", type=int, default=None)
-    de.add_argument("--guidance", type=float, default=None)
-    de.add_argument("--seed", type=int, default=None)
-    de.add_argument("--device", default="auto")
+    de.add_argument("--steps", type=COUNT, default=None, help=">= 1")
+    de.add_argument("--batch-size", type=COUNT, default=None, help=">= 1")
+    de.add_argument("--guidance", type=GUIDANCE, default=None, help=">= 0")
+    de.add_argument("--seed", type=SEED, default=None, help="in [0, 2^64)")
+    de.add_argument("--device", default="auto", help="auto, cpu or cuda[:k]")
     de.add_argument("--no-progress", action="store_true")
     de.set_defaults(func=cmd_demo)
+
+
+# user errors: one line, status 2. NonFiniteLossError is not one (the run diverged, status 1)
+USER_ERRORS = (UsageError, CheckpointError, DataError)
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv)  # a bad option: one line, SystemExit(2)
     try:
         return args.func(args)
-    except UsageError as err:
-        parser.error(str(err))  # exits with status 2
-    except (CheckpointError, NonFiniteLossError, ValueError, TypeError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except USER_ERRORS as err:
+        print(f"{parser.prog} {args.command}: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+    except NonFiniteLossError as err:
+        print(f"{parser.prog} {args.command}: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 1
-    return 0

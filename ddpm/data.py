@@ -17,8 +17,11 @@ and resuming needs only the position.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 import struct
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +32,7 @@ import torch.nn.functional as F
 import reference
 
 __all__ = [
+    "DataError",
     "ImageDataset",
     "EpochSampler",
     "load_dataset",
@@ -42,6 +46,22 @@ __all__ = [
 ]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+class DataError(ValueError):
+    """Data that cannot be used: a missing, corrupt or unsupported file, or images/labels that do
+    not fit the model. The message names the file (the CLI prints it as one line, status 2)."""
+
+
+class DataTypeError(DataError, TypeError):
+    """A DataError about an array's type (also a TypeError, as before)."""
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+FINGERPRINT_ITEMS = 64
 
 # IDX type byte -> big-endian NumPy dtype (LeCun's MNIST format description).
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -84,6 +104,19 @@ class ImageDataset:
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(int(d) for d in self.images.shape[1:])  # type: ignore[return-value]
+
+    def fingerprint(self) -> dict:
+        """What identifies this data for a resumed run: the count, the image shape, a SHA-256 of
+        a fixed sample of items (FINGERPRINT_ITEMS spread evenly over the dataset, quantised to
+        8 bits so that a last-bit difference of a resize does not count) and of all labels."""
+        n = len(self)
+        picks = np.unique(np.linspace(0, n - 1, min(n, FINGERPRINT_ITEMS)).round().astype(np.int64))
+        pixels = ((self.images[torch.from_numpy(picks)].double() + 1.0) * 127.5).round().to(torch.uint8)
+        items = hashlib.sha256(picks.astype("<i8").tobytes() + pixels.numpy().tobytes()).hexdigest()
+        labels = (None if self.labels is None
+                  else hashlib.sha256(self.labels.numpy().astype("<i8").tobytes()).hexdigest())
+        return {"count": n, "shape": list(self.image_shape), "items_sha256": items,
+                "labels_sha256": labels, "num_classes": self.num_classes}
 
     def describe(self) -> str:
         c, h, w = self.image_shape
@@ -143,7 +176,7 @@ def _to_nchw(array: np.ndarray, name: str, layout: str = "auto") -> np.ndarray:
     if array.ndim == 3:
         return array[:, None]
     if array.ndim != 4:
-        raise ValueError(f"{name} must have shape (N, H, W), (N, H, W, C) or (N, C, H, W), got {array.shape}")
+        raise DataError(f"{name} must have shape (N, H, W), (N, H, W, C) or (N, C, H, W), got {array.shape}")
     if layout == "NCHW":
         return array
     if layout == "NHWC":
@@ -154,14 +187,14 @@ def _to_nchw(array: np.ndarray, name: str, layout: str = "auto") -> np.ndarray:
         # both readings possible: take the one that gives square images, if only one does
         square_first, square_last = array.shape[2] == array.shape[3], array.shape[1] == array.shape[2]
         if square_first == square_last:
-            raise ValueError(f"{name} has an ambiguous layout {array.shape}: both axis 1 and axis 3 "
+            raise DataError(f"{name} has an ambiguous layout {array.shape}: both axis 1 and axis 3 "
                              f"could be channels; pass layout='NCHW' or 'NHWC'")
         channels_last = square_last
     if channels_last:
         return np.moveaxis(array, 3, 1)
     if channels_first:
         return array
-    raise ValueError(f"{name} must have 1, 3 or 4 channels on axis 1 or 3, got shape {array.shape}")
+    raise DataError(f"{name} must have 1, 3 or 4 channels on axis 1 or 3, got shape {array.shape}")
 
 
 def _value_range(array: np.ndarray, name: str) -> tuple[float, float]:
@@ -176,7 +209,7 @@ def _value_range(array: np.ndarray, name: str) -> tuple[float, float]:
         return -1.0, 1.0
     if lo >= 0.0 and hi <= 255.0:
         return 0.0, 255.0
-    raise ValueError(f"{name} values lie in [{lo}, {hi}]; expected [0, 1], [-1, 1] or [0, 255] "
+    raise DataError(f"{name} values lie in [{lo}, {hi}]; expected [0, 1], [-1, 1] or [0, 255] "
                      f"(pass value_range=(lo, hi) explicitly)")
 
 
@@ -188,7 +221,7 @@ def _fit_channels(x: torch.Tensor, channels: int, name: str) -> torch.Tensor:
         return x[:, :3]
     if c == 1 and channels == 3:  # grayscale -> RGB
         return x.expand(-1, 3, -1, -1).contiguous()
-    raise ValueError(f"{name} has {c} channel(s) but the model takes {channels}; "
+    raise DataError(f"{name} has {c} channel(s) but the model takes {channels}; "
                      f"convert the data (only 1 -> 3 and RGBA -> RGB are done automatically)")
 
 
@@ -217,22 +250,22 @@ def prepare_images(array: np.ndarray, image_size: int, channels: int, *, value_r
     Smaller images are padded (centred, with black); larger ones centre-cropped and resized.
     """
     if layout not in ("auto", "NCHW", "NHWC"):
-        raise ValueError(f"layout must be 'auto', 'NCHW' or 'NHWC', got {layout!r}")
+        raise DataError(f"layout must be 'auto', 'NCHW' or 'NHWC', got {layout!r}")
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
-        raise ValueError(f"image_size must be a positive int, got {image_size!r}")
+        raise DataError(f"image_size must be a positive int, got {image_size!r}")
     if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 or 3, got {channels!r}")
+        raise DataError(f"channels must be 1 or 3, got {channels!r}")
     array = np.asarray(array)
     if array.dtype == object or not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
-        raise TypeError(f"{name} must be a numeric array, got dtype {array.dtype}")
+        raise DataTypeError(f"{name} must be a numeric array, got dtype {array.dtype}")
     if array.size == 0 or array.shape[0] == 0:
-        raise ValueError(f"{name} is empty (shape {array.shape})")
+        raise DataError(f"{name} is empty (shape {array.shape})")
     if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):
-        raise ValueError(f"{name} contains NaN or inf")
+        raise DataError(f"{name} contains NaN or inf")
     array = _to_nchw(array, name, layout)
     lo, hi = _value_range(array, name) if value_range is None else (float(value_range[0]), float(value_range[1]))
     if not hi > lo:
-        raise ValueError(f"value_range must satisfy lo < hi, got {(lo, hi)}")
+        raise DataError(f"value_range must satisfy lo < hi, got {(lo, hi)}")
     x = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float64))
     x = ((x - lo) * (2.0 / (hi - lo)) - 1.0).clamp_(-1.0, 1.0).to(torch.float32)
     x = _fit_channels(x, channels, name)
@@ -242,12 +275,12 @@ def prepare_images(array: np.ndarray, image_size: int, channels: int, *, value_r
 def _labels_tensor(labels, n: int, name: str) -> tuple[torch.Tensor, int]:
     labels = np.asarray(labels)
     if not np.issubdtype(labels.dtype, np.integer):
-        raise TypeError(f"{name} must be integers, got dtype {labels.dtype}")
+        raise DataTypeError(f"{name} must be integers, got dtype {labels.dtype}")
     labels = labels.reshape(-1)
     if labels.shape != (n,):
-        raise ValueError(f"{name} must have shape ({n},) to match the images, got {labels.shape}")
+        raise DataError(f"{name} must have shape ({n},) to match the images, got {labels.shape}")
     if labels.min() < 0:
-        raise ValueError(f"{name} must be >= 0, got min {labels.min()}")
+        raise DataError(f"{name} must be >= 0, got min {labels.min()}")
     return torch.from_numpy(labels.astype(np.int64)), int(labels.max()) + 1
 
 
@@ -274,21 +307,21 @@ def read_idx(path) -> np.ndarray:
         raw = path.read_bytes()
         if raw[:2] == b"\x1f\x8b":
             raw = gzip.decompress(raw)
-    except (OSError, EOFError, gzip.BadGzipFile) as err:
-        raise ValueError(f"cannot read IDX file {path}: {err}") from None
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as err:  # zlib: corrupt gzip data
+        raise DataError(f"cannot read IDX file {path}: {_one_line(err)}") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
-        raise ValueError(f"{path} is not an IDX file: magic {raw[:4].hex() or '(empty)'} should start with 0000")
+        raise DataError(f"{path} is not an IDX file: magic {raw[:4].hex() or '(empty)'} should start with 0000")
     type_code, ndim = raw[2], raw[3]
     if type_code not in _IDX_DTYPES:
-        raise ValueError(f"{path}: unknown IDX data type 0x{type_code:02x}; expected one of "
+        raise DataError(f"{path}: unknown IDX data type 0x{type_code:02x}; expected one of "
                          f"{[hex(k) for k in _IDX_DTYPES]}")
     if ndim < 1 or len(raw) < 4 + 4 * ndim:
-        raise ValueError(f"{path}: IDX header declares {ndim} dimensions but the file is {len(raw)} bytes")
+        raise DataError(f"{path}: IDX header declares {ndim} dimensions but the file is {len(raw)} bytes")
     shape = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
     dtype = np.dtype(_IDX_DTYPES[type_code])
     expected = 4 + 4 * ndim + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if len(raw) != expected:
-        raise ValueError(f"{path}: IDX header says shape {shape} ({expected} bytes), file holds {len(raw)} "
+        raise DataError(f"{path}: IDX header says shape {shape} ({expected} bytes), file holds {len(raw)} "
                          f"bytes (truncated or corrupt)")
     return np.frombuffer(raw, dtype=dtype, offset=4 + 4 * ndim).reshape(shape).astype(dtype.newbyteorder("="))
 
@@ -300,7 +333,7 @@ def _find_idx_pair(directory: Path) -> tuple[Path, Path | None]:
         train = [p for p in images if p.name.startswith("train")]
         images = train if len(train) == 1 else images
     if len(images) != 1:
-        raise ValueError(f"{directory}: expected exactly one '*idx3*' image file, found "
+        raise DataError(f"{directory}: expected exactly one '*idx3*' image file, found "
                          f"{[p.name for p in images] or 'none'}")
     image_path = images[0]
     stem = image_path.name.split("-images")[0] if "-images" in image_path.name else None
@@ -316,7 +349,7 @@ def load_idx_dataset(images_path, image_size: int, channels: int, labels_path=No
         labels_path = labels_path if labels_path is not None else found
     array = read_idx(images_path)
     if array.ndim not in (3, 4):
-        raise ValueError(f"{images_path}: IDX images must have 3 or 4 dimensions, got shape {array.shape}")
+        raise DataError(f"{images_path}: IDX images must have 3 or 4 dimensions, got shape {array.shape}")
     x = prepare_images(array, image_size, channels, name=str(images_path))
     labels = num_classes = names = None
     if labels_path is not None:
@@ -330,21 +363,21 @@ def load_array_file(path, image_size: int, channels: int, *, hflip: bool | None 
     path = Path(path)
     try:
         loaded = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as err:
-        raise ValueError(f"cannot read array file {path}: {err}") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+        raise DataError(f"cannot read array file {path}: {_one_line(err)}") from None
     labels = None
     if isinstance(loaded, np.lib.npyio.NpzFile):
         with loaded:
             keys = set(loaded.files)
             image_key = next((k for k in ("images", "x", "arr_0") if k in keys), None)
             if image_key is None:
-                raise ValueError(f"{path}: an .npz needs an 'images' (or 'x') array, found {sorted(keys)}")
+                raise DataError(f"{path}: an .npz needs an 'images' (or 'x') array, found {sorted(keys)}")
             try:
                 images = loaded[image_key]
                 label_key = next((k for k in ("labels", "y", "arr_1") if k in keys), None)
                 labels = None if label_key is None else loaded[label_key]
-            except (OSError, ValueError, EOFError) as err:
-                raise ValueError(f"cannot read array file {path}: {err}") from None
+            except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+                raise DataError(f"cannot read array file {path}: {_one_line(err)}") from None
     else:
         images = loaded
     x = prepare_images(images, image_size, channels, name=str(path))
@@ -356,41 +389,86 @@ def load_array_file(path, image_size: int, channels: int, *, hflip: bool | None 
     return ImageDataset(x, y, num_classes, names, f"array {path}", hflip=flip)
 
 
+# Pillow modes: 8-bit ones Pillow converts exactly to L / RGB (ITU-R 601 luma for grey)
+_PIL_8BIT = ("1", "L", "P", "RGB", "CMYK", "YCbCr")
+_PIL_ALPHA = ("LA", "PA", "RGBA")        # straight alpha: composited on black
+_PIL_PREMULTIPLIED = ("La", "RGBa")      # alpha already multiplied in: these ARE the composite on black
+_PIL_16BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+_LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R 601-2, what Pillow's convert("L") uses
+
+
+def pillow_pixels(img, channels: int, file) -> tuple[np.ndarray, float]:
+    """A Pillow image -> ((C, H, W) array, the value that means white), C = 1 or `channels`.
+
+    8-bit modes convert as Pillow does; 16-bit greyscale (I;16*) is scaled by 65535 (not
+    saturated to 255, as convert("L") would); 32-bit integer greyscale (I) must hold 0..65535
+    (what Pillow makes of 16-bit data) and is scaled by 65535; float greyscale (F) must lie in
+    [0, 1]. Transparency (LA, PA, RGBA, a palette's transparent colour) is composited on black,
+    the colour the model pads with. Other modes (HSV, LAB, ...) are refused by name."""
+    mode = img.mode
+    if mode == "P" and "transparency" in img.info:
+        img, mode = img.convert("RGBA"), "RGBA"
+    if mode in _PIL_8BIT:
+        array = np.asarray(img.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
+        return (array[None] if array.ndim == 2 else array.transpose(2, 0, 1)), 255.0
+    if mode in _PIL_ALPHA or mode in _PIL_PREMULTIPLIED:
+        if mode == "La":
+            return np.asarray(img, dtype=np.float64)[None, :, :, 0], 255.0
+        rgba = np.asarray(img if mode == "RGBa" else img.convert("RGBA"), dtype=np.float64)
+        rgb = rgba[..., :3] if mode == "RGBa" else rgba[..., :3] * (rgba[..., 3:] / 255.0)
+        return ((rgb @ _LUMA)[None] if channels == 1 else rgb.transpose(2, 0, 1)), 255.0
+    if mode in _PIL_16BIT:
+        return np.asarray(img).astype(np.float64)[None], 65535.0
+    if mode in ("I", "F"):
+        array = np.asarray(img).astype(np.float64)
+        lo, hi = (0.0, 65535.0) if mode == "I" else (0.0, 1.0)
+        if not (np.all(np.isfinite(array)) and array.min() >= lo and array.max() <= hi):
+            kind = "32-bit integer" if mode == "I" else "32-bit float"
+            raise DataError(f"{file}: {kind} greyscale (Pillow mode {mode}) with values in "
+                            f"[{array.min()}, {array.max()}]; only [{lo:g}, {hi:g}] is read (scaled to "
+                            f"black..white): convert the image to 8 or 16 bits")
+        return array[None], hi
+    raise DataError(f"{file}: Pillow mode {mode!r} is not supported (supported: "
+                    f"{', '.join(_PIL_8BIT + _PIL_ALPHA + _PIL_PREMULTIPLIED + _PIL_16BIT)}, I, F); "
+                    f"convert it to RGB or L")
+
+
 def load_image_folder(path, image_size: int, channels: int, *, hflip: bool = True) -> ImageDataset:
     """Images under `path` (Pillow). With subfolders, class = subfolder name (sorted) and every
-    image must sit in one; without, the images are unlabelled. Corrupt files raise ValueError."""
+    image must sit in one; without, the images are unlabelled. Each file's mode is read as
+    `pillow_pixels` says. A corrupt or unsupported file raises DataError naming it."""
     from PIL import Image, UnidentifiedImageError
 
     root = Path(path)
     if not root.is_dir():
-        raise ValueError(f"image folder {root} does not exist or is not a directory")
+        raise DataError(f"image folder {root} does not exist or is not a directory")
     subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if subdirs:
         groups = [(d.name, sorted(f for f in d.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS))
                   for d in subdirs]
         loose = [f.name for f in root.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS]
         if loose:
-            raise ValueError(f"{root} has class subfolders and loose images {loose[:3]}; put every "
+            raise DataError(f"{root} has class subfolders and loose images {loose[:3]}; put every "
                              f"image in a class folder")
         empty = [name for name, files in groups if not files]
         if empty:
-            raise ValueError(f"{root}: class folder(s) {empty} hold no images ({', '.join(IMAGE_EXTENSIONS)})")
+            raise DataError(f"{root}: class folder(s) {empty} hold no images ({', '.join(IMAGE_EXTENSIONS)})")
     else:
         groups = [("", sorted(f for f in root.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS))]
     files = [(k, f) for k, (_, fs) in enumerate(groups) for f in fs]
     if not files:
-        raise ValueError(f"image folder {root} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
-    mode = "L" if channels == 1 else "RGB"
+        raise DataError(f"image folder {root} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
     tensors, labels = [], []
     for label, file in files:
         try:
             with Image.open(file) as img:
-                img = img.convert(mode)
-                array = np.asarray(img, dtype=np.uint8)
-                array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)  # (C, H, W)
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
-            raise ValueError(f"cannot read image {file}: {err}") from None
-        tensors.append(prepare_images(array[None], image_size, channels, value_range=(0, 255),
+                array, hi = pillow_pixels(img, channels, file)
+        except DataError:
+            raise
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError,
+                EOFError, zlib.error) as err:
+            raise DataError(f"cannot read image {file}: {_one_line(err)}") from None
+        tensors.append(prepare_images(array[None], image_size, channels, value_range=(0, hi),
                                       layout="NCHW", name=str(file)))
         labels.append(label)
     x = torch.cat(tensors)
@@ -412,7 +490,7 @@ def load_dataset(source: str | os.PathLike, image_size: int, channels: int, *,
     else:
         path = Path(source)
         if not path.exists():
-            raise ValueError(f"data source {str(source)!r} does not exist (use 'digits', a folder, "
+            raise DataError(f"data source {str(source)!r} does not exist (use 'digits', a folder, "
                              f".npy/.npz or an IDX file)")
         if path.is_dir():
             has_idx = any("idx3" in p.name for p in path.iterdir() if p.is_file())
@@ -423,7 +501,7 @@ def load_dataset(source: str | os.PathLike, image_size: int, channels: int, *,
         elif "idx" in path.name:
             data = load_idx_dataset(path, image_size, channels)
         else:
-            raise ValueError(f"unknown data file type {path.name!r}: expected .npy, .npz or an IDX file")
+            raise DataError(f"unknown data file type {path.name!r}: expected .npy, .npz or an IDX file")
     if hflip is not None:
         data.hflip = bool(hflip)
     return data

@@ -31,12 +31,13 @@ import reference
 from .data import load_digits
 from .distributed import single_process
 from .metrics import format_hit_rate, hit_rate, train_digit_classifier
+from .preflight import check_output_dir
 from .runs import (
     check_resume,
     draw,
     ema_model,
-    latest_run_checkpoint,
     new_trainer,
+    open_run,
     resume,
     save_loss_curve_or_warn,
     train_to,
@@ -45,6 +46,8 @@ from .train import TrainConfig, Trainer
 from .viz import save_gif, save_grid
 
 __all__ = ["DemoSettings", "run_demo"]
+
+_WRITES = ("samples.png", "reverse.gif", "loss_curve.png", "hit_rate.json", "latest")
 
 
 @dataclass(frozen=True)
@@ -90,10 +93,10 @@ def _train(out: Path, settings: DemoSettings, ctx, *, progress: bool, echo) -> t
     config = settings.unet_config()
     schedule = reference.make_schedule(settings.schedule, settings.timesteps)
     train_config = settings.train_config()
-    ckpt = latest_run_checkpoint(out)
+    ckpt = open_run(out, ctx, _WRITES)
     if ckpt is not None:
         check_resume(ckpt, unet_config=config, schedule=schedule, training=train_config.to_dict(),
-                     label="demo")
+                     label="demo", data=data)
     trainer = new_trainer(config, schedule, train_config, data, ctx)
     n_params = sum(p.numel() for p in trainer.model.parameters())
     echo(f"data: {data.describe()}")
@@ -128,9 +131,9 @@ def run_demo(out, settings: DemoSettings = DemoSettings(), *, device: torch.devi
              progress: bool = True, echo=print) -> dict:
     """Train, sample, score; returns the figures written to hit_rate.json."""
     start = time.perf_counter()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_output_dir(out, "--out", _WRITES)  # before any work: a path we cannot write is one line
     ctx = single_process(device)
+    out.mkdir(parents=True, exist_ok=True)
     trainer, train_s = _train(out, settings, ctx, progress=progress, echo=echo)
     images, y, sample_s = _draw_pictures(out, settings, trainer, ctx, echo)
 

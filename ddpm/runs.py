@@ -12,6 +12,11 @@ checks the model config and schedule with the same `Checkpoint.check_compatible`
 `UsageError` (also a ValueError) is an argument that does not fit the checkpoint, model or data
 it meets; its message names the argument by its CLI flag, because these functions take the CLI's
 arguments one for one (the CLI exits with status 2 on it, like argparse's own errors).
+
+Every place a run writes (the run directory, sample files, the GIF) is checked for writability
+before any data is loaded or any step is taken (`check_output_dir`, `check_output_file`), and
+the data is fingerprinted (`ImageDataset.fingerprint`): a run resumed on other data is refused
+unless the caller allows the change (`--allow-data-change`).
 """
 
 from __future__ import annotations
@@ -24,16 +29,18 @@ import torch
 
 import reference
 
-from .checkpoint import Checkpoint, CheckpointError, latest_checkpoint, load_checkpoint
+from .checkpoint import Checkpoint, CheckpointError, latest_checkpoint, load_checkpoint, remove_leftovers
 from .data import ImageDataset, load_dataset
 from .distributed import (
     DistributedContext,
     all_gather_rows,
+    barrier,
     init_distributed,
     sample_distributed,
     shutdown_distributed,
     split_counts,
 )
+from .preflight import UsageError, check_data_fits, check_output_dir, check_output_file, data_changes
 from .train import TrainConfig, Trainer
 from .unet import UNet
 from .viz import save_gif, save_grid, save_loss_curve
@@ -43,6 +50,7 @@ __all__ = [
     "UsageError",
     "model_config",
     "latest_run_checkpoint",
+    "open_run",
     "check_resume",
     "new_trainer",
     "resume",
@@ -58,11 +66,6 @@ __all__ = [
 ]
 
 CONFIG_PRESETS = ("digits8", "mnist", "cifar10", "tiny")
-
-
-class UsageError(ValueError):
-    """An argument that is wrong for the checkpoint, model or data it meets (the message names
-    the CLI flag and the value; the CLI exits with status 2 on it)."""
 
 
 def _echo(message: str) -> None:
@@ -94,6 +97,18 @@ def latest_run_checkpoint(run_dir) -> Checkpoint | None:
     return None if path is None else load_checkpoint(path, map_location="cpu")
 
 
+def open_run(run_dir, ctx: DistributedContext, files: tuple[str, ...] = ()) -> Checkpoint | None:
+    """Before a run trains into `run_dir`: check that it can be written (`check_output_dir`),
+    remove what interrupted saves left there (rank 0, the others wait), and load its newest
+    complete checkpoint (None for a new run)."""
+    check_output_dir(run_dir, "--out", files)
+    if ctx.is_main:
+        for path in remove_leftovers(run_dir):
+            _warn(f"removed {path}, left by an interrupted save")
+    barrier(ctx)
+    return latest_run_checkpoint(run_dir)
+
+
 def _run_dir(ckpt: Checkpoint) -> Path:
     # a checkpoint saved by a Trainer sits at RUN_DIR/checkpoints/step_N: name the run, which
     # is what the user passed as --out
@@ -102,14 +117,17 @@ def _run_dir(ckpt: Checkpoint) -> Path:
 
 def check_resume(ckpt: Checkpoint, *, unet_config: reference.UNetConfig | None = None,
                  schedule: reference.Schedule | None = None, training: dict | None = None,
-                 label: str | None = None) -> tuple[reference.UNetConfig, reference.Schedule, TrainConfig]:
+                 label: str | None = None, data: ImageDataset | None = None,
+                 allow_data_change: bool = False) -> tuple[reference.UNetConfig, reference.Schedule, TrainConfig]:
     """The resume policy (see the module docstring): may the run saved in `ckpt` continue with
     these settings? Returns the continued run's (unet_config, schedule, TrainConfig).
 
     unet_config, schedule: None takes the saved one, anything else must equal it. training:
     the TrainConfig fields asked for; a field left out takes the saved value, every field but
     `steps` must equal the saved one and `steps` may not lie behind the checkpoint. label: the
-    kind of run, for the message ("demo"). Raises CheckpointError naming what differs.
+    kind of run, for the message ("demo"). data: the dataset the run would continue on; its
+    fingerprint must be the saved one unless allow_data_change. Raises CheckpointError naming
+    what differs.
     """
     ckpt.check_compatible(unet_config or ckpt.unet_config, schedule)
     saved = dict(ckpt.config.get("training", {}))
@@ -127,6 +145,12 @@ def check_resume(ckpt: Checkpoint, *, unet_config: reference.UNetConfig | None =
     if steps is not None and steps < ckpt.step:
         raise CheckpointError(f"steps={steps} lies behind {run}, which holds a checkpoint at step "
                               f"{ckpt.step}; pass steps >= {ckpt.step} to continue it")
+    changes = [] if data is None or allow_data_change else data_changes(ckpt.config, data.fingerprint())
+    if changes:
+        source = (ckpt.config.get("data") or {}).get("source", "?")
+        raise CheckpointError(f"{run} was trained on other data ({source}) than {data.source}: "
+                              + "; ".join(changes) + ". Pass --allow-data-change to continue it on "
+                              "this data, or another --out to start a new run")
     resumed = {**saved, **({} if steps is None else {"steps": steps})}
     return ckpt.unet_config, ckpt.schedule, TrainConfig.from_dict(resumed)
 
@@ -143,6 +167,10 @@ def resume(trainer: Trainer, ckpt: Checkpoint | None, echo=_echo) -> bool:
     """Load `ckpt` (already passed by `check_resume`) into `trainer`; False when there is none."""
     if ckpt is None:
         return False
+    sampler = ckpt.trainer_state["sampler"]
+    if sampler["n"] != len(trainer.dataset):  # a data change check_resume allowed: the count of
+        # items drawn so far carries on, over the new data's epochs
+        ckpt.trainer_state["sampler"] = {**sampler, "n": len(trainer.dataset)}
     trainer.load(ckpt)
     if trainer.ctx.is_main:
         echo(f"resuming from {ckpt.path} at step {trainer.step}")
@@ -254,13 +282,14 @@ def save_pictures(out_png, images, frames, nrow, gif_path=None) -> list[Path]:
 # ----------------------------------------------------------------------------- train
 
 def _resolve_run(ckpt: Checkpoint | None, data: ImageDataset, *, preset, unconditional, schedule,
-                 timesteps, training: dict):
+                 timesteps, training: dict, allow_data_change: bool = False):
     """(unet_config, schedule, TrainConfig) of a new run, or of the saved one through the
     resume policy; the settings asked for are None where not given."""
     num_classes = None if unconditional else data.num_classes
     if ckpt is None:
         return (model_config(preset or "digits8", num_classes),
-                reference.make_schedule(schedule or "linear", timesteps or 1000), TrainConfig(**training))
+                reference.make_schedule(schedule or "linear", 1000 if timesteps is None else timesteps),
+                TrainConfig(**training))
     wanted = None
     if preset is not None:
         wanted = model_config(preset, num_classes)
@@ -268,8 +297,10 @@ def _resolve_run(ckpt: Checkpoint | None, data: ImageDataset, *, preset, uncondi
         wanted = reference.UNetConfig.from_dict({**ckpt.unet_config.to_dict(), "num_classes": None})
     wanted_schedule = None
     if schedule is not None or timesteps is not None:
-        wanted_schedule = reference.make_schedule(schedule or ckpt.schedule.kind, timesteps or ckpt.schedule.T)
-    return check_resume(ckpt, unet_config=wanted, schedule=wanted_schedule, training=training)
+        wanted_schedule = reference.make_schedule(schedule or ckpt.schedule.kind,
+                                                  ckpt.schedule.T if timesteps is None else timesteps)
+    return check_resume(ckpt, unet_config=wanted, schedule=wanted_schedule, training=training, data=data,
+                        allow_data_change=allow_data_change)
 
 
 def _final_samples(trainer: Trainer, run_dir: Path, samples: int, guidance: float, sample_steps: int) -> None:
@@ -287,14 +318,15 @@ def train_run(out, *, data: str = "digits", preset: str | None = None, unconditi
               hflip: bool | None = None, schedule: str | None = None, timesteps: int | None = None,
               training: dict | None = None, checkpoint_every: int = 1000, samples: int = 8,
               guidance: float = 2.0, sample_steps: int = 50, device=None, progress: bool = True,
-              echo=_echo) -> Trainer:
+              allow_data_change: bool = False, echo=_echo) -> Trainer:
     """`python -m ddpm train`: train (or resume, see `check_resume`) the run in `out`, then write
     loss_curve.png and samples.png there. Arguments as the CLI's flags; `training` holds the
-    TrainConfig fields given (left out: the saved value, or the default for a new run)."""
+    TrainConfig fields given (left out: the saved value, or the default for a new run). Every
+    user error (paths, data, settings against the checkpoint) is raised before the first step."""
+    out = check_output_dir(out, "--out", ("loss_curve.png", "samples.png", "latest"))
     ctx = init_distributed(device)
     try:
-        out = Path(out)
-        ckpt = latest_run_checkpoint(out)
+        ckpt = open_run(out, ctx)
         # the data is fitted to the model: the saved one unless --config names another
         if ckpt is not None and preset is None:
             shape_from = ckpt.unet_config
@@ -303,7 +335,9 @@ def train_run(out, *, data: str = "digits", preset: str | None = None, unconditi
         dataset = load_dataset(data, shape_from.image_size, shape_from.in_channels, hflip=hflip)
         config, sched, train_config = _resolve_run(ckpt, dataset, preset=preset, unconditional=unconditional,
                                                    schedule=schedule, timesteps=timesteps,
-                                                   training=dict(training or {}))
+                                                   training=dict(training or {}),
+                                                   allow_data_change=allow_data_change)
+        check_data_fits(dataset, config)
         trainer = new_trainer(config, sched, train_config, dataset, ctx)
         resume(trainer, ckpt, echo)
         if ctx.is_main:
@@ -330,6 +364,9 @@ def _sample_steps(ckpt: Checkpoint, sampler: str, steps: int | None, guidance: f
                   class_id: str | None) -> int:
     """Check --guidance/--class against the model and --steps against T; the steps to take."""
     T = ckpt.schedule.T
+    if not guidance >= 0.0:
+        raise UsageError(f"--guidance must be >= 0 (0: unconditional, 1: conditional, > 1: guided), "
+                         f"got {guidance}")
     if guidance != 1.0 and ckpt.unet_config.num_classes is None:
         raise UsageError(f"--guidance {guidance} needs a class-conditional model; "
                          f"{ckpt.path} is unconditional")
@@ -350,6 +387,12 @@ def sample_run(checkpoint, out="samples.png", *, sampler: str = "ddim", steps: i
     returns the paths written (on rank 0; [] on the others). Arguments as the CLI's flags."""
     if n < 1:
         raise UsageError(f"--n must be >= 1, got {n}")
+    if gif is not None and gif_frames < 1:
+        raise UsageError(f"--gif-frames must be >= 1 with --gif, got {gif_frames}")
+    out = check_output_file(out, "--out")
+    gif = None if gif is None else check_output_file(gif, "--gif")
+    if gif is not None and gif.absolute() == out.absolute():
+        raise UsageError(f"--gif and --out name the same file {out}")
     ctx = init_distributed(device)
     try:
         model, schedule, ckpt = load_model(checkpoint, ema=ema, device=ctx.device)

@@ -516,7 +516,8 @@ class Trainer:
         if self.ctx.is_main:
             cfg = checkpoint_config(self.unet_config, self.schedule, training=self.config.to_dict(),
                                     data={"source": self.dataset.source, "size": len(self.dataset),
-                                          "class_names": self.dataset.class_names},
+                                          "class_names": self.dataset.class_names,
+                                          "fingerprint": self.dataset.fingerprint()},
                                     step=self.step)
             path = save_checkpoint(run_dir, self.step, model_state=self.model.state_dict(),
                                    ema_state=self.ema.state_dict(), config=cfg,

@@ -104,7 +104,8 @@ def test_a_save_that_fails_half_way_leaves_the_previous_checkpoint_loadable(tmp_
         raise OSError("disk full")
 
     monkeypatch.setattr(ckpt_module.torch, "save", crash)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(CheckpointError, match=r"cannot save checkpoint step 4 in .*: disk full; "
+                                              r".*step_00000002 stays the latest checkpoint"):
         trainer.save(tmp_path)
     monkeypatch.undo()
     # nothing half-written is visible, `latest` still names step 2, and it loads
@@ -150,7 +151,7 @@ def test_a_resave_killed_between_its_two_renames_still_finds_the_step(tmp_path, 
         return real_replace(src, dst)
 
     monkeypatch.setattr(ckpt_module.os, "replace", second_rename_fails)
-    with pytest.raises(OSError, match="killed"):
+    with pytest.raises(CheckpointError, match="killed"):
         trainer.save(tmp_path)
     monkeypatch.undo()
     assert load_checkpoint(tmp_path).step == 2 and (tmp_path / "checkpoints" / "step_00000002").is_dir()

@@ -36,6 +36,19 @@ def train_args(data: Path, out: Path, steps: int = 2, *extra: str) -> list[str]:
             "--device", "cpu", *extra]
 
 
+def cli(argv: list[str], capsys) -> tuple[int, str]:
+    """(exit status, stderr) of `python -m ddpm ARGV`; a user error must be exactly one line."""
+    capsys.readouterr()
+    try:
+        code = main(argv)
+    except SystemExit as exit_info:
+        code = exit_info.code
+    err = capsys.readouterr().err
+    if code == 2:
+        assert err.count("\n") == 1 and "error:" in err, err
+    return code, err
+
+
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
@@ -81,19 +94,17 @@ def test_train_resumes_from_out_and_refuses_changed_settings(run_dir, tmp_path, 
     after = load_checkpoint(run_dir)
     assert after.step == 3 and after.trainer_state["history"]["step"] == [0, 1, 2]
     assert after.trainer_state["optimizer_steps"] == before.trainer_state["optimizer_steps"] + 1
-    # a refused resume is a CheckpointError (ddpm.runs.check_resume): status 1 and one line
-    assert main(train_args(data, run_dir, 4, "--lr", "0.5")) == 1
-    err = capsys.readouterr().err
+    # a refused resume is a CheckpointError (ddpm.runs.check_resume): status 2 and one line
+    code, err = cli(train_args(data, run_dir, 4, "--lr", "0.5"), capsys)
+    assert code == 2
     assert f"{run_dir} holds a checkpoint with other settings (lr): lr: saved 0.0002, given 0.5" in err
-    assert err.count("\n") == 1
-    assert main(train_args(data, run_dir, 4, "--timesteps", "30")) == 1  # the later --timesteps wins
-    assert "was trained with schedule Schedule(kind='linear', T=20" in capsys.readouterr().err
-    assert main(train_args(data, run_dir, 4, "--config", "digits8")) == 1
-    assert "was trained with a different UNet config" in capsys.readouterr().err
-    assert main(train_args(data, run_dir, 4, "--unconditional")) == 1
-    assert "num_classes: checkpoint 3 vs requested None" in capsys.readouterr().err
-    assert main(train_args(data, run_dir, 2)) == 1
-    assert "steps=2 lies behind" in capsys.readouterr().err
+    for extra, message in ((["--timesteps", "30"], "was trained with schedule Schedule(kind='linear', T=20"),
+                           (["--config", "digits8"], "was trained with a different UNet config"),
+                           (["--unconditional"], "num_classes: checkpoint 3 vs requested None")):
+        code, err = cli(train_args(data, run_dir, 4, *extra), capsys)  # the later --timesteps wins
+        assert code == 2 and message in err
+    code, err = cli(train_args(data, run_dir, 2), capsys)
+    assert code == 2 and "steps=2 lies behind" in err
     assert load_checkpoint(run_dir).step == 3  # nothing refused was written
 
 
@@ -115,18 +126,26 @@ def test_check_resume_is_the_one_resume_policy(run_dir):
 
 @pytest.mark.parametrize("extra, message", [
     (["--class", "7"], "--class 7 is out of range: the model has classes 0..2"),
-    (["--class", "seven"], "--class must be an integer class id or 'all'"),
+    (["--class", "seven"], "argument --class: must be a class id K >= 0 or 'all', got 'seven'"),
+    (["--class", "-1"], "argument --class: must be a class id K >= 0 or 'all'"),
     (["--guidance", "3"], "--guidance needs --class K"),
-    (["--steps", "0"], r"--steps must lie in \[1, T=20\]"),
+    (["--steps", "0"], "argument --steps: must be an integer >= 1, got '0'"),
     (["--steps", "21"], r"--steps must lie in \[1, T=20\]"),
-    (["--n", "0"], "--n must be >= 1"),
+    (["--n", "0"], "argument --n/--num-samples: must be an integer >= 1, got '0'"),
     (["--sampler", "euler"], "invalid choice: 'euler'"),
+    (["--guidance", "-1", "--class", "1"], r"argument --guidance: must be a finite number in \[0, inf\)"),
+    (["--eta", "1.5"], r"argument --eta: must be a finite number in \[0, 1\]"),
+    (["--eta", "nan"], r"argument --eta: must be a finite number"),
+    (["--gif", "g.gif", "--gif-frames", "0"], "argument --gif-frames: must be an integer >= 1, got '0'"),
+    (["--seed", "-3"], r"argument --seed: must be an integer in \[0, 18446744073709551615\]"),
+    (["--nrow", "0"], "argument --nrow: must be an integer >= 1"),
 ])
 def test_sample_rejects_bad_arguments(run_dir, tmp_path, capsys, extra, message):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["sample", "--checkpoint", str(run_dir), "--out", str(tmp_path / "x.png"), "--device", "cpu", *extra])
-    assert exit_info.value.code == 2
-    assert __import__("re").search(message, capsys.readouterr().err)
+    code, err = cli(["sample", "--checkpoint", str(run_dir), "--out", str(tmp_path / "x.png"),
+                     "--device", "cpu", *extra], capsys)
+    assert code == 2
+    assert __import__("re").search(message, err), err
+    assert not (tmp_path / "x.png").exists()
 
 
 def test_guidance_and_classes_need_a_class_conditional_model(tmp_path, capsys):
@@ -134,24 +153,23 @@ def test_guidance_and_classes_need_a_class_conditional_model(tmp_path, capsys):
     assert main(train_args(data, tmp_path / "u", 1)) == 0
     for extra, message in ((["--guidance", "2", "--class", "1"], "needs a class-conditional model"),
                            (["--class", "1"], "the checkpoint's model is unconditional")):
-        with pytest.raises(SystemExit):
-            main(["sample", "--checkpoint", str(tmp_path / "u"), "--out", str(tmp_path / "x.png"),
-                  "--device", "cpu", *extra])
-        assert message in capsys.readouterr().err
+        code, err = cli(["sample", "--checkpoint", str(tmp_path / "u"), "--out", str(tmp_path / "x.png"),
+                         "--device", "cpu", *extra], capsys)
+        assert code == 2 and message in err
 
 
 def test_bad_data_and_checkpoints_exit_with_a_one_line_error(tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert main(train_args(empty, tmp_path / "r1")) == 1
-    assert "holds no images" in capsys.readouterr().err
-    rgb = tiny_npz(tmp_path / "rgb.npz", channels_last=3)
-    assert main(train_args(rgb, tmp_path / "r2")) == 1
-    assert "has 3 channel(s) but the model takes 1" in capsys.readouterr().err
-    assert main(["sample", "--checkpoint", str(tmp_path / "nowhere"), "--device", "cpu"]) == 1
-    assert "does not exist" in capsys.readouterr().err
-    assert main(["sample", "--checkpoint", str(empty), "--device", "cpu"]) == 1
-    assert "holds no complete checkpoint" in capsys.readouterr().err
+    for argv, message in ((train_args(empty, tmp_path / "r1"), "holds no images"),
+                          (train_args(tiny_npz(tmp_path / "rgb.npz", channels_last=3), tmp_path / "r2"),
+                           "has 3 channel(s) but the model takes 1"),
+                          (["sample", "--checkpoint", str(tmp_path / "nowhere"), "--device", "cpu"],
+                           "does not exist"),
+                          (["sample", "--checkpoint", str(empty), "--device", "cpu"],
+                           "holds no complete checkpoint")):
+        code, err = cli(argv, capsys)
+        assert code == 2 and message in err
     assert latest_checkpoint(tmp_path / "r1") is None  # nothing half-made was left behind
 
 

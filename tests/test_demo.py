@@ -53,7 +53,7 @@ def test_rerunning_the_demo_resumes_instead_of_retraining(quick_demo, capsys):
     text = capsys.readouterr().out
     assert "resuming from" in text and "class  hits/total" in text and "all" in text
     assert main(["demo", "--quick", "--out", str(out), "--device", "cpu", "--no-progress",
-                 "--batch-size", "16"]) == 1
+                 "--batch-size", "16"]) == 2  # a user error: status 2, one line
     assert "holds a demo checkpoint with other settings (batch_size)" in capsys.readouterr().err
 
 
