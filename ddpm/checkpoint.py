@@ -242,9 +242,11 @@ def _save_failed(run_dir: Path, step: int, err: BaseException) -> CheckpointErro
     previous = latest_checkpoint(run_dir)
     kept = f"{previous} stays the latest checkpoint" if previous else "no earlier checkpoint exists"
     reason = one_line(err)
-    if isinstance(err, RuntimeError):  # torch's zip writer says only "file write failed"
-        free = shutil.disk_usage(run_dir).free
-        reason = f"{reason} ({free / 2**20:.1f} MiB free on that disk)"
+    if not isinstance(err, OSError):  # torch's zip writer and safetensors hide the errno
+        try:
+            reason = f"{reason} ({shutil.disk_usage(run_dir).free / 2**20:.1f} MiB free on that disk)"
+        except OSError:
+            pass
     return CheckpointError(f"cannot save checkpoint step {step} in {run_dir}: {reason}; {kept}")
 
 
@@ -277,7 +279,7 @@ def save_checkpoint(run_dir, step: int, *, model_state: dict, ema_state: dict, c
                     trainer_state=trainer_state)
         _move_into_place(tmp, final)
         _write_text_atomic(run_dir / LATEST, f"{CHECKPOINTS}/{name}\n")
-    except (OSError, RuntimeError) as err:
+    except (OSError, RuntimeError, SafetensorError) as err:  # the writers' I/O errors
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
         raise _save_failed(run_dir, step, err) from None
