@@ -107,6 +107,8 @@ def _training_args(args) -> dict:
         "weight_decay": args.weight_decay, "grad_clip": args.grad_clip,
         "ema_decay": args.ema_decay, "prediction": args.prediction,
         "min_snr_gamma": args.min_snr_gamma, "label_dropout": args.label_dropout, "seed": args.seed,
+        "variance": args.variance, "loss": args.loss, "vlb_weight": args.vlb_weight,
+        "timestep_sampling": args.timestep_sampling,
     }
     given = {k: v for k, v in given.items() if v is not None}
     if args.no_grad_clip:  # None is "not given" above, so the explicit "no clipping" comes last
@@ -178,6 +180,15 @@ def _add_train(sub) -> None:
     tr.add_argument("--ema-decay", type=RATE, default=None, help="in [0, 1)")
     tr.add_argument("--prediction", choices=reference.PREDICTIONS, default=None)
     tr.add_argument("--min-snr-gamma", type=POSITIVE, default=None, help="> 0")
+    tr.add_argument("--variance", choices=reference.VARIANCE_KINDS, default=None,
+                    help="learned: the UNet outputs 2 x channels, the second half v (Improved DDPM); "
+                         "default fixed_small")
+    tr.add_argument("--loss", choices=reference.LOSSES, default=None,
+                    help="simple (default), hybrid (L_simple + vlb-weight L_vlb; --variance learned), vlb")
+    tr.add_argument("--vlb-weight", type=NONNEG, default=None,
+                    help="lambda of the hybrid loss, >= 0 (default 0.001)")
+    tr.add_argument("--timestep-sampling", choices=("uniform", "importance"), default=None,
+                    help="importance: t sampled by the L_t history (Improved DDPM Sec. 3.3; --loss vlb)")
     tr.add_argument("--label-dropout", type=RATE, default=None, help="null-class rate for guidance, in [0, 1)")
     tr.add_argument("--unconditional", action="store_true", help="ignore the data's labels")
     tr.add_argument("--hflip", choices=("on", "off"), default=None, help="random horizontal flips (default: per data)")

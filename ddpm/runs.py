@@ -281,18 +281,29 @@ def save_pictures(out_png, images, frames, nrow, gif_path=None) -> list[Path]:
 
 # ----------------------------------------------------------------------------- train
 
+def _with_variance(config: reference.UNetConfig, training: dict) -> reference.UNetConfig:
+    """A learned variance (Improved DDPM) doubles the UNet's output channels: eps, then v."""
+    if training.get("variance") != "learned":
+        return config
+    return reference.UNetConfig.from_dict({**config.to_dict(), "out_channels": 2 * config.in_channels})
+
+
 def _resolve_run(ckpt: Checkpoint | None, data: ImageDataset, *, preset, unconditional, schedule,
                  timesteps, training: dict, allow_data_change: bool = False):
     """(unet_config, schedule, TrainConfig) of a new run, or of the saved one through the
     resume policy; the settings asked for are None where not given."""
     num_classes = None if unconditional else data.num_classes
     if ckpt is None:
-        return (model_config(preset or "digits8", num_classes),
+        try:  # options that do not go together (e.g. --loss hybrid without --variance learned)
+            train_config = TrainConfig(**training)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+        return (_with_variance(model_config(preset or "digits8", num_classes), training),
                 reference.make_schedule(schedule or "linear", 1000 if timesteps is None else timesteps),
-                TrainConfig(**training))
+                train_config)
     wanted = None
     if preset is not None:
-        wanted = model_config(preset, num_classes)
+        wanted = _with_variance(model_config(preset, num_classes), training)
     elif unconditional:
         wanted = reference.UNetConfig.from_dict({**ckpt.unet_config.to_dict(), "num_classes": None})
     wanted_schedule = None

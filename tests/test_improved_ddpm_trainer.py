@@ -101,3 +101,19 @@ def test_bad_combinations_are_named():
         TrainConfig(variance="learned", loss="vlb", min_snr_gamma=5.0)
     with pytest.raises(ValueError, match="loss must be one of"):
         TrainConfig(loss="kl")
+
+
+def test_cli_trains_a_learned_variance_model_and_refuses_a_bad_combination(tmp_path, capsys):
+    from ddpm.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), "--steps", "2", "--batch-size", "4", "--timesteps", "10",
+                 "--variance", "learned", "--loss", "vlb", "--timestep-sampling", "importance",
+                 "--samples", "0", "--no-progress", "--device", "cpu", "--unconditional"]) == 0
+    ckpt = load_checkpoint(out)
+    assert ckpt.unet_config.out_channels == 2 * ckpt.unet_config.in_channels
+    training = ckpt.config["training"]
+    assert (training["variance"], training["loss"], training["timestep_sampling"]) == ("learned", "vlb", "importance")
+    assert main(["train", "--out", str(tmp_path / "bad"), "--steps", "2", "--loss", "hybrid", "--samples", "0",
+                 "--device", "cpu"]) == 2
+    assert "needs variance='learned'" in capsys.readouterr().err
