@@ -308,3 +308,28 @@ def test_bad_input_is_named():
         variational_loss(np.zeros((1, 2, 2, 2)), x, x, x, 0, COS, loss="simple", variance="learned")
     with pytest.raises(ValueError, match="loss='hybrid' .* needs variance='learned'"):
         variational_loss(x, x, x, x, 0, COS, loss="hybrid", variance="fixed_small")
+
+
+def test_reference_train_step_runs_the_vlb_objective_with_importance_sampled_t():
+    from reference import Adam, UNet, UNetConfig, normal, train_step, train_stream
+
+    S6 = make_schedule("cosine", 6)
+    model = UNet(UNetConfig.tiny(out_channels=2), seed=0, zero_init=False)
+    x0 = grid(np.random.default_rng(4), (6, 1, 4, 4))
+    history = LossSecondMomentHistory(S6.T, history=1, uniform_prob=0.0)
+    history.update(np.arange(6), [0.1, 0.2, 0.3, 0.4, 0.5, 4.0])  # full: p_5 is 40 %
+    p = history.probabilities()
+    t, w = importance_draws(3, np.arange(6), 2, p, S6.T)
+    eps = normal(3, np.arange(6), train_stream(2), (1, 4, 4)).astype(np.float64)
+    x_t = q_sample(x0, t, eps, S6)
+    expected, terms, _ = variational_loss(model.forward(x_t, t), x0, x_t, eps, t, S6, loss="vlb",
+                                          variance="learned", weights=w)
+    record = train_step(model, Adam(model.params, lr=1e-3), x0, S6, 3, 2, loss="vlb", variance="learned",
+                        history=history)
+    assert_close(record["loss"], expected, atol=0, rtol=1e-12, name="loss")
+    assert_close(record["terms"], terms, atol=0, rtol=1e-12, name="L_t")
+    latest = {int(ti): term for ti, term in zip(t, terms)}  # history 1: the last L_t seen per t
+    for ti, term in latest.items():
+        assert history.losses[ti, 0] == term
+    with pytest.raises(ValueError, match="min_snr_gamma weights the simple loss only"):
+        train_step(model, Adam(model.params), x0, S6, 3, 2, loss="vlb", variance="learned", min_snr_gamma=5.0)
