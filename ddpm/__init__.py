@@ -12,6 +12,8 @@ from .data import ImageDataset, load_dataset
 from .distributed import DistributedContext, init_distributed, sample_distributed
 from .ema import EMA
 from .train import NonFiniteLossError, TrainConfig, Trainer
+from .losses import bits_per_dim  # Improved DDPM's bound in bits/dim (ddpm.losses)
+from .diffusers_scheduler import scheduler_config
 
 __all__ = [
     "UNet",
@@ -37,4 +39,6 @@ __all__ = [
     "DistributedContext",
     "init_distributed",
     "sample_distributed",
+    "bits_per_dim",
+    "scheduler_config",
 ]
