@@ -1,8 +1,9 @@
 """The fast sampler: the whole denoising loop captured once in a CUDA graph and replayed.
 
 `FastSampler` runs `ddpm.Sampler.loop` itself (the plan of `reference.sampling_plan`: same
-timesteps, same float64 step coefficients, one `kernels.sampler_step` per DDPM/DDIM step, the
-same noise stream) on a copy
+timesteps, same float64 step coefficients, one `kernels.sampler_step` per DDPM/DDIM step, or one
+`kernels.learned_variance_step` per DDPM step with variance="learned", the same noise stream)
+on a copy
 of the model prepared for speed: bf16 weights and activations, channels_last memory format,
 fused kernels (`backend="auto"` picks Triton on CUDA). On CUDA the first call for a batch size
 records every step (model forward + fused update) into one `torch.cuda.CUDAGraph`; later calls
