@@ -305,3 +305,104 @@ def test_a_corrupted_marker_is_refused(big_saved, tmp_path):
         _flip(copy / ckpt_module.MARKER, offset)
         with pytest.raises(CheckpointError):
             load_checkpoint(copy)
+
+
+# ----------------------------------------------------------------------------- leftovers and edges
+
+def test_leftovers_of_interrupted_saves_are_never_counted_and_removed_at_the_next_save(tmp_path):
+    trainer = make_trainer()
+    trainer.fit(2, progress=False, run_dir=tmp_path)
+    root = tmp_path / "checkpoints"
+    step2 = root / "step_00000002"
+    shutil.copytree(step2, root / ".tmp-step_00000007-99-deadbeef")  # complete, killed before its rename
+    (root / "step_00000009").mkdir()                                # a deletion cut short (marker first)
+    (root / "step_00000009" / "model.safetensors").write_bytes(b"half")
+    shutil.copytree(step2, root / ".trash-step_00000002-cafe0000")  # a superseded copy
+    (tmp_path / ".latest.tmp-0123").write_text("checkpoints/step_00000007\n")
+    (tmp_path / "latest").unlink()
+    assert latest_checkpoint(tmp_path) == step2  # none of them counts as a checkpoint
+    assert ckpt_module._complete_checkpoints(tmp_path) == [step2]
+    trainer.fit(3, progress=False, run_dir=tmp_path)
+    assert sorted(p.name for p in root.iterdir()) == ["step_00000002", "step_00000003"]
+    assert not list(tmp_path.glob(".latest.tmp*"))
+
+
+def test_the_only_complete_copy_of_a_step_is_moved_back_not_removed(tmp_path):
+    trainer = make_trainer()
+    trainer.fit(2, progress=False, run_dir=tmp_path)
+    root = tmp_path / "checkpoints"
+    (root / "step_00000002").rename(root / ".trash-step_00000002-deadbeef")  # killed mid re-save
+    removed = ckpt_module.remove_leftovers(tmp_path)
+    assert removed == [] and sorted(p.name for p in root.iterdir()) == ["step_00000002"]
+    assert load_checkpoint(tmp_path).step == 2
+
+
+def test_resuming_a_run_removes_its_leftovers(tmp_path):
+    from ddpm.distributed import single_process
+    from ddpm.runs import open_run
+
+    trainer = make_trainer()
+    trainer.fit(2, progress=False, run_dir=tmp_path)
+    (tmp_path / "checkpoints" / ".tmp-step_00000003-1-abcd").mkdir()
+    (tmp_path / ".latest.tmp-xyz").write_text("")
+    assert open_run(tmp_path, single_process("cpu")).step == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints", "latest"]
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step_00000002"]
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe\x00garbage", b"../../etc\n", b"checkpoints/step_00000099\n"])
+def test_a_corrupt_latest_falls_back_to_the_newest_complete_checkpoint_with_a_warning(tmp_path, caplog, content):
+    trainer = make_trainer()
+    trainer.fit(2, progress=False, run_dir=tmp_path)
+    trainer.fit(3, progress=False, run_dir=tmp_path)
+    (tmp_path / "latest").write_bytes(content)
+    with caplog.at_level("WARNING", logger="ddpm"):
+        assert load_checkpoint(tmp_path).step == 3
+    warning = caplog.records[-1].getMessage()
+    assert str(tmp_path / "latest") in warning and str(tmp_path / "checkpoints" / "step_00000003") in warning
+
+
+def _rewrite_state(saved, change) -> None:
+    state = torch.load(saved / "trainer_state.pt", weights_only=True)
+    change(state)
+    torch.save(state, saved / "trainer_state.pt")
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda s: s.pop("ema_num_updates"), r"lacks the trainer state entries \['ema_num_updates'\]"),
+    (lambda s: s.update(step="3"), "step is str, expected int"),
+    (lambda s: s["sampler"].pop("position"), "sampler lacks position"),
+    (lambda s: s["optimizer"]["param_groups"][0]["params"].pop(), "the optimizer state covers"),
+])
+def test_a_trainer_state_with_missing_or_wrong_keys_is_one_line_naming_the_file(saved, change, message):
+    _rewrite_state(saved, change)
+    with pytest.raises(CheckpointError, match=message) as info:
+        load_checkpoint(saved, verify=False)
+    assert str(saved / "trainer_state.pt") in str(info.value) and "\n" not in str(info.value)
+
+
+class _Planted:
+    def __reduce__(self):
+        return (open, ("/tmp/ddpm-planted-pickle-ran", "w"))
+
+
+def test_a_refused_pickle_is_one_line_and_never_runs(saved):
+    import os
+
+    marker = "/tmp/ddpm-planted-pickle-ran"
+    if os.path.exists(marker):
+        os.unlink(marker)
+    torch.save({"step": _Planted()}, saved / "trainer_state.pt")
+    with pytest.raises(CheckpointError, match="refuses") as info:
+        load_checkpoint(saved, verify=False)
+    assert str(saved / "trainer_state.pt") in str(info.value) and "\n" not in str(info.value)
+    assert not os.path.exists(marker)
+
+
+def test_a_config_that_does_not_match_the_weights_is_one_line_naming_the_file(saved):
+    config = json.loads((saved / "config.json").read_text())
+    config["unet"]["ch"] = 2 * config["unet"]["ch"]
+    (saved / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(saved, verify=False)
+    assert str(saved / "model.safetensors") in str(info.value) and "\n" not in str(info.value)

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from ddpm.data import (
+    DataError,
     EpochSampler,
     ImageDataset,
     load_array_file,
@@ -18,6 +19,7 @@ from ddpm.data import (
     load_digits,
     load_image_folder,
     load_idx_dataset,
+    pillow_pixels,
     prepare_images,
     read_idx,
 )
@@ -288,3 +290,112 @@ def test_a_standard_mnist_folder_trains_on_the_train_split(tmp_path):
         (tmp_path / name).write_bytes(b"")
     images, labels = _find_idx_pair(tmp_path)
     assert images.name == "train-images-idx3-ubyte" and labels.name == "train-labels-idx1-ubyte"
+
+
+# ----------------------------------------------------------------------------- Pillow modes, corrupt files
+
+def _folder_of(tmp_path, name, image) -> Path:
+    folder = tmp_path / name
+    folder.mkdir()
+    image.save(folder / ("x.tif" if image.mode in ("I", "F") else "x.png"))
+    return folder
+
+
+def test_16_bit_greyscale_is_scaled_by_65535_not_saturated(tmp_path):
+    from PIL import Image
+
+    ramp = (np.arange(64, dtype=np.uint32).reshape(8, 8) * 1000 + 500).astype(np.uint16)
+    image = Image.fromarray(ramp)
+    assert image.mode.startswith("I;16")
+    x = load_dataset(_folder_of(tmp_path, "g16", image), 8, 1).images[0, 0].double()
+    expected = torch.from_numpy(ramp.astype(np.float64) / 65535.0 * 2 - 1)
+    assert torch.allclose(x, expected, atol=1e-6)  # convert("L") made 98% of these +1
+    assert (x == 1.0).float().mean() == 0
+
+
+def test_32_bit_integer_and_float_greyscale_are_read_in_range_or_refused_by_name(tmp_path):
+    from PIL import Image
+
+    ints = np.arange(64, dtype=np.int32).reshape(8, 8) * 1000
+    x = load_dataset(_folder_of(tmp_path, "i", Image.fromarray(ints, mode="I")), 8, 1).images[0, 0]
+    assert torch.allclose(x.double(), torch.from_numpy(ints / 65535.0 * 2 - 1), atol=1e-6)
+    floats = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)
+    x = load_dataset(_folder_of(tmp_path, "f", Image.fromarray(floats, mode="F")), 8, 1).images[0, 0]
+    assert torch.allclose(x, torch.from_numpy(floats * 2 - 1), atol=1e-6)
+    with pytest.raises(DataError, match=r"big.*x.tif: 32-bit integer greyscale .* values in \[0.0, 630000.0\]"):
+        load_dataset(_folder_of(tmp_path, "big", Image.fromarray(ints * 10, mode="I")), 8, 1)
+    with pytest.raises(DataError, match=r"x.tif: 32-bit float greyscale"):
+        load_dataset(_folder_of(tmp_path, "f2", Image.fromarray(floats * 3, mode="F")), 8, 1)
+
+
+def test_alpha_is_composited_on_black(tmp_path):
+    from PIL import Image
+
+    rgba = np.zeros((8, 8, 4), dtype=np.uint8)
+    rgba[..., 0] = 255                      # pure red everywhere
+    rgba[:, :4, 3] = 255                    # left half opaque, right half half-transparent
+    rgba[:, 4:, 3] = 51
+    image = Image.fromarray(rgba, mode="RGBA")
+    rgb = load_dataset(_folder_of(tmp_path, "rgba", image), 8, 3).images[0]
+    assert torch.all(rgb[0, :, :4] == 1.0) and torch.allclose(rgb[0, :, 4:], torch.tensor(51 / 255 * 2 - 1))
+    assert torch.all(rgb[1:] == -1.0)  # no green or blue: black behind, not the hidden colour
+    grey = load_dataset(tmp_path / "rgba", 8, 1).images[0, 0]
+    assert torch.allclose(grey[:, 4:], torch.tensor(0.299 * 51 / 255 * 2 - 1), atol=1e-6)
+    la = Image.fromarray(np.stack([np.full((8, 8), 200, np.uint8), rgba[..., 3]], -1), mode="LA")
+    x = load_dataset(_folder_of(tmp_path, "la", la), 8, 1).images[0, 0]
+    assert torch.allclose(x[:, 4:], torch.tensor(200 * 51 / 255 / 255 * 2 - 1), atol=1e-6)
+    palette = Image.fromarray(np.array([[0, 1] * 4] * 8, np.uint8), mode="P")
+    palette.putpalette([255, 255, 255, 255, 255, 255])
+    palette.info["transparency"] = 1      # colour 1 transparent: black, colour 0 stays white
+    x = load_dataset(_folder_of(tmp_path, "p", palette), 8, 1).images[0, 0]
+    assert torch.all(x[:, 0::2] == 1.0) and torch.all(x[:, 1::2] == -1.0)
+
+
+def test_8_bit_modes_convert_as_pillow_does_and_others_are_refused_by_name():
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    rgb = Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8), mode="RGB")
+    for image in (rgb, rgb.convert("P"), rgb.convert("CMYK"), rgb.convert("1")):
+        array, white = pillow_pixels(image, 1, "x.png")
+        assert white == 255 and np.array_equal(array[0], np.asarray(image.convert("L")))
+    for mode in ("HSV", "LAB"):
+        with pytest.raises(DataError, match=f"x.png: Pillow mode '{mode}' is not supported"):
+            pillow_pixels(Image.new(mode, (4, 4)), 3, "x.png")
+
+
+def test_every_corrupt_file_kind_is_one_line_naming_it(tmp_path):
+    arrays = np.zeros((4, 4, 4), np.uint8)
+    gz = tmp_path / "imgs-idx3-ubyte.gz"
+    packed = gzip.compress(bytes([0, 0, 8, 3]) + struct.pack(">3I", 4, 4, 4) + arrays.tobytes())
+    gz.write_bytes(packed[:12] + b"\xff" * 30 + packed[42:])  # a corrupt deflate stream: zlib.error
+    np.savez_compressed(tmp_path / "crc.npz", images=arrays)
+    raw = bytearray((tmp_path / "crc.npz").read_bytes())
+    raw[60] ^= 0xFF  # inside the member's data: a CRC or deflate error on read
+    (tmp_path / "crc.npz").write_bytes(bytes(raw))
+    (tmp_path / "junk.npz").write_bytes(b"PK\x03\x04" + bytes(100))
+    np.save(tmp_path / "cut.npy", arrays)
+    (tmp_path / "cut.npy").write_bytes((tmp_path / "cut.npy").read_bytes()[:-10])
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    cut_png = tmp_path / "png"
+    write_png(cut_png / "cut.png", np.zeros((64, 64), np.uint8) + 7)
+    (cut_png / "cut.png").write_bytes((cut_png / "cut.png").read_bytes()[:-30])
+    for source, name in ((gz, gz.name), (tmp_path / "crc.npz", "crc.npz"), (tmp_path / "junk.npz", "junk.npz"),
+                         (tmp_path / "cut.npy", "cut.npy"), (tmp_path / "obj.npy", "obj.npy"),
+                         (cut_png, "cut.png")):
+        with pytest.raises(DataError) as info:
+            load_dataset(source, 8, 1)
+        assert name in str(info.value) and "\n" not in str(info.value), str(info.value)
+
+
+def test_the_fingerprint_tells_data_apart_and_ignores_nothing_that_matters():
+    digits = load_digits()
+    fp = digits.fingerprint()
+    assert fp == load_digits().fingerprint()  # a pure function of the data
+    assert fp["count"] == 1797 and fp["shape"] == [1, 8, 8] and fp["num_classes"] == 10
+    moved = ImageDataset(digits.images.clone(), digits.labels.clone(), 10, None, "copy")
+    moved.images[0, 0, 0, 0] = -moved.images[0, 0, 0, 0] - 0.5  # item 0 is always in the sample
+    assert moved.fingerprint()["items_sha256"] != fp["items_sha256"]
+    relabelled = ImageDataset(digits.images, (digits.labels + 1) % 10, 10, None, "x")
+    changed = relabelled.fingerprint()
+    assert changed["labels_sha256"] != fp["labels_sha256"] and changed["items_sha256"] == fp["items_sha256"]
