@@ -15,22 +15,17 @@ leaves the previous checkpoint untouched and `latest` pointing at it. Loading ch
 each file's size and hash, the JSON, the safetensors headers and every parameter's name and shape,
 and says which file is wrong and how.
 
-Interrupted saves leave hidden `.tmp-step_*` / `.trash-step_*` folders and `.latest.tmp-*`
-files; `remove_leftovers` deletes them (it runs at every save, and the runs module calls it when
-a run is resumed), and nothing counts them as checkpoints, except a `.trash-step_N` that is the
-only complete copy of step N (a re-save killed between its two renames), which is moved back.
-One trainer writes to a run directory at a time.
+A failed write (disk full, permission) is one CheckpointError line. What interrupted saves leave
+behind is removed at the next save (and when ddpm.runs resumes the run): see ddpm.run_dir.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import pickle
 import random
-import re
 import shutil
 import uuid
 from dataclasses import dataclass, field
@@ -42,6 +37,17 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 import reference
+
+from .run_dir import (  # noqa: F401  (MARKER, CHECKPOINTS, LATEST and _complete_checkpoints: tests)
+    CHECKPOINTS,
+    LATEST,
+    MARKER,
+    _complete_checkpoints,
+    _remove_checkpoint,
+    latest_checkpoint,
+    one_line,
+    remove_leftovers,
+)
 
 __all__ = [
     "Checkpoint",
@@ -59,22 +65,10 @@ __all__ = [
     "check_trainer_state",
 ]
 
-log = logging.getLogger("ddpm")
 
 FORMAT = "ddpm-checkpoint"
 VERSION = 1
-MARKER = "COMPLETE.json"
 FILES = ("model.safetensors", "ema.safetensors", "config.json", "trainer_state.pt")
-CHECKPOINTS = "checkpoints"
-LATEST = "latest"
-_STEP_NAME = re.compile(r"step_\d{8}")
-_LATEST_TEXT = re.compile(r"checkpoints/step_\d{8}")
-
-
-def one_line(err: BaseException) -> str:
-    """An exception's message on one line (torch and zlib write several)."""
-    text = " ".join(str(err).split())
-    return text if text else type(err).__name__
 
 
 class CheckpointError(ValueError):
@@ -292,94 +286,6 @@ def save_checkpoint(run_dir, step: int, *, model_state: dict, ema_state: dict, c
             if old != final:
                 _remove_checkpoint(old)
     return final
-
-
-# ----------------------------------------------------------------------------- finding and cleaning
-
-def _remove_checkpoint(path: Path) -> None:
-    """Delete a checkpoint directory, its marker first: a deletion cut short leaves a folder
-    without a marker, which nothing counts and `remove_leftovers` removes."""
-    try:
-        (path / MARKER).unlink()
-    except FileNotFoundError:
-        pass
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def remove_leftovers(run_dir) -> list[Path]:
-    """Remove what interrupted saves left in `run_dir` (temporary folders and files, step
-    folders without their marker, superseded copies); returns the paths removed. A `.trash-`
-    copy that is the only complete one of its step is moved back into place instead."""
-    run_dir = Path(run_dir)
-    removed = []
-    if run_dir.is_dir():
-        for f in run_dir.glob(f".{LATEST}.tmp-*"):
-            f.unlink(missing_ok=True)
-            removed.append(f)
-    root = run_dir / CHECKPOINTS
-    if not root.is_dir():
-        return removed
-    for d in sorted(root.iterdir()):
-        if not d.is_dir():
-            continue
-        if d.name.startswith(".trash-step_"):
-            step_name = d.name[len(".trash-"):].split("-")[0]
-            home = root / step_name
-            if (d / MARKER).is_file() and not (home / MARKER).is_file() and _STEP_NAME.fullmatch(step_name):
-                if home.exists():
-                    shutil.rmtree(home, ignore_errors=True)
-                os.replace(d, home)
-                continue
-        elif not (d.name.startswith(".tmp-step_") or (d.name.startswith("step_") and not (d / MARKER).is_file())):
-            continue
-        _remove_checkpoint(d)
-        removed.append(d)
-    return removed
-
-
-def _complete_checkpoints(run_dir: Path) -> list[Path]:
-    """Complete checkpoint directories under run_dir, oldest first."""
-    root = run_dir / CHECKPOINTS
-    if not root.is_dir():
-        return []
-    complete = [d for d in root.iterdir() if d.is_dir() and (d / MARKER).is_file()]
-    steps = {d.name: d for d in complete if _STEP_NAME.fullmatch(d.name)}
-    # a process killed between the two renames of a re-save leaves the step only in .trash-*
-    for d in complete:
-        if d.name.startswith(".trash-step_"):
-            steps.setdefault(d.name[len(".trash-"):].split("-")[0], d)
-    return [steps[k] for k in sorted(steps)]
-
-
-def _read_latest(pointer: Path) -> tuple[Path | None, str]:
-    """The checkpoint `latest` names, or (None, why it cannot be used)."""
-    try:
-        text = pointer.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as err:
-        return None, f"cannot be read ({one_line(err)})"
-    if not _LATEST_TEXT.fullmatch(text):
-        return None, f"does not name a checkpoint ({text[:60]!r})"
-    target = pointer.parent / text
-    if not (target / MARKER).is_file():
-        return None, f"names {target}, which is missing or incomplete"
-    return target, ""
-
-
-def latest_checkpoint(run_dir) -> Path | None:
-    """The checkpoint `latest` names, or (if that is missing, corrupt or incomplete: with a
-    warning naming both) the newest complete one; None when there is no complete checkpoint."""
-    run_dir = Path(run_dir)
-    pointer = run_dir / LATEST
-    problem = ""
-    if pointer.is_file():
-        target, problem = _read_latest(pointer)
-        if target is not None:
-            return target
-    complete = _complete_checkpoints(run_dir)
-    newest = complete[-1] if complete else None
-    if problem:
-        log.warning("%s %s; using the newest complete checkpoint, %s", pointer, problem, newest)
-    return newest
 
 
 def _resolve(path: Path) -> Path:
