@@ -372,8 +372,9 @@ def train_run(out, *, data: str = "digits", preset: str | None = None, unconditi
 # ----------------------------------------------------------------------------- sample
 
 def _sample_steps(ckpt: Checkpoint, sampler: str, steps: int | None, guidance: float,
-                  class_id: str | None) -> int:
-    """Check --guidance/--class against the model and --steps against T; the steps to take."""
+                  class_id: str | None, eta: float = 0.0) -> int:
+    """Check --guidance/--class/--eta against the model and sampler and --steps against T; the
+    steps to take."""
     T = ckpt.schedule.T
     if not guidance >= 0.0:
         raise UsageError(f"--guidance must be >= 0 (0: unconditional, 1: conditional, > 1: guided), "
@@ -381,6 +382,8 @@ def _sample_steps(ckpt: Checkpoint, sampler: str, steps: int | None, guidance: f
     if guidance != 1.0 and ckpt.unet_config.num_classes is None:
         raise UsageError(f"--guidance {guidance} needs a class-conditional model; "
                          f"{ckpt.path} is unconditional")
+    if eta != 0.0 and sampler != "ddim":
+        raise UsageError(f"--eta {eta} applies to the ddim sampler only (got --sampler {sampler})")
     if guidance != 1.0 and class_id is None:
         raise UsageError("--guidance needs --class K (or --class all)")
     if steps is None:  # the sampler's own default, at most T
@@ -407,7 +410,7 @@ def sample_run(checkpoint, out="samples.png", *, sampler: str = "ddim", steps: i
     ctx = init_distributed(device)
     try:
         model, schedule, ckpt = load_model(checkpoint, ema=ema, device=ctx.device)
-        steps = _sample_steps(ckpt, sampler, steps, guidance, class_id)
+        steps = _sample_steps(ckpt, sampler, steps, guidance, class_id, eta)
         y, total, rows = class_labels(class_id, n, ckpt.unet_config.num_classes)
         images, frames = draw(model, schedule, y, total, ctx, sampler=sampler, num_steps=steps,
                               guidance_scale=guidance, eta=eta, seed=seed,

@@ -136,6 +136,7 @@ def test_check_resume_is_the_one_resume_policy(run_dir):
     (["--guidance", "-1", "--class", "1"], r"argument --guidance: must be a finite number in \[0, inf\)"),
     (["--eta", "1.5"], r"argument --eta: must be a finite number in \[0, 1\]"),
     (["--eta", "nan"], r"argument --eta: must be a finite number"),
+    (["--sampler", "ddpm", "--steps", "3", "--eta", "0.5"], "--eta 0.5 applies to the ddim sampler only"),
     (["--gif", "g.gif", "--gif-frames", "0"], "argument --gif-frames: must be an integer >= 1, got '0'"),
     (["--seed", "-3"], r"argument --seed: must be an integer in \[0, 18446744073709551615\]"),
     (["--nrow", "0"], "argument --nrow: must be an integer >= 1"),

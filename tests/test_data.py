@@ -368,7 +368,9 @@ def test_every_corrupt_file_kind_is_one_line_naming_it(tmp_path):
     arrays = np.zeros((4, 4, 4), np.uint8)
     gz = tmp_path / "imgs-idx3-ubyte.gz"
     packed = gzip.compress(bytes([0, 0, 8, 3]) + struct.pack(">3I", 4, 4, 4) + arrays.tobytes())
-    gz.write_bytes(packed[:12] + b"\xff" * 30 + packed[42:])  # a corrupt deflate stream: zlib.error
+    gz.write_bytes(packed[:10] + bytes([packed[10] ^ 0xFF]) + packed[11:])  # bad deflate data: zlib.error
+    cut_gz = tmp_path / "cut-idx3-ubyte.gz"
+    cut_gz.write_bytes(packed[:-12])  # ends before the end-of-stream marker: EOFError
     np.savez_compressed(tmp_path / "crc.npz", images=arrays)
     raw = bytearray((tmp_path / "crc.npz").read_bytes())
     raw[60] ^= 0xFF  # inside the member's data: a CRC or deflate error on read
@@ -380,7 +382,7 @@ def test_every_corrupt_file_kind_is_one_line_naming_it(tmp_path):
     cut_png = tmp_path / "png"
     write_png(cut_png / "cut.png", np.zeros((64, 64), np.uint8) + 7)
     (cut_png / "cut.png").write_bytes((cut_png / "cut.png").read_bytes()[:-30])
-    for source, name in ((gz, gz.name), (tmp_path / "crc.npz", "crc.npz"), (tmp_path / "junk.npz", "junk.npz"),
+    for source, name in ((gz, gz.name), (cut_gz, cut_gz.name), (tmp_path / "crc.npz", "crc.npz"), (tmp_path / "junk.npz", "junk.npz"),
                          (tmp_path / "cut.npy", "cut.npy"), (tmp_path / "obj.npy", "obj.npy"),
                          (cut_png, "cut.png")):
         with pytest.raises(DataError) as info:

@@ -68,7 +68,8 @@ def _bad_files(root: Path) -> dict[str, Path]:
     """Corrupt data files of every kind the loaders read."""
     files = {}
     good = gzip.compress(b"\x00\x00\x08\x03" + (2).to_bytes(4, "big") + (4).to_bytes(4, "big") * 2 + bytes(32))
-    (files.setdefault("gz", root / "train-images-idx3-ubyte.gz")).write_bytes(good[:12] + b"\xff" * 20 + good[32:])
+    bad_deflate = good[:10] + bytes([good[10] ^ 0xFF]) + good[11:]  # gzip.decompress: zlib.error
+    (files.setdefault("gz", root / "train-images-idx3-ubyte.gz")).write_bytes(bad_deflate)
     (files.setdefault("npz", root / "bad.npz")).write_bytes(b"PK\x03\x04" + os.urandom(200))
     np.save(root / "trunc.npy", np.zeros((12, 4, 4), np.uint8))
     raw = (root / "trunc.npy").read_bytes()
