@@ -6,7 +6,7 @@ The resume policy is decided in `check_resume` and nowhere else: a run directory
 checkpoint is continued, never overwritten. The UNet config, the schedule and every training
 setting must be the saved ones; only `steps` may change, and not to below the saved step. A
 setting the caller leaves out is the saved one. A refused resume raises `CheckpointError` (a
-ValueError), whoever asks: the CLI (exit status 1, one line), the demo, or `Trainer.load`, which
+ValueError), whoever asks: the CLI (exit status 2, one line), the demo, or `Trainer.load`, which
 checks the model config and schedule with the same `Checkpoint.check_compatible`.
 
 `UsageError` (also a ValueError) is an argument that does not fit the checkpoint, model or data
