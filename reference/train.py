@@ -215,12 +215,15 @@ def train(model, x0: np.ndarray, schedule: Schedule, *, steps: int, batch_size: 
           y=None, optimizer: Adam | None = None, ema: EMA | None = None, start_step: int = 0,
           prediction: str = "epsilon", min_snr_gamma: float | None = None,
           label_dropout: float = 0.0, grad_clip: float | None = None,
-          callback: Callable[[int, dict], None] | None = None) -> dict:
+          callback: Callable[[int, dict], None] | None = None, loss: str = "simple",
+          variance: str = "fixed_small", vlb_weight: float = 0.001, importance_history=None) -> dict:
     """Run `steps` optimisation steps (start_step, ..., start_step + steps - 1) on the dataset x0.
 
     x0: (M, ...) float data; y: (M,) int labels or None. optimizer defaults to Adam(lr=1e-3).
-    callback(step, record) is called after every step. Returns {"loss": [...], "grad_norm": [...]}
-    with one entry per step, plus the optimizer under "optimizer".
+    callback(step, record) is called after every step. loss, variance, vlb_weight,
+    importance_history: Improved DDPM's objectives and importance-sampled t (`train_step`'s
+    loss, variance, vlb_weight and history). Returns {"loss":
+    [...], "grad_norm": [...]} with one entry per step, plus the optimizer under "optimizer".
     """
     x0 = check_float_array(x0, "x0", min_ndim=2)
     for name, value in (("steps", steps), ("batch_size", batch_size), ("start_step", start_step)):
@@ -239,7 +242,8 @@ def train(model, x0: np.ndarray, schedule: Schedule, *, steps: int, batch_size: 
         record = train_step(model, optimizer, x0[rows], schedule, seed, step,
                             None if y is None else y[rows], prediction=prediction,
                             min_snr_gamma=min_snr_gamma, label_dropout=label_dropout,
-                            ema=ema, grad_clip=grad_clip)
+                            ema=ema, grad_clip=grad_clip, loss=loss, variance=variance,
+                            vlb_weight=vlb_weight, history=importance_history)
         history["loss"].append(record["loss"])
         history["grad_norm"].append(record["grad_norm"])
         if callback is not None:

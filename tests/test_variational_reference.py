@@ -333,3 +333,15 @@ def test_reference_train_step_runs_the_vlb_objective_with_importance_sampled_t()
         assert history.losses[ti, 0] == term
     with pytest.raises(ValueError, match="min_snr_gamma weights the simple loss only"):
         train_step(model, Adam(model.params), x0, S6, 3, 2, loss="vlb", variance="learned", min_snr_gamma=5.0)
+
+
+def test_reference_train_loop_warms_up_the_importance_history():
+    from reference import UNet, UNetConfig
+    from reference.train import train
+
+    S4 = make_schedule("cosine", 4)
+    model = UNet(UNetConfig.tiny(out_channels=2), seed=0, zero_init=False)
+    history = LossSecondMomentHistory(S4.T, history=3)
+    record = train(model, grid(np.random.default_rng(6), (10, 1, 4, 4)), S4, steps=3, batch_size=8, seed=2,
+                   loss="vlb", variance="learned", importance_history=history)
+    assert history.warmed_up and np.all(np.isfinite(record["loss"]))
