@@ -221,6 +221,11 @@ def _gif_steps(num_steps: int | None, gif_frames: int) -> set[int]:
     return {num_steps - 1} if m == 1 else {round(k * (num_steps - 1) / (m - 1)) for k in range(m)}
 
 
+def _sampling_variance(cfg: reference.UNetConfig) -> str:
+    """"learned" for a model with a variance half (out_channels = 2 in_channels), else beta_tilde."""
+    return "learned" if cfg.out_channels == 2 * cfg.in_channels else "fixed_small"
+
+
 def draw(model, schedule, y: torch.Tensor | None, n: int, ctx: DistributedContext, *,
          sampler: str = "ddim", num_steps: int | None = 50, guidance_scale: float = 1.0,
          eta: float = 0.0, seed: int = 0, gif_frames: int = 0, clip=None):
@@ -243,7 +248,8 @@ def draw(model, schedule, y: torch.Tensor | None, n: int, ctx: DistributedContex
     with torch.no_grad():
         images = sample_distributed(model, shape, schedule, ctx, y=y, sampler=sampler,
                                     num_steps=num_steps, guidance_scale=guidance_scale, eta=eta,
-                                    seed=seed, clip=clip, callback=callback)
+                                    seed=seed, clip=clip, callback=callback,
+                                    variance=_sampling_variance(cfg))
     counts = split_counts(n, ctx.world_size)
     if gif_frames > 0 and counts[ctx.rank] == 0:
         # a rank without samples must still join one all-gather per frame the others send

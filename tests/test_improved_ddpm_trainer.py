@@ -109,7 +109,9 @@ def test_cli_trains_a_learned_variance_model_and_refuses_a_bad_combination(tmp_p
     out = tmp_path / "run"
     assert main(["train", "--out", str(out), "--steps", "2", "--batch-size", "4", "--timesteps", "10",
                  "--variance", "learned", "--loss", "vlb", "--timestep-sampling", "importance",
-                 "--samples", "0", "--no-progress", "--device", "cpu", "--unconditional"]) == 0
+                 "--samples", "2", "--sample-steps", "3", "--no-progress", "--device", "cpu",
+                 "--unconditional"]) == 0
+    assert (out / "samples.png").exists()  # drawn with the model's learned variance
     ckpt = load_checkpoint(out)
     assert ckpt.unet_config.out_channels == 2 * ckpt.unet_config.in_channels
     training = ckpt.config["training"]
