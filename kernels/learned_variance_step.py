@@ -25,13 +25,9 @@ from .validate import (
     check_clip,
     check_coefficients,
     check_float_tensor,
-    check_index_values,
-    check_no_internal_overlap,
-    check_numel_per_sample,
     check_same_device,
     check_same_dtype,
-    check_same_shape,
-    check_seed,
+    check_step_noise_and_out,
     sync_checks_enabled,
 )
 
@@ -39,14 +35,6 @@ __all__ = ["learned_variance_step", "LEARNED_VARIANCE_WIDTH"]
 
 LEARNED_VARIANCE_WIDTH = 10  # len(reference.LEARNED_VARIANCE_COEFFICIENTS)
 _HAS_NOISE = 9
-
-
-def _check_like(x, name: str, x_t: torch.Tensor) -> torch.Tensor:
-    check_float_tensor(x, name)
-    check_same_shape(x, name, x_t, "x_t")
-    check_same_device(x, name, x_t, "x_t")
-    check_same_dtype(x, name, x_t, "x_t")
-    return x
 
 
 def _check_model_output(model_output, x_t: torch.Tensor) -> torch.Tensor:
@@ -98,23 +86,9 @@ def learned_variance_step(x_t: torch.Tensor, model_output: torch.Tensor, coeffic
     _check_model_output(model_output, x_t)
     clip = check_clip(clip)
     coefficients, host_has_noise = _coefficients(coefficients, batch, x_t.device)
-    if noise is not None:
-        _check_like(noise, "noise", x_t)
-        if seed is not None:
-            raise ValueError("pass either noise or seed (in-kernel noise), not both")
-    if seed is not None:
-        seed = check_seed(seed)
-        check_numel_per_sample(x_t[0].numel() if batch else 0, "x_t")
-    if noise is None and seed is None and host_has_noise:
-        raise ValueError("noise or seed is required where has_noise != 0 (a step into t > 0)")
-    samples_t, stream_v = None, 0
-    if seed is not None:
-        if samples is not None:
-            samples_t = check_index_values(samples, "samples", batch, x_t.device, allow_scalar=False)
-        stream_v = check_index_values(stream, "stream", batch, x_t.device, allow_scalar=True)
-    if out is not None:
-        _check_like(out, "out", x_t)
-        check_no_internal_overlap(out, "out")
+    seed, samples_t, stream_v = check_step_noise_and_out(
+        x_t, noise, seed, samples, stream, out, host_has_noise,
+        "noise or seed is required where has_noise != 0 (a step into t > 0)")
     name = resolve_backend(backend, x_t.device, x_t.dtype)
     if x_t.numel() == 0:
         return torch.empty_like(x_t) if out is None else out

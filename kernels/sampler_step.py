@@ -25,25 +25,12 @@ from .validate import (
     check_coefficients,
     check_finite_number,
     check_float_tensor,
-    check_index_values,
-    check_no_internal_overlap,
-    check_numel_per_sample,
-    check_same_device,
-    check_same_dtype,
-    check_same_shape,
-    check_seed,
+    check_like,
+    check_step_noise_and_out,
     sync_checks_enabled,
 )
 
 __all__ = ["sampler_step"]
-
-
-def _check_like(x, name: str, x_t: torch.Tensor) -> torch.Tensor:
-    check_float_tensor(x, name)
-    check_same_shape(x, name, x_t, "x_t")
-    check_same_device(x, name, x_t, "x_t")
-    check_same_dtype(x, name, x_t, "x_t")
-    return x
 
 
 def sampler_step(x_t: torch.Tensor, model_output: torch.Tensor, coefficients, *,
@@ -71,9 +58,9 @@ def sampler_step(x_t: torch.Tensor, model_output: torch.Tensor, coefficients, *,
     """
     x_t = check_float_tensor(x_t, "x_t")
     batch = x_t.shape[0]
-    _check_like(model_output, "model_output", x_t)
+    check_like(model_output, "model_output", x_t)
     if model_output_uncond is not None:
-        _check_like(model_output_uncond, "model_output_uncond", x_t)
+        check_like(model_output_uncond, "model_output_uncond", x_t)
     guidance_scale = check_finite_number(guidance_scale, "guidance_scale")
     if model_output_uncond is None and guidance_scale != 1.0:
         raise ValueError(f"guidance_scale={guidance_scale} needs model_output_uncond (classifier-free "
@@ -88,24 +75,9 @@ def sampler_step(x_t: torch.Tensor, model_output: torch.Tensor, coefficients, *,
         coefficients = check_coefficients(coefficients, batch, x_t.device)
         readable = sync_checks_enabled() and not torch.cuda.is_current_stream_capturing()
         host_sigma_nonzero = bool((coefficients[:, 7] != 0).any()) if readable else None
-    if noise is not None:
-        _check_like(noise, "noise", x_t)
-        if seed is not None:
-            raise ValueError("pass either noise or seed (in-kernel noise), not both")
-    if seed is not None:
-        seed = check_seed(seed)
-        check_numel_per_sample(x_t[0].numel() if batch else 0, "x_t")
-    if noise is None and seed is None and host_sigma_nonzero:
-        raise ValueError("noise or seed is required when sigma != 0 (t > 0 for DDPM, eta > 0 for DDIM)")
-    samples_t = None
-    stream_v = 0
-    if seed is not None:
-        if samples is not None:
-            samples_t = check_index_values(samples, "samples", batch, x_t.device, allow_scalar=False)
-        stream_v = check_index_values(stream, "stream", batch, x_t.device, allow_scalar=True)
-    if out is not None:
-        _check_like(out, "out", x_t)
-        check_no_internal_overlap(out, "out")
+    seed, samples_t, stream_v = check_step_noise_and_out(
+        x_t, noise, seed, samples, stream, out, host_sigma_nonzero,
+        "noise or seed is required when sigma != 0 (t > 0 for DDPM, eta > 0 for DDIM)")
     name = resolve_backend(backend, x_t.device, x_t.dtype)
     if x_t.numel() == 0:
         return torch.empty_like(x_t) if out is None else out

@@ -70,6 +70,15 @@ def check_no_internal_overlap(x: torch.Tensor, name: str) -> None:
         raise ValueError(f"{name} must not have zero strides (an expanded view), got strides {x.stride()}")
 
 
+def check_like(x, name: str, x_t: torch.Tensor) -> torch.Tensor:
+    """x is a float tensor of x_t's shape, device and dtype (a step's operands and outputs)."""
+    check_float_tensor(x, name)
+    check_same_shape(x, name, x_t, "x_t")
+    check_same_device(x, name, x_t, "x_t")
+    check_same_dtype(x, name, x_t, "x_t")
+    return x
+
+
 def check_seed(seed, name: str = "seed") -> int:
     # The same range and messages as reference._validate.check_seed, the house's one seed range:
     # a copy only because DESIGN forbids kernels/ importing reference/.
@@ -232,3 +241,32 @@ def check_eps(eps) -> float:
     if eps <= 0:
         raise ValueError(f"eps must be > 0, got {eps}")
     return eps
+
+
+def check_step_noise_and_out(x_t: torch.Tensor, noise, seed, samples, stream, out,
+                             host_needs_noise: bool | None, needs_noise_message: str):
+    """The noise source and `out` of a sampler-step op (sampler_step, learned_variance_step).
+
+    Either `noise` (like x_t) or `seed` (in-kernel noise from (seed, samples, stream)), never
+    both; neither only where no step draws noise (host_needs_noise is None when the
+    coefficients live on the device and are not read back). Returns (seed, samples_t, stream).
+    """
+    batch = x_t.shape[0]
+    if noise is not None:
+        check_like(noise, "noise", x_t)
+        if seed is not None:
+            raise ValueError("pass either noise or seed (in-kernel noise), not both")
+    if seed is not None:
+        seed = check_seed(seed)
+        check_numel_per_sample(x_t[0].numel() if batch else 0, "x_t")
+    if noise is None and seed is None and host_needs_noise:
+        raise ValueError(needs_noise_message)
+    samples_t, stream_v = None, 0
+    if seed is not None:
+        if samples is not None:
+            samples_t = check_index_values(samples, "samples", batch, x_t.device, allow_scalar=False)
+        stream_v = check_index_values(stream, "stream", batch, x_t.device, allow_scalar=True)
+    if out is not None:
+        check_like(out, "out", x_t)
+        check_no_internal_overlap(out, "out")
+    return seed, samples_t, stream_v
