@@ -129,6 +129,16 @@ def q_sample(x0, t, sqrt_alpha_bar, sqrt_one_minus_alpha_bar, noise, seed, sampl
     return x_t.to(x0.dtype), noise
 
 
+def _step_mean(col, xt, out, clip):
+    """The noise-free part of reference.sampler_step (columns 0..6, shared by both step ops):
+    x0_hat, eps_hat from (x_t, out), x0_hat clipped, then the posterior/DDIM mean."""
+    x0 = col[0] * xt + col[1] * out
+    eps = col[2] * xt + col[3] * out
+    if clip is not None:
+        x0 = torch.clamp(x0, clip[0], clip[1])
+    return col[4] * x0 + col[5] * xt + col[6] * eps
+
+
 def sampler_step(x_t, model_output, coefficients, model_output_uncond, guidance_scale, clip,
                  noise, seed, samples, stream, host_sigma_nonzero):
     """reference.sampler_step in float64 (the reference's operation order), rounded once.
@@ -148,11 +158,7 @@ def sampler_step(x_t, model_output, coefficients, model_output_uncond, guidance_
         out = uncond + guidance_scale * (out - uncond)
     out = out.to(compute)
     xt = x_t.to(compute)
-    x0 = col[0] * xt + col[1] * out
-    eps = col[2] * xt + col[3] * out
-    if clip is not None:
-        x0 = torch.clamp(x0, clip[0], clip[1])
-    x_prev = col[4] * x0 + col[5] * xt + col[6] * eps
+    x_prev = _step_mean(col, xt, out, clip)
     has_noise = _per_sample(coefficients[:, 7] != 0, ndim)
     if noise is not None or seed is not None:
         if host_sigma_nonzero is None or host_sigma_nonzero:
@@ -182,11 +188,7 @@ def learned_variance_step(x_t, model_output, coefficients, clip, noise, seed, sa
     out = model_output[:, :channels].to(compute)
     v = model_output[:, channels:].to(compute)
     xt = x_t.to(compute)
-    x0 = col[0] * xt + col[1] * out
-    eps = col[2] * xt + col[3] * out
-    if clip is not None:
-        x0 = torch.clamp(x0, clip[0], clip[1])
-    x_prev = col[4] * x0 + col[5] * xt + col[6] * eps
+    x_prev = _step_mean(col, xt, out, clip)
     has_noise = _per_sample(coefficients[:, 9] != 0, ndim)
     if noise is not None or seed is not None:
         if host_has_noise is None or host_has_noise:
