@@ -42,6 +42,9 @@ def format_table(result: dict) -> str:
         if key not in result or (result[key] is None and key in ("hit_rate", "bits_per_dim")):
             continue
         label = (label or result["fd_name"]).format(k=result.get("k", 3))
+        if key == "fd" and result.get("fd_draws", 1) > 1:
+            reading = (f"lower; mean of {result['fd_draws']} reference draws, sd {result['fd_sd']:.3g} / "
+                       f"{result['fd_floor_sd']:.3g}")
         lines.append(f"{label:<24} {_number(result[key]):>10} {_number(result.get(key + '_floor')):>10}  {reading}")
     memo = result["memorisation"]
     lines.append(f"{'memorisation ratio':<24} {_number(memo['ratio']):>10} {'1':>10}  median NN distance to "

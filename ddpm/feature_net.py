@@ -154,7 +154,8 @@ def save_feature_net(net: FeatureNet, path) -> Path:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    meta = json.dumps(net.meta, sort_keys=True, default=list)
+    # the preset rebuilds the module on load: it is written whatever the meta holds
+    meta = json.dumps({**net.meta, "preset": net.preset}, sort_keys=True, default=list)
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     for target, write in ((path, lambda tmp: save_file(state, tmp, metadata={"feature_net": meta})),
                           (path.with_name(path.name + ".json"), lambda tmp: Path(tmp).write_text(meta + "\n"))):
