@@ -61,6 +61,19 @@ def test_eval_from_a_checkpoint_then_from_its_samples(setup, capsys):
     for key in ("fd", "fd_floor", "precision", "recall", "hit_rate", "density", "coverage"):
         assert second[key] == result[key], key
     assert second["bits_per_dim"] is None
+    # the same samples as PNGs in class subfolders 0..9 (8-bit rounding: close, not equal)
+    from PIL import Image
+
+    with np.load(out / "samples.npz") as saved:
+        pixels = np.round((saved["images"][:, 0] + 1) * 127.5).astype(np.uint8)
+        for i, (image, label) in enumerate(zip(pixels, saved["labels"])):
+            (setup / "pngs" / str(label)).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image, mode="L").save(setup / "pngs" / str(label) / f"{i}.png")
+    code, err = cli(["eval", "--samples", str(setup / "pngs"), "--out", str(setup / "from-pngs")], capsys)
+    assert code == 0, err
+    third = json.loads((setup / "from-pngs" / "eval.json").read_text())
+    assert third["n"] == 70 and third["hit_rate"] is not None
+    assert third["fd"] == pytest.approx(result["fd"], rel=0.05)
 
 
 def _npz(path, array):
