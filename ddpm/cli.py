@@ -158,7 +158,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m ddpm", description="Denoising diffusion models "
                      "(Ho et al. 2020): train, sample, and the digits demo.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,sample,demo,train-features,eval}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,sample,demo}")
     _add_train(sub)
     _add_sample(sub)
     _add_demo(sub)
