@@ -5,6 +5,7 @@ this module runs). The figures are ddpm.evaluate's; sampling from a checkpoint i
 from __future__ import annotations
 
 import json
+import sys
 import warnings
 from pathlib import Path
 
@@ -161,8 +162,8 @@ def eval_run(checkpoint=None, samples=None, *, data: str = "digits", features=No
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RuntimeWarning)
         result, details = quality_with_details(images, data, labels, seed, net, k=k)
-    for warning in caught:
-        echo(f"warning: {warning.message}")
+    for warning in caught:  # on stderr, as ddpm.runs warns
+        print(f"warning: {warning.message}", file=sys.stderr, flush=True)
     result["bits_per_dim"] = result["bits_per_dim_floor"] = None
     if model is not None and model.config.out_channels == 2 * model.config.in_channels and bpd > 0:
         echo(f"bits/dim of {min(bpd, details['index_b'].size)} real images (learned variance, T forward passes)")
