@@ -68,7 +68,7 @@ def _nearest_pairs(details: dict, count: int) -> tuple[torch.Tensor, torch.Tenso
 
 
 def save_report(path, result: dict, details: dict, *, grid_count: int = 64, pairs: int = 8) -> Path:
-    """A PNG: the first `grid_count` samples, per-class hit rates (when labelled), and the
+    """A PNG: `grid_count` samples evenly spaced over the batch, per-class hit rates (when labelled), and the
     `pairs` samples nearest to a real image above that image, with the distances."""
     import matplotlib
 
@@ -79,9 +79,11 @@ def save_report(path, result: dict, details: dict, *, grid_count: int = 64, pair
     per_class = result.get("hit_rate_per_class")
     panels = 3 if per_class else 2
     fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 5), constrained_layout=True)
-    grid = make_grid(images[:grid_count])
+    # evenly spaced over the batch, so a batch ordered by class shows every class
+    pick = np.unique(np.linspace(0, images.shape[0] - 1, min(grid_count, images.shape[0])).round().astype(np.int64))
+    grid = make_grid(images[torch.from_numpy(pick)])
     axes[0].imshow(np.asarray(grid), cmap="gray", vmin=0, vmax=255)
-    axes[0].set_title(f"samples (first {min(grid_count, images.shape[0])} of {images.shape[0]})")
+    axes[0].set_title(f"samples ({pick.size} of {images.shape[0]}, evenly spaced)")
     axes[0].axis("off")
     if per_class:
         classes = np.arange(len(per_class))
