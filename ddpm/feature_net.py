@@ -16,6 +16,7 @@ feature dimension, settings) in its header and in a .json beside it.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 import time
@@ -200,8 +201,8 @@ def default_feature_net(data: str, echo=None) -> FeatureNet:
     path = cache_dir() / f"feature-net-{data}-{preset_fingerprint(data)}.safetensors"
     if path.is_file():
         return load_feature_net(path)
-    if echo is not None:
-        echo(f"training the {data} feature net once; cached at {path}")
+    # training mnist's takes minutes: say so (the logger when the caller gave no echo)
+    (echo or logging.getLogger("ddpm.feature_net").info)(f"training the {data} feature net once; cached at {path}")
     net = train_feature_net(data)
     save_feature_net(net, path)
     return net

@@ -32,7 +32,6 @@ def setup(tmp_path_factory):
     """A one-step learned-variance digits model (T = 20) and the session's feature-net cache."""
     mp = pytest.MonkeyPatch()
     mp.setenv("DDPM_CACHE", str(tmp_path_factory.getbasetemp() / "ddpm-cache"))
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("eval-cli")
     assert main(["train", "--data", "digits", "--config", "digits8", "--out", str(root / "run"), "--steps", "1",
                  "--batch-size", "4", "--timesteps", "20", "--samples", "0", "--variance", "learned",

@@ -19,7 +19,6 @@ def digits_net(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     # one cache for the session (tests/test_eval_cli.py uses the same): the net trains once
     mp.setenv("DDPM_CACHE", str(tmp_path_factory.getbasetemp() / "ddpm-cache"))
-    torch.set_num_threads(1)
     net = fn.default_feature_net("digits")
     yield net
     mp.undo()
