@@ -42,3 +42,7 @@ __all__ = [
     "bits_per_dim",
     "scheduler_config",
 ]
+
+from .autoencoder import AutoencoderKL  # latent diffusion's KL autoencoder (issue 14)
+
+__all__ += ["AutoencoderKL"]

@@ -93,3 +93,13 @@ from .vlb import (
     vlb_terms,
     vlb_terms_backward,
 )
+from .autoencoder_config import (  # latent diffusion (issue 14)
+    AUTOENCODER_STREAM_BASE,
+    AutoencoderConfig,
+    autoencoder_parameter_shapes,
+    autoencoder_stream,
+    latent_scaling_factor,
+    scale_latents,
+    unscale_latents,
+)
+from .autoencoder import AutoencoderKL, autoencoder_loss, autoencoder_loss_backward
