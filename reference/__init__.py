@@ -99,6 +99,7 @@ from .autoencoder_config import (  # latent diffusion (issue 14)
     autoencoder_parameter_shapes,
     autoencoder_stream,
     latent_scaling_factor,
+    latent_unet_config,
     scale_latents,
     unscale_latents,
 )

@@ -35,7 +35,7 @@ from .attention import ATTENTION_PARAMETERS
 
 __all__ = ["AutoencoderConfig", "autoencoder_parameter_shapes", "latent_scaling_factor",
            "scale_latents", "unscale_latents", "AUTOENCODER_STREAM_BASE", "autoencoder_stream",
-           "AUTOENCODER_EPS", "LOGVAR_CLAMP"]
+           "AUTOENCODER_EPS", "LOGVAR_CLAMP", "latent_unet_config"]
 
 AUTOENCODER_EPS = 1e-6
 # diffusers' DiagonalGaussianDistribution clamps the log variance to [-30, 20] (as the LDM code)
@@ -221,3 +221,18 @@ def scale_latents(z, scaling_factor: float, shift_factor: float | None = None):
 def unscale_latents(z_scaled, scaling_factor: float, shift_factor: float | None = None):
     """Back to the decoder's input: z_scaled / scaling_factor + shift_factor."""
     return z_scaled / scaling_factor + (0.0 if shift_factor is None else shift_factor)
+
+
+def latent_unet_config(latent_channels: int, latent_size: int, num_classes: int | None = None,
+                       **overrides):
+    """The default denoiser of a latent space: 64 channels, two levels when the latent side is
+    even (one, at full latent resolution, when odd: e.g. MNIST's 7x7 latents), 2 ResBlocks per
+    level, attention at the coarsest level and in the mid block, dropout 0.1."""
+    from .unet_config import UNetConfig
+
+    ch_mult = (1, 2) if latent_size % 2 == 0 and latent_size >= 4 else (1,)
+    coarsest = latent_size // 2 ** (len(ch_mult) - 1)
+    base = dict(image_size=latent_size, in_channels=latent_channels, out_channels=latent_channels, ch=64,
+                ch_mult=ch_mult, num_res_blocks=2, attn_resolutions=(coarsest,), dropout=0.1, groups=8,
+                eps=1e-6, num_classes=num_classes)
+    return UNetConfig(**{**base, **overrides})
