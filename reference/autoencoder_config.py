@@ -62,7 +62,7 @@ class AutoencoderConfig:
     in_channels: int = 1
     out_channels: int = 1
     latent_channels: int = 4
-    block_out_channels: tuple[int, ...] = (32, 64, 64)
+    block_out_channels: tuple[int, ...] = (16, 32, 32)
     layers_per_block: int = 1
     groups: int = 8
     mid_block_add_attention: bool = True
