@@ -17,10 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import os
-import platform
-import subprocess
 import time
 from pathlib import Path
 
@@ -29,7 +25,7 @@ import torch
 
 import ddpm
 import reference
-from ddpm.autoencoder_train import AutoencoderTrainer, load_autoencoder_checkpoint
+from ddpm.autoencoder_train import AutoencoderTrainer
 from ddpm.data import ImageDataset, load_dataset
 from ddpm.latent import latent_dataset
 from ddpm.runs import draw

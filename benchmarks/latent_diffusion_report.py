@@ -72,7 +72,7 @@ def report(work: Path, costs: dict) -> dict:
         "Data: MNIST t10k from ../shared/data/mnist; first 9,000 images train the autoencoder and both "
         "DDPMs, the last 1,000 are held out.", "",
         "## Autoencoder (KL, 28x28 -> 4x7x7)", "",
-        f"| CPU s | steps | held-out PSNR | held-out MSE |", "|---|---|---|---|",
+        "| CPU s | steps | held-out PSNR | held-out MSE |", "|---|---|---|---|",
         f"| {ae['cpu_s']} | {ae['steps']} | {ae['psnr_held_out_db']:.2f} dB | {ae['mse_held_out']:.4f} |", "",
         "`latent-diffusion/reconstructions.png`: held-out images (top) and reconstructions (bottom).", "",
         "## Latent vs pixel DDPM at equal CPU training time", "",

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch import nn
 
 import reference
 from reference.autoencoder_config import AutoencoderConfig, autoencoder_parameter_shapes

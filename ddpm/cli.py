@@ -124,7 +124,8 @@ def cmd_train(args) -> int:
                          timesteps=args.timesteps, training=_training_args(args),
                          checkpoint_every=args.checkpoint_every, samples=args.samples, guidance=args.guidance,
                          sample_steps=args.sample_steps, device=resolve_device(args.device),
-                         progress=not args.no_progress, allow_data_change=args.allow_data_change)
+                         progress=not args.no_progress, allow_data_change=args.allow_data_change,
+                         hflip=None if args.hflip is None else args.hflip == "on")
         return 0
     if args.latent_cache is not None:
         raise UsageError("--latent-cache needs --latent AE_CHECKPOINT")

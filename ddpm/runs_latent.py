@@ -29,8 +29,8 @@ from .distributed import barrier, init_distributed, shutdown_distributed
 from .latent import AUTOENCODER_DIR, check_latent_fit, decode_latent_samples, latent_dataset, load_autoencoder, \
     run_autoencoder, weights_digest
 from .preflight import UsageError, check_output_dir, data_changes
-from .runs import (_echo, _with_variance, class_labels, draw, ema_model, model_config, new_trainer, open_run, resume,
-                   save_loss_curve_or_warn, save_pictures, train_to)
+from .runs import (_echo, _resolve_run, _with_variance, class_labels, draw, ema_model, model_config, new_trainer,
+                   open_run, resume, save_loss_curve_or_warn, save_pictures, train_to)
 from .train import TrainConfig
 from .viz import save_grid
 
@@ -152,10 +152,10 @@ def train_latent_run(out, *, latent, latent_cache=None, data: str = "digits", pr
                      unconditional: bool = False, schedule: str | None = None, timesteps: int | None = None,
                      training: dict | None = None, checkpoint_every: int = 1000, samples: int = 8,
                      guidance: float = 2.0, sample_steps: int = 50, device=None, progress: bool = True,
-                     allow_data_change: bool = False, echo=_echo, **ignored):
+                     allow_data_change: bool = False, hflip: bool | None = None, echo=_echo):
     """`python -m ddpm train --latent AE`: a DDPM on the autoencoder's latents of --data."""
-    from .runs import _resolve_run  # the pixel runs' resolution, given a latent config below
-
+    if hflip:
+        raise UsageError("--hflip on does not apply with --latent: the latents are encoded once, unflipped")
     out = check_output_dir(out, "--out", ("loss_curve.png", "samples.png", "latest"))
     training = dict(training or {})
     ae, own = load_autoencoder(latent)
