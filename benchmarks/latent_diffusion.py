@@ -130,7 +130,7 @@ def _save_samples(work: Path, name: str, images, y, stats) -> None:
     print(name, stats, flush=True)
 
 
-def step_costs(repeats: int = 5) -> dict:
+def step_costs(repeats: int = 2) -> dict:
     """CPU seconds of one guided DDIM step (UNet forward on 2 x 64 rows) per space, and one decode of 64."""
     out = {}
     for name, cfg in (("pixel", reference.UNetConfig.mnist(num_classes=10)),
