@@ -87,6 +87,12 @@ def report(work: Path, costs: dict) -> dict:
         "## Cost of one sampling step (guided: UNet on 128 rows, CPU s)", "",
         f"pixel {costs['pixel_step_cpu_s']:.3f}, latent {costs['latent_step_cpu_s']:.3f} "
         f"(ratio {costs['ratio_pixel_over_latent']:.1f}x); decoding 64 latents once: {costs['decode_64_cpu_s']:.3f}.", "",
+        "## Caveats", "",
+        "The budgets are minutes of CPU because the shared machine was loaded ~10x over its cores: "
+        "neither model is trained (the pixel DDPM got 32 steps, its samples are noise). What this "
+        "shows is the cost side: at equal CPU time the latent model takes ~6x more optimisation "
+        "steps and a sampling step costs ~7x less, so it reaches digit-like shapes first. Quality "
+        "figures of converged models (and a GPU run) are not measured.", "",
     ]
     (RESULTS / "latent-diffusion.md").write_text("\n".join(lines))
     print("\n".join(lines))
