@@ -93,3 +93,17 @@ from .vlb import (
     vlb_terms,
     vlb_terms_backward,
 )
+from .classifier import (  # classifier guidance (issue 12)
+    Classifier,
+    classifier_parameter_shapes,
+    classifier_train_step,
+    cross_entropy,
+    cross_entropy_backward,
+)
+from .classifier_guidance import (
+    GUIDANCE_COEFFICIENTS,
+    GUIDED_STEP_KINDS,
+    check_classifier_guidance,
+    classifier_guidance_coefficients,
+    guidance_rows,
+)
