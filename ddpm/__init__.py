@@ -42,3 +42,4 @@ __all__ = [
     "bits_per_dim",
     "scheduler_config",
 ]
+from .classifier import Classifier  # classifier guidance (issue 12)
