@@ -167,7 +167,7 @@ def sampler_step(x_t, model_output, coefficients, model_output_uncond, guidance_
     xt = x_t.to(compute)
     grad = grad_col = None
     if classifier_grad is not None:
-        grad = classifier_grad.to(torch.float32).to(compute)  # read as the kernels read it
+        grad = classifier_grad.to(compute)  # stored values, exactly (the kernels read them so)
         grad_col = [_per_sample(classifier_coefficients[:, k].to(compute), ndim) for k in range(3)]
     x_prev = _step_mean(col, xt, out, clip, grad, grad_col)
     has_noise = _per_sample(coefficients[:, 7] != 0, ndim)
