@@ -94,7 +94,10 @@ from .vlb import (
     vlb_terms_backward,
 )
 from .classifier import (  # classifier guidance (issue 12)
+    ACCURACY_STREAM_BASE,
     Classifier,
+    accuracy_timesteps,
+    holdout_split,
     classifier_parameter_shapes,
     classifier_train_step,
     cross_entropy,

@@ -43,7 +43,8 @@ from .unet import _local, resnet_block, resnet_block_backward, time_embedding_ml
 from .unet_config import UNetConfig, parameter_shapes
 
 __all__ = ["Classifier", "ENCODER_PREFIXES", "classifier_parameter_shapes", "cross_entropy",
-           "cross_entropy_backward", "log_softmax", "classifier_train_step"]
+           "cross_entropy_backward", "log_softmax", "classifier_train_step", "holdout_split",
+           "accuracy_timesteps", "ACCURACY_STREAM_BASE"]
 
 # the denoiser's parameters the classifier shares (its down path and middle block)
 ENCODER_PREFIXES = ("conv_in.", "time_embedding.", "down_blocks.", "mid_block.")
@@ -335,3 +336,30 @@ def classifier_train_step(classifier: Classifier, optimizer, x0: np.ndarray, y, 
     optimizer.step(grads)
     accuracy = float((logits.argmax(axis=1) == np.asarray(y)).mean())
     return {"loss": loss, "grad_norm": grad_norm, "t": draws.t, "accuracy": accuracy}
+
+
+# ----------------------------------------------------------------------------- evaluation plan
+
+def holdout_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train rows, held-out rows) of n items: a default_rng([seed, 2]) permutation, the last
+    round(fraction n) held out (at least one of each when 0 < fraction < 1), both sorted."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 2:
+        raise ValueError(f"n must be an int >= 2 (items to split), got {n!r}")
+    if not 0.0 < float(fraction) < 1.0:
+        raise ValueError(f"fraction must lie in (0, 1), got {fraction!r}")
+    held = min(max(int(round(fraction * n)), 1), n - 1)
+    order = np.random.default_rng([int(seed), 2]).permutation(n)
+    return np.sort(order[: n - held]), np.sort(order[n - held:])
+
+
+def accuracy_timesteps(T: int, count: int = 20) -> np.ndarray:
+    """(count,) int64 timesteps spread evenly over [0, T-1] (fewer when T < count): where the
+    classifier's held-out accuracy is measured."""
+    if isinstance(T, bool) or not isinstance(T, (int, np.integer)) or T < 1:
+        raise ValueError(f"T must be a positive int, got {T!r}")
+    return np.unique(np.round(np.linspace(0, T - 1, min(int(count), int(T)))).astype(np.int64))
+
+
+# accuracy-vs-t evaluation: the noise of grid point k is stream ACCURACY_STREAM_BASE + k (apart
+# from x_T (0), sampler steps (k + 1), bits/dim (1 << 30) and training (1 << 31) streams)
+ACCURACY_STREAM_BASE = (1 << 30) + (1 << 29)
