@@ -58,6 +58,16 @@ def _score(name, images, y, out: Path, grid_rows: int, wall: float) -> dict:
     return {**row, "config": name, "sample_s": wall, "grid": f"{name}.png"}
 
 
+def markdown_table(results: list[dict]) -> str:
+    """The results as a Markdown table (one row per configuration)."""
+    lines = ["| method | scale | hit rate | FD-digits (floor) | precision | recall | n | grid |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r['method']} | {r['scale']:g} | {r['hit_rate']:.3f} | {r['fd']:.1f} ({r['fd_floor']:.1f}) "
+                     f"| {r['precision']:.3f} | {r['recall']:.3f} | {r['n']} | [{r['grid']}]({r['grid']}) |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     args = _parse(argv)
     out = Path(args.out)
@@ -95,6 +105,7 @@ def main(argv=None) -> int:
             "machine": f"{platform.processor() or platform.machine()}, torch threads 1",
             "load_average": list(__import__("os").getloadavg())}
     (out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+    (out / "table.md").write_text(markdown_table(results))
     print(json.dumps(meta))
     return 0
 
