@@ -83,3 +83,28 @@ def test_torch_classifier_rejects_bad_inputs():
         model(torch.zeros(1, 1, 4, 4), torch.tensor([1.0]))
     with pytest.raises(ValueError, match="num_classes"):
         ddpm.Classifier(UNetConfig.tiny())
+
+
+def test_classifier_trainer_loss_is_the_reference_training_steps():
+    """ClassifierTrainer.compute_loss and reference.classifier_train_step draw the same t and
+    noise (the denoiser's training draws) and give the same cross-entropy (float32 vs float64)."""
+    from ddpm.data import ImageDataset
+    from ddpm.runs_classifier import ClassifierTrainer
+
+    config = UNetConfig.tiny(num_classes=3)
+    torch.manual_seed(0)
+    model = ddpm.Classifier(config, zero_init=False)
+    ref = reference.Classifier(config, params=model.numpy_params())
+    rng = np.random.default_rng(0)
+    x0 = np.clip(rng.standard_normal((6, 1, 4, 4)), -1, 1).astype(np.float32)
+    y = np.array([0, 1, 2, 2, 1, 0])
+    schedule = reference.make_schedule("linear", 50)
+    data = ImageDataset(torch.from_numpy(x0), torch.from_numpy(y), 3, None, "x")
+    trainer = ClassifierTrainer(model, schedule, ddpm.TrainConfig(label_dropout=0.0, seed=5, batch_size=6), data)
+    step, samples = 3, np.arange(6)
+    t = reference.training_draws(5, samples, step, schedule.T).t
+    loss = trainer.compute_loss(torch.from_numpy(x0), torch.from_numpy(t), torch.from_numpy(y),
+                                torch.from_numpy(samples), step)
+    expected = reference.classifier_train_step(ref, reference.Adam(ref.params), x0.astype(np.float64), y, schedule,
+                                               seed=5, step=step)["loss"]
+    assert float(loss) == pytest.approx(expected, rel=1e-5)
