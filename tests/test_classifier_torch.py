@@ -107,4 +107,4 @@ def test_classifier_trainer_loss_is_the_reference_training_steps():
                                 torch.from_numpy(samples), step)
     expected = reference.classifier_train_step(ref, reference.Adam(ref.params), x0.astype(np.float64), y, schedule,
                                                seed=5, step=step)["loss"]
-    assert float(loss) == pytest.approx(expected, rel=1e-5)
+    assert loss.requires_grad and loss.detach().item() == pytest.approx(expected, rel=1e-5)
