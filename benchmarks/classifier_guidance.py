@@ -41,11 +41,13 @@ def _parse(argv=None):
     p.add_argument("--classifier", required=True, help="classifier run (python -m ddpm train-classifier)")
     p.add_argument("--cfg-denoiser", default=None, help="class-conditional run with label dropout (the demo's)")
     p.add_argument("--out", required=True, help="directory for grids, JSON and the table")
-    p.add_argument("--scales", type=float, nargs="+", default=list(DEFAULT_SCALES))
+    p.add_argument("--scales", type=float, nargs="*", default=list(DEFAULT_SCALES))
     p.add_argument("--cfg-scales", type=float, nargs="+", default=[1.0, 2.0, 4.0])
     p.add_argument("--per-class", type=int, default=20)
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--append", action="store_true", help="add to --out's results.json (e.g. the CFG rows "
+                   "of a second call) instead of replacing it")
     return p.parse_args(argv)
 
 
@@ -104,6 +106,10 @@ def main(argv=None) -> int:
             "denoiser_step": ckpt.step, "classifier_step": classifier_ckpt.step, "commit": commit,
             "machine": f"{platform.processor() or platform.machine()}, torch threads 1",
             "load_average": list(__import__("os").getloadavg())}
+    if args.append and (out / "results.json").exists():
+        previous = json.loads((out / "results.json").read_text())
+        results = previous["results"] + results
+        meta = {**meta, "earlier_calls": previous.get("earlier_calls", []) + [previous["meta"]]}
     (out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
     (out / "table.md").write_text(markdown_table(results))
     print(json.dumps(meta))
