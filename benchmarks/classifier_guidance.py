@@ -52,6 +52,7 @@ def _parse(argv=None):
 
 
 def _score(name, images, y, out: Path, grid_rows: int, wall: float) -> dict:
+    images = images.clamp(-1.0, 1.0)  # samples as pictures: the data range (DDIM does not clip x_0)
     q = sample_quality(images, data="digits", labels=y, seed=0)
     per_class = y.numel() // 10
     keep = torch.cat([images[c * per_class: c * per_class + grid_rows] for c in range(10)])
