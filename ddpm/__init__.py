@@ -43,3 +43,4 @@ __all__ = [
     "scheduler_config",
 ]
 from .classifier import Classifier  # classifier guidance (issue 12)
+__all__ += ["Classifier"]
