@@ -50,3 +50,6 @@ __all__ += ["sample_quality"]
 from .autoencoder import AutoencoderKL  # latent diffusion's KL autoencoder (issue 14)
 
 __all__ += ["AutoencoderKL"]
+
+from .classifier import Classifier  # classifier guidance (issue 12)
+__all__ += ["Classifier"]

@@ -5,6 +5,8 @@ ddpm.runs (train, sample) and ddpm.demo; what a run does is decided there.
     python -m ddpm sample --checkpoint runs/digits --sampler ddim --steps 50 --n 64 \
         --class 3 --guidance 2 --out grid.png --gif reverse.gif --ema
     python -m ddpm demo                        # the README's main job (see ddpm.demo)
+    python -m ddpm train-classifier --data digits --out runs/clf --steps 2000   # classifier guidance
+    python -m ddpm sample --checkpoint runs/digits --classifier runs/clf --classifier-scale 2 --class all
     torchrun --nproc_per_node 2 -m ddpm train ...   # DDP; gloo with --device cpu
 
 `train` resumes from --out when it holds a checkpoint (same model, training settings and data;
@@ -34,6 +36,7 @@ from .demo import DemoSettings, run_demo
 from .runs import CONFIG_PRESETS, UsageError, sample_run, train_run
 from .runs_eval import eval_run, train_features_run
 from .runs_latent import AUTOENCODER_PRESETS, train_autoencoder_run, train_latent_run
+from .runs_classifier import train_classifier_run
 from .samplers import SAMPLERS
 from .train import NonFiniteLossError
 
@@ -143,7 +146,20 @@ def cmd_sample(args) -> int:
     sample_run(args.checkpoint, args.out, sampler=args.sampler, steps=args.steps, n=args.n,
                class_id=args.class_id, guidance=args.guidance, eta=args.eta, seed=args.seed,
                ema=args.ema, clip=args.clip, nrow=args.nrow, gif=args.gif, gif_frames=args.gif_frames,
-               device=resolve_device(args.device))
+               device=resolve_device(args.device), classifier=args.classifier,
+               classifier_scale=args.classifier_scale)
+    return 0
+
+
+def cmd_train_classifier(args) -> int:
+    given = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "warmup_steps": args.warmup,
+             "weight_decay": args.weight_decay, "grad_clip": args.grad_clip, "ema_decay": args.ema_decay,
+             "seed": args.seed}
+    train_classifier_run(args.out, data=args.data, preset=args.config, schedule=args.schedule,
+                         timesteps=args.timesteps, training={k: v for k, v in given.items() if v is not None},
+                         holdout=args.holdout, checkpoint_every=args.checkpoint_every,
+                         from_denoiser=args.from_denoiser, device=resolve_device(args.device),
+                         progress=not args.no_progress, allow_data_change=args.allow_data_change)
     return 0
 
 
@@ -177,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_features(sub)
     _add_eval(sub)
     _add_train_autoencoder(sub)
+    _add_train_classifier(sub)
     return parser
 
 
@@ -252,6 +269,10 @@ def _add_sample(sub) -> None:
     sa.add_argument("--gif", default=None, help="also write the reverse process as a GIF here")
     sa.add_argument("--gif-frames", type=COUNT, default=50, help="frames of the GIF, >= 1")
     sa.add_argument("--device", default="auto", help="auto, cpu or cuda[:k]")
+    sa.add_argument("--classifier", default=None, help="classifier guidance with this noise-aware classifier "
+                    "(a run or checkpoint of train-classifier; its EMA weights); needs --class")
+    sa.add_argument("--classifier-scale", type=NONNEG, default=1.0, help="classifier guidance scale s >= 0 "
+                    "(Dhariwal & Nichol 2021), with --classifier")
     sa.set_defaults(func=cmd_sample)
 
 
@@ -304,6 +325,36 @@ def _add_train_autoencoder(sub) -> None:
     ae.add_argument("--device", default="auto", help="auto, cpu or cuda[:k]")
     ae.add_argument("--no-progress", action="store_true")
     ae.set_defaults(func=cmd_train_autoencoder)
+
+
+def _add_train_classifier(sub) -> None:
+    tc = sub.add_parser("train-classifier", help="train (or resume) a noise-aware classifier p(y | x_t, t) "
+                        "for classifier guidance; writes checkpoints and accuracy_vs_t.png to --out")
+    tc.add_argument("--data", default="digits", help="labelled data: 'digits' (default), an image folder, "
+                    ".npy/.npz with labels, or IDX")
+    tc.add_argument("--config", choices=CONFIG_PRESETS, default=None, help="UNet preset whose down path and "
+                    "middle block the classifier uses (default digits8)")
+    tc.add_argument("--out", required=True, help="run directory (resumed when it holds a checkpoint)")
+    tc.add_argument("--steps", type=COUNT, default=None, help="train until this step, >= 1 (default 10000)")
+    tc.add_argument("--batch-size", type=COUNT, default=None, help="global batch, >= 1")
+    tc.add_argument("--lr", type=POSITIVE, default=None, help="learning rate, > 0")
+    tc.add_argument("--warmup", type=COUNT0, default=None, help="linear LR warmup steps, >= 0")
+    tc.add_argument("--weight-decay", type=NONNEG, default=None, help=">= 0")
+    tc.add_argument("--grad-clip", type=POSITIVE, default=None, help="max gradient norm, > 0 (default 1.0)")
+    tc.add_argument("--ema-decay", type=RATE, default=None, help="in [0, 1)")
+    tc.add_argument("--schedule", choices=reference.SCHEDULE_KINDS, default=None, help="beta schedule (default linear)")
+    tc.add_argument("--timesteps", type=COUNT, default=None, help="T, >= 1 (default 1000); the denoiser's")
+    tc.add_argument("--seed", type=SEED, default=None, help="in [0, 2^64)")
+    tc.add_argument("--holdout", type=_real(0.0, 1.0, lo_open=True), default=0.1,
+                    help="fraction of the data held out for accuracy_vs_t, in (0, 1)")
+    tc.add_argument("--from-denoiser", default=None, help="start the encoder from this trained denoiser "
+                    "(a train run or checkpoint of the same --config layout)")
+    tc.add_argument("--checkpoint-every", type=COUNT, default=1000, help="steps between checkpoints, >= 1")
+    tc.add_argument("--allow-data-change", action="store_true")
+    tc.add_argument("--device", default="auto", help="auto, cpu or cuda[:k]")
+    tc.add_argument("--no-progress", action="store_true")
+    tc.set_defaults(func=cmd_train_classifier)
+
 
 def cmd_train_features(args) -> int:
     train_features_run(args.data, args.out)

@@ -115,3 +115,20 @@ from .eval_metrics import (  # sample-quality figures on features (issue 16)
     real_halves,
 )
 from .feature_nets import FEATURE_NET_DATA, FEATURE_NET_PRESETS, feature_net_preset, feature_net_split
+from .classifier import (  # classifier guidance (issue 12)
+    ACCURACY_STREAM_BASE,
+    Classifier,
+    accuracy_timesteps,
+    holdout_split,
+    classifier_parameter_shapes,
+    classifier_train_step,
+    cross_entropy,
+    cross_entropy_backward,
+)
+from .classifier_guidance import (
+    GUIDANCE_COEFFICIENTS,
+    GUIDED_STEP_KINDS,
+    check_classifier_guidance,
+    classifier_guidance_coefficients,
+    guidance_rows,
+)
