@@ -117,12 +117,14 @@ def _training_args(args) -> dict:
 
 
 def cmd_train(args) -> int:
+    score = {"objective": args.objective,  # the score view (ddpm.runs_score)
+             "levels": {"sigma_max": args.sigma_max, "sigma_min": args.sigma_min, "levels": args.levels}}
     train_run(args.out, data=args.data, preset=args.config, unconditional=args.unconditional,
               hflip=None if args.hflip is None else args.hflip == "on", schedule=args.schedule,
               timesteps=args.timesteps, training=_training_args(args),
               checkpoint_every=args.checkpoint_every, samples=args.samples, guidance=args.guidance,
               sample_steps=args.sample_steps, device=resolve_device(args.device),
-              progress=not args.no_progress, allow_data_change=args.allow_data_change)
+              progress=not args.no_progress, allow_data_change=args.allow_data_change, **score)
     return 0
 
 
@@ -130,7 +132,9 @@ def cmd_sample(args) -> int:
     sample_run(args.checkpoint, args.out, sampler=args.sampler, steps=args.steps, n=args.n,
                class_id=args.class_id, guidance=args.guidance, eta=args.eta, seed=args.seed,
                ema=args.ema, clip=args.clip, nrow=args.nrow, gif=args.gif, gif_frames=args.gif_frames,
-               device=resolve_device(args.device))
+               device=resolve_device(args.device), step_size=args.step_size,
+               steps_per_level=args.steps_per_level, snr=args.snr, corrector_steps=args.corrector_steps,
+               predictor=args.predictor, level=args.level, denoise=False if args.no_denoise else None)
     return 0
 
 
@@ -204,6 +208,12 @@ def _add_train(sub) -> None:
                     "other than it was trained on (refused otherwise)")
     tr.add_argument("--device", default="auto", help="auto, cpu or cuda[:k]")
     tr.add_argument("--no-progress", action="store_true")
+    # the score view (issue 13): a noise-conditional score model on VE levels, DSM with sigma^2
+    tr.add_argument("--objective", choices=("diffusion", "score"), default=None,
+                    help="score: a VE score model (NCSN) on geometric levels; default diffusion (DDPM)")
+    tr.add_argument("--sigma-max", type=POSITIVE, default=None, help="largest VE level, > 0 (default 10)")
+    tr.add_argument("--sigma-min", type=POSITIVE, default=None, help="smallest VE level, > 0 (default 0.01)")
+    tr.add_argument("--levels", type=_integer(2), default=None, help="number of VE levels, >= 2 (default 100)")
     tr.set_defaults(func=cmd_train)
 
 
@@ -231,6 +241,15 @@ def _add_sample(sub) -> None:
     sa.add_argument("--gif", default=None, help="also write the reverse process as a GIF here")
     sa.add_argument("--gif-frames", type=COUNT, default=50, help="frames of the GIF, >= 1")
     sa.add_argument("--device", default="auto", help="auto, cpu or cuda[:k]")
+    # the score samplers (issue 13; reference.score_sampling_plan)
+    sa.add_argument("--step-size", type=POSITIVE, default=None, help="Langevin eps, > 0 (default 2e-5)")
+    sa.add_argument("--steps-per-level", type=COUNT, default=None, help="annealed Langevin T, >= 1 (default 100)")
+    sa.add_argument("--snr", type=POSITIVE, default=None, help="pc corrector signal-to-noise ratio, > 0 (default 0.16)")
+    sa.add_argument("--corrector-steps", type=COUNT0, default=None, help="pc corrector steps per level, >= 0 (default 1)")
+    sa.add_argument("--predictor", choices=("reverse_diffusion", "ancestral"), default=None,
+                    help="pc predictor (default reverse_diffusion for VE, ancestral for VP)")
+    sa.add_argument("--level", type=COUNT0, default=None, help="langevin's noise level t, >= 0 (default 0)")
+    sa.add_argument("--no-denoise", action="store_true", help="skip the final noise-free denoising step")
     sa.set_defaults(func=cmd_sample)
 
 
