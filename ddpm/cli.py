@@ -32,7 +32,6 @@ from .checkpoint import CheckpointError
 from .data import DataError
 from .demo import DemoSettings, run_demo
 from .runs import CONFIG_PRESETS, UsageError, sample_run, train_run
-from .samplers import SAMPLERS
 from .train import NonFiniteLossError
 
 __all__ = ["main", "build_parser"]
@@ -220,7 +219,7 @@ def _add_train(sub) -> None:
 def _add_sample(sub) -> None:
     sa = sub.add_parser("sample", help="draw a grid (and a GIF of the reverse process) from a checkpoint")
     sa.add_argument("--checkpoint", required=True, help="a run directory or a checkpoint directory")
-    sa.add_argument("--sampler", choices=SAMPLERS, default="ddim")
+    sa.add_argument("--sampler", choices=reference.ALL_SAMPLERS, default="ddim")  # + the score samplers
     sa.add_argument("--steps", type=COUNT, default=None,
                     help="sampler steps in [1, T] (default: 50 for ddim, 20 for dpm_solver++, T for ddpm)")
     sa.add_argument("--n", "--num-samples", dest="n", type=COUNT, default=64,

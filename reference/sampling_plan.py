@@ -56,15 +56,15 @@ from .process import (
 )
 from .schedules import SPACINGS, Schedule, check_schedule, timestep_subset
 from .score import VESchedule
-from .score_plan import SCORE_DEFAULTS, SCORE_SAMPLERS, score_sampling_plan
+from .score_plan import SCORE_DEFAULTS, SCORE_SAMPLERS, score_plan_fields
 
-__all__ = ["SAMPLERS", "STEP_KINDS", "SAMPLER_VARIANCES", "DEFAULT_NUM_STEPS", "DEFAULT_SPACING", "NO_NOISE",
+__all__ = ["score_sampling_plan", "ALL_SAMPLERS", "SAMPLERS", "STEP_KINDS", "SAMPLER_VARIANCES", "DEFAULT_NUM_STEPS", "DEFAULT_SPACING", "NO_NOISE",
            "SamplingPlan", "sampling_plan", "default_num_steps"]
 
 SAMPLERS = ("ddpm", "ddim", "dpm_solver++")
 STEP_KINDS = ("sampler_step", "dpm_solver_pp_2m", "learned_variance_step")
 # the score view (issue 13, reference/score_plan.py): every step a "langevin_step"
-SAMPLERS = SAMPLERS + SCORE_SAMPLERS
+ALL_SAMPLERS = SAMPLERS + SCORE_SAMPLERS
 STEP_KINDS = STEP_KINDS + ("langevin_step",)
 # the fixed variances of DDPM, and the learned one of Improved DDPM (the model's 2C outputs)
 SAMPLER_VARIANCES = VARIANCES + (LEARNED_VARIANCE,)
@@ -141,8 +141,8 @@ class SamplingPlan:
 
 def default_num_steps(sampler: str, T: int) -> int:
     """num_steps=None for `sampler` over T training steps: T for ddpm, else the default capped at T."""
-    if sampler not in SAMPLERS:
-        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+    if sampler not in ALL_SAMPLERS:
+        raise ValueError(f"sampler must be one of {ALL_SAMPLERS}, got {sampler!r}")
     if sampler in SCORE_SAMPLERS:  # levels (annealed, pc) or Langevin steps, reference/score_plan.py
         default = SCORE_DEFAULTS["num_steps"][sampler]
         return default if sampler == "langevin" else min(default, int(T))
@@ -185,6 +185,16 @@ def _dpm_solver_pp_coefficients(schedule: Schedule, timesteps, timesteps_prev, p
     return dpm_solver_pp_coefficients(schedule, timesteps, timesteps_prev, timesteps_last, prediction)
 
 
+def score_sampling_plan(schedule, sampler: str, num_steps: int | None = None, spacing: str | None = None,
+                        **options) -> SamplingPlan:
+    """The plan of a score sampler "langevin" | "annealed_langevin" | "pc" over a VP Schedule or a
+    VESchedule (reference/score_plan.py: `score_plan_fields`); step k draws z from stream k + 1."""
+    fields = score_plan_fields(schedule, sampler, num_steps, spacing, **options)
+    fields["noise_streams"] = np.array([sampler_step_stream(k) if draws else NO_NOISE
+                                        for k, draws in enumerate(fields["noise_streams"])], dtype=np.int64)
+    return SamplingPlan(**fields)
+
+
 def sampling_plan(schedule: Schedule, sampler: str, num_steps: int | None = None,
                   spacing: str | None = None, eta: float = 0.0, prediction: str = "epsilon",
                   variance: str = "fixed_small", clip=None, **score_options) -> SamplingPlan:
@@ -213,7 +223,7 @@ def sampling_plan(schedule: Schedule, sampler: str, num_steps: int | None = None
                          f"{SCORE_SAMPLERS}, not to sampler={sampler!r}")
     schedule = check_schedule(schedule)
     if sampler not in SAMPLERS:
-        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+        raise ValueError(f"sampler must be one of {ALL_SAMPLERS}, got {sampler!r}")
     if prediction not in PREDICTIONS:
         raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
     if variance not in SAMPLER_VARIANCES:

@@ -37,11 +37,10 @@ import math
 import numpy as np
 
 from .langevin_step import LANGEVIN_COEFFICIENTS
-from .noise import sampler_step_stream
 from .schedules import SPACINGS, timestep_subset
 from .score import check_process_schedule
 
-__all__ = ["SCORE_SAMPLERS", "PREDICTORS", "SCORE_DEFAULTS", "score_sampling_plan", "check_score_model"]
+__all__ = ["SCORE_SAMPLERS", "PREDICTORS", "SCORE_DEFAULTS", "score_plan_fields", "check_score_model"]
 
 SCORE_SAMPLERS = ("langevin", "annealed_langevin", "pc")
 PREDICTORS = ("reverse_diffusion", "ancestral")
@@ -143,10 +142,11 @@ def _levels(schedule, sampler: str, num_steps, spacing) -> tuple[np.ndarray, str
     return timestep_subset(schedule.T, num_levels, spacing), spacing
 
 
-def score_sampling_plan(schedule, sampler: str, num_steps: int | None = None, spacing: str | None = None,
-                        *, prediction: str = "epsilon", variance: str = "fixed_small", clip=None,
-                        eta: float = 0.0, **options):
-    """The plan of a score sampler (module docstring) over a VP or VE `schedule`.
+def score_plan_fields(schedule, sampler: str, num_steps: int | None = None, spacing: str | None = None,
+                      *, prediction: str = "epsilon", variance: str = "fixed_small", clip=None,
+                      eta: float = 0.0, **options) -> dict:
+    """The fields of a score sampler's SamplingPlan (module docstring) over a VP or VE `schedule`
+    (`reference.score_sampling_plan` builds the plan; noise_streams here: True where step k draws z).
 
     num_steps: langevin's number of Langevin steps (default 1000); the number of levels of
     annealed_langevin (default 10) and pc (default 100), capped at T, spaced by `spacing`
@@ -156,8 +156,6 @@ def score_sampling_plan(schedule, sampler: str, num_steps: int | None = None, sp
     ("reverse_diffusion" | "ancestral"; None: reverse_diffusion for VE, ancestral for VP),
     denoise (bool, default True). Bad input: a ValueError/TypeError naming the argument.
     """
-    from .sampling_plan import NO_NOISE, SamplingPlan  # the plan type; sampling_plan imports us
-
     schedule, process = check_process_schedule(schedule)
     if sampler not in SCORE_SAMPLERS:
         raise ValueError(f"sampler must be one of {SCORE_SAMPLERS}, got {sampler!r}")
@@ -216,13 +214,12 @@ def score_sampling_plan(schedule, sampler: str, num_steps: int | None = None, sp
 
     coefficients = np.asarray(rows, dtype=np.float64).reshape(-1, len(LANGEVIN_COEFFICIENTS))
     draws = (coefficients[:, 3] != 0) | (coefficients[:, 4] != 0)   # noise_scale or snr
-    streams = np.array([sampler_step_stream(k) if d else NO_NOISE for k, d in enumerate(draws)], dtype=np.int64)
     init_scale = math.sqrt(float(_variances(schedule, process, np.array([schedule.T - 1 if sampler == "langevin"
                                                                           else levels[0]]))[0])) if process == "ve" else 1.0
     recorded = {k: v for k, v in options.items() if v is not None}
-    return SamplingPlan(schedule=schedule, sampler=sampler, timesteps=np.asarray(model_t, dtype=np.int64),
-                        timesteps_prev=np.asarray(landing, dtype=np.int64),
-                        step_kinds=("langevin_step",) * len(rows), coefficients=coefficients,
-                        coefficient_names=LANGEVIN_COEFFICIENTS, noise_streams=streams, spacing=spacing,
-                        eta=0.0, prediction=prediction, variance=variance, clip=None,
-                        init_scale=init_scale, process=process, options=recorded)
+    return dict(schedule=schedule, sampler=sampler, timesteps=np.asarray(model_t, dtype=np.int64),
+                timesteps_prev=np.asarray(landing, dtype=np.int64),
+                step_kinds=("langevin_step",) * len(rows), coefficients=coefficients,
+                coefficient_names=LANGEVIN_COEFFICIENTS, noise_streams=draws, spacing=spacing,
+                eta=0.0, prediction=prediction, variance=variance, clip=None,
+                init_scale=init_scale, process=process, options=recorded)
