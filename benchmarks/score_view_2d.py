@@ -68,9 +68,11 @@ def configurations(evals: int):
         ("Langevin (one level, sigma_min)", "ve", "langevin", evals - 1, {"step_size": 0.05, "level": 0}),
         ("annealed Langevin (Song & Ermon Alg. 1)", "ve", "annealed_langevin", evals // per_level,
          {"steps_per_level": per_level, "step_size": 2e-5}),
-        ("PC, VE (reverse diffusion + Langevin corrector)", "ve", "pc", evals // 2,
-         {"corrector_steps": 1, "snr": 0.16}),
-        ("PC, VP (ancestral + Langevin corrector)", "vp", "pc", evals // 2, {"corrector_steps": 1, "snr": 0.16}),
+        ("PC, VE, per-sample snr norms (default)", "ve", "pc", evals // 2, {"corrector_steps": 1, "snr": 0.16}),
+        ("PC, VE, batch-mean snr norms (Song, diffusers)", "ve", "pc", evals // 2,
+         {"corrector_steps": 1, "snr": 0.16, "snr_norms": "batch"}),
+        ("PC, VP, batch-mean snr norms", "vp", "pc", evals // 2,
+         {"corrector_steps": 1, "snr": 0.16, "snr_norms": "batch"}),
         ("DDPM ancestral (VP, all T steps)", "vp", "ddpm", evals, {}),
     ]
 
@@ -102,7 +104,7 @@ def save_picture(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = result["rows"]
-    fig, axes = plt.subplots(2, 3, figsize=(12, 8))
+    fig, axes = plt.subplots(2, 4, figsize=(16, 8))
     for ax, row in zip(axes.flat, rows):
         x = row["samples"][:2000]
         ax.scatter(x[:, 0], x[:, 1], s=2, alpha=0.4)

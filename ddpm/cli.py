@@ -133,7 +133,8 @@ def cmd_sample(args) -> int:
                ema=args.ema, clip=args.clip, nrow=args.nrow, gif=args.gif, gif_frames=args.gif_frames,
                device=resolve_device(args.device), step_size=args.step_size,
                steps_per_level=args.steps_per_level, snr=args.snr, corrector_steps=args.corrector_steps,
-               predictor=args.predictor, level=args.level, denoise=False if args.no_denoise else None)
+               predictor=args.predictor, level=args.level, denoise=False if args.no_denoise else None,
+               snr_norms=args.snr_norms)
     return 0
 
 
@@ -249,6 +250,8 @@ def _add_sample(sub) -> None:
                     help="pc predictor (default reverse_diffusion for VE, ancestral for VP)")
     sa.add_argument("--level", type=COUNT0, default=None, help="langevin's noise level t, >= 0 (default 0)")
     sa.add_argument("--no-denoise", action="store_true", help="skip the final noise-free denoising step")
+    sa.add_argument("--snr-norms", choices=("sample", "batch"), default=None,
+                    help="pc corrector norms: per sample (default, batch invariant) or batch means (Song, diffusers)")
     sa.set_defaults(func=cmd_sample)
 
 

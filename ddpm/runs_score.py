@@ -15,7 +15,7 @@ OBJECTIVES = ("diffusion", "score")
 # sample_run keyword -> CLI flag, for the messages
 SCORE_SAMPLE_FLAGS = {"step_size": "--step-size", "steps_per_level": "--steps-per-level", "snr": "--snr",
                       "corrector_steps": "--corrector-steps", "predictor": "--predictor",
-                      "level": "--level", "denoise": "--no-denoise"}
+                      "level": "--level", "denoise": "--no-denoise", "snr_norms": "--snr-norms"}
 
 
 def score_schedule(objective: str | None, levels: dict, schedule_kind: str | None, timesteps: int | None):

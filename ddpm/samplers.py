@@ -176,6 +176,8 @@ class Sampler:
         names = plan.coefficient_names
         self._snr = ([bool(c > 0) for c in plan.coefficients[:, names.index("snr")]]
                      if "snr" in names else [False] * plan.num_steps)
+        self._snr_batch = ([bool(c) for c in plan.coefficients[:, names.index("snr_batch")]]
+                           if "snr_batch" in names else [False] * plan.num_steps)
         # DPM-Solver++ runs its update in float32 for half-precision states (float64 stays
         # float64): bf16 coefficients would carry ~0.4% error into every step's sigma ratio
         self._compute_dtype = torch.float64 if self.dtype == torch.float64 else torch.float32
@@ -243,6 +245,8 @@ class Sampler:
             n = x.shape[0]
             grad_norm = torch.linalg.vector_norm(row[1] * cond.reshape(n, -1).double(), dim=1)
             noise_norm = torch.linalg.vector_norm(z.reshape(n, -1).double(), dim=1)
+            if self._snr_batch[k]:  # Song's code and diffusers: batch means (not batch invariant)
+                grad_norm, noise_norm = grad_norm.mean().expand(n), noise_norm.mean().expand(n)
             ratio = torch.where(grad_norm > 0, row[4] * noise_norm / grad_norm, torch.zeros_like(grad_norm))
             step = 2.0 * row[5] * ratio * ratio
             rows = torch.stack([row[0].expand(n), row[1].expand(n), step, torch.sqrt(2.0 * step)], dim=1)
@@ -395,7 +399,7 @@ def sample(model, shape, schedule, *, sampler: str = "ddim", num_steps: int | No
         al. 2021) over a VP schedule (a DDPM eps-model, score = -eps / sqrt(1 - alpha_bar_t)) or a
         reference.VESchedule (a score model: the UNet predicts z, score = -out / sigma_t), with
         score_options step_size, level, steps_per_level, snr, corrector_steps, predictor,
-        denoise (reference.score_sampling_plan; num_steps counts Langevin steps for langevin,
+        snr_norms, denoise (reference.score_sampling_plan; num_steps counts Langevin steps for langevin,
         levels for the others).
     Returns x_0, (N, C, H, W) in `dtype`. Runs under torch.no_grad(); a model in training mode
     is switched to eval() for the run and back afterwards.

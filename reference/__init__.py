@@ -94,7 +94,7 @@ from .vlb import (
     vlb_terms_backward,
 )
 # the score view (issue 13): VE noise levels, denoising score matching, the Langevin step, plans
-from .langevin_step import LANGEVIN_COEFFICIENTS, LANGEVIN_STEP_COEFFICIENTS, langevin_snr_coefficients, langevin_step
+from .langevin_step import SNR_NORMS, LANGEVIN_COEFFICIENTS, LANGEVIN_STEP_COEFFICIENTS, langevin_snr_coefficients, langevin_step
 from .score import (PROCESSES, ScoreModel, VESchedule, check_process_schedule, dsm_loss, dsm_loss_backward,
                     geometric_sigmas, score_scale, ve_perturb, ve_schedule)
 from .score_plan import PREDICTORS, SCORE_DEFAULTS, SCORE_SAMPLERS

@@ -24,8 +24,12 @@ sample from the norms of the score g and of the step's noise z:
     step = 2 alpha (snr ||z|| / ||g||)^2,  c3 = sqrt(2 step)      (alpha = 1 VE, alpha_i VP)
 
 Song's code and diffusers' ScoreSdeVeScheduler.step_correct average the two norms over the
-batch; here they are per sample, so sample i does not depend on the batch it is drawn in
-(DESIGN contract 2). For a batch of one the two coincide. `langevin_snr_coefficients` turns a
+batch; by default (snr_norms="sample") they are per sample here, so sample i does not depend on
+the batch it is drawn in (DESIGN contract 2); for a batch of one the two coincide. Per-sample
+norms need many dimensions: ||z||^2 / ||g||^2 is then concentrated, while in 2-D it is ~ an
+F(2, 2) ratio with infinite mean, and samples near a mode (||g|| -> 0) get huge steps.
+snr_norms="batch" (plan column snr_batch = 1) is Song's rule exactly, at the price of batch
+invariance. `langevin_snr_coefficients` turns a
 plan row with snr > 0 into these per-sample rows.
 """
 
@@ -35,13 +39,15 @@ import numpy as np
 
 from ._validate import check_float_array, check_same_shape, per_sample, result_dtype
 
-__all__ = ["LANGEVIN_STEP_COEFFICIENTS", "LANGEVIN_COEFFICIENTS", "langevin_step",
+__all__ = ["LANGEVIN_STEP_COEFFICIENTS", "LANGEVIN_COEFFICIENTS", "SNR_NORMS", "langevin_step",
            "langevin_snr_coefficients"]
 
 # the rows the elementwise step (and the fused kernel) reads
 LANGEVIN_STEP_COEFFICIENTS = ("x_scale", "score_scale", "step", "noise_scale")
-# a plan's rows: the step's columns, then the corrector's snr and alpha (snr = 0: a fixed step)
-LANGEVIN_COEFFICIENTS = LANGEVIN_STEP_COEFFICIENTS + ("snr", "snr_alpha")
+# a plan's rows: the step's columns, then the corrector's snr and alpha (snr = 0: a fixed step),
+# and snr_batch = 1 for the batch-averaged norms of Song's code and diffusers (0: per sample)
+LANGEVIN_COEFFICIENTS = LANGEVIN_STEP_COEFFICIENTS + ("snr", "snr_alpha", "snr_batch")
+SNR_NORMS = ("sample", "batch")
 _WIDTH = len(LANGEVIN_STEP_COEFFICIENTS)
 
 
@@ -98,10 +104,12 @@ def langevin_snr_coefficients(row, model_output: np.ndarray, noise: np.ndarray) 
     out = check_float_array(model_output, "model_output", min_ndim=2)
     noise = check_float_array(noise, "noise", min_ndim=2)
     check_same_shape(out, noise, "model_output", "noise")
-    x_scale, scale, _, _, snr, alpha = row
+    x_scale, scale, _, _, snr, alpha, batch = row
     n = out.shape[0]
     grad_norm = np.sqrt(np.sum(np.square(scale * out.reshape(n, -1).astype(np.float64)), axis=1))
     noise_norm = np.sqrt(np.sum(np.square(noise.reshape(n, -1).astype(np.float64)), axis=1))
+    if batch:  # Song et al.'s code and diffusers: the batch means of the norms
+        grad_norm, noise_norm = np.full(n, grad_norm.mean()), np.full(n, noise_norm.mean())
     ratio = np.divide(snr * noise_norm, grad_norm, out=np.zeros(n), where=grad_norm > 0)
     step = 2.0 * alpha * ratio * ratio
     return np.stack([np.full(n, x_scale), np.full(n, scale), step, np.sqrt(2.0 * step)], axis=1)

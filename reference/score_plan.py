@@ -36,7 +36,7 @@ import math
 
 import numpy as np
 
-from .langevin_step import LANGEVIN_COEFFICIENTS
+from .langevin_step import LANGEVIN_COEFFICIENTS, SNR_NORMS
 from .schedules import SPACINGS, timestep_subset
 from .score import check_process_schedule
 
@@ -50,7 +50,7 @@ SCORE_DEFAULTS = {"step_size": 2e-5, "steps_per_level": 100, "snr": 0.16, "corre
                   "num_steps": {"langevin": 1000, "annealed_langevin": 10, "pc": 100}}
 _OPTIONS = {"langevin": ("step_size", "level", "denoise"),
             "annealed_langevin": ("step_size", "steps_per_level", "denoise"),
-            "pc": ("snr", "corrector_steps", "predictor", "denoise")}
+            "pc": ("snr", "corrector_steps", "predictor", "denoise", "snr_norms")}
 
 
 def _positive(value, name: str) -> float:
@@ -86,8 +86,8 @@ def _variances(schedule, process: str, t: np.ndarray) -> np.ndarray:
     return schedule.sigmas[t] ** 2 if process == "ve" else 1.0 - schedule.alpha_bars[t]
 
 
-def _row(x_scale, scale, step, noise_scale, snr=0.0, alpha=0.0) -> list:
-    return [x_scale, scale, step, noise_scale, snr, alpha]
+def _row(x_scale, scale, step, noise_scale, snr=0.0, alpha=0.0, batch=0.0) -> list:
+    return [x_scale, scale, step, noise_scale, snr, alpha, batch]
 
 
 def _denoise_row(schedule, process: str, t: int) -> list:
@@ -121,14 +121,14 @@ def _predictor_row(schedule, process: str, predictor: str, t: int, t_next: int, 
     return _row(x_scale, scale, step, 0.0 if last_quiet else noise)
 
 
-def _corrector_row(schedule, process: str, t: int, t_next: int, snr: float) -> list:
+def _corrector_row(schedule, process: str, t: int, t_next: int, snr: float, batch: bool) -> list:
     """The snr corrector at level t: alpha = 1 (VE, Alg. 5) or alpha_i (VP, Alg. 4, respaced)."""
     v = float(_variances(schedule, process, np.array([t]))[0])
     if process == "ve":
         alpha = 1.0
     else:
         alpha = float(schedule.alpha_bars[t]) / (1.0 if t_next < 0 else float(schedule.alpha_bars[t_next]))
-    return _row(1.0, -1.0 / math.sqrt(v), 0.0, 0.0, snr, alpha)
+    return _row(1.0, -1.0 / math.sqrt(v), 0.0, 0.0, snr, alpha, float(batch))
 
 
 def _levels(schedule, sampler: str, num_steps, spacing) -> tuple[np.ndarray, str]:
@@ -154,6 +154,8 @@ def score_plan_fields(schedule, sampler: str, num_steps: int | None = None, spac
     where it applies; None: the default in SCORE_DEFAULTS): step_size (eps > 0), level (int,
     langevin), steps_per_level (>= 1), snr (> 0), corrector_steps (>= 0), predictor
     ("reverse_diffusion" | "ancestral"; None: reverse_diffusion for VE, ancestral for VP),
+    snr_norms ("sample": per-sample norms, batch invariant, the default; "batch": the batch means
+    of Song's code and diffusers; reference/langevin_step.py says when each fits),
     denoise (bool, default True). Bad input: a ValueError/TypeError naming the argument.
     """
     schedule, process = check_process_schedule(schedule)
@@ -198,9 +200,12 @@ def score_plan_fields(schedule, sampler: str, num_steps: int | None = None, spac
         if predictor not in PREDICTORS:
             raise ValueError(f"predictor must be one of {PREDICTORS}, got {predictor!r}")
         options["predictor"] = predictor
+        snr_norms = options.get("snr_norms") or "sample"
+        if snr_norms not in SNR_NORMS:
+            raise ValueError(f"snr_norms must be one of {SNR_NORMS}, got {snr_norms!r}")
         nexts = np.append(levels[1:], -1)
         for i, (t, t_next) in enumerate(zip(levels, nexts)):
-            rows += [_corrector_row(schedule, process, int(t), int(t_next), snr)] * corrector_steps
+            rows += [_corrector_row(schedule, process, int(t), int(t_next), snr, snr_norms == "batch")] * corrector_steps
             model_t += [int(t)] * corrector_steps
             landing += [int(t)] * corrector_steps
             quiet = denoise and i == len(levels) - 1

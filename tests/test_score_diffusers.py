@@ -84,6 +84,21 @@ def test_step_pred_and_step_correct_equal_the_plan_rows(monkeypatch):
         assert_close(fused, got, atol=1e-12, rtol=1e-12, name="kernels.langevin_step")
 
 
+def test_step_correct_with_batch_norms_equals_diffusers_for_a_batch(monkeypatch):
+    """snr_norms="batch": the batch-mean norms of diffusers (and Song's code) for N = 4."""
+    scheduler, schedule = make_scheduler()
+    plan = reference.sampling_plan(schedule, "pc", N_LEVELS, snr=SNR, snr_norms="batch")
+    gen = torch.Generator().manual_seed(1)
+    x, out, z = (torch.randn((4,) + SHAPE[1:], generator=gen, dtype=torch.float64) for _ in range(3))
+    level = 5
+    k = int(np.flatnonzero((plan.timesteps == level) & (plan.coefficients[:, 4] > 0))[0])
+    monkeypatch.setattr(scheduling_sde_ve, "randn_tensor", FixedNoise([z]))
+    want = scheduler.step_correct(-out / schedule.sigmas[level], x).prev_sample
+    rows = reference.langevin_snr_coefficients(plan.coefficients[k], out.numpy(), z.numpy())
+    got = reference.langevin_step(x.numpy(), out.numpy(), rows, z.numpy())
+    assert_close(got, want, atol=1e-6, rtol=1e-6, name="batch-norm corrector")  # diffusers' float32 step
+
+
 def test_a_whole_pc_run_equals_diffusers_loop(monkeypatch):
     scheduler, schedule = make_scheduler()
     seed = 3

@@ -69,12 +69,15 @@ def test_score_model_backward_through_the_unet_matches_finite_differences():
 def test_langevin_snr_rows_follow_song_et_al():
     rng = np.random.default_rng(2)
     out, z = rng.standard_normal((2, 5)), rng.standard_normal((2, 5))
-    row = np.array([1.0, -0.5, 0.0, 0.0, 0.16, 0.9])
+    row = np.array([1.0, -0.5, 0.0, 0.0, 0.16, 0.9, 0.0])
     rows = reference.langevin_snr_coefficients(row, out, z)
     g = -0.5 * out
     step = 2 * 0.9 * (0.16 * np.linalg.norm(z, axis=1) / np.linalg.norm(g, axis=1)) ** 2
     np.testing.assert_allclose(rows[:, 2], step, rtol=1e-14)
     np.testing.assert_allclose(rows[:, 3], np.sqrt(2 * step), rtol=1e-14)
+    batch = reference.langevin_snr_coefficients(np.concatenate([row[:6], [1.0]]), out, z)  # batch means
+    mean_step = 2 * 0.9 * (0.16 * np.linalg.norm(z, axis=1).mean() / np.linalg.norm(g, axis=1).mean()) ** 2
+    np.testing.assert_allclose(batch[:, 2], mean_step, rtol=1e-14)
 
 
 def _gaussian_model(process, schedule, s):

@@ -26,6 +26,7 @@ CASES = [
     ("pc", {"snr": 0.16, "corrector_steps": 2}, 5),
     ("pc", {"predictor": "ancestral", "corrector_steps": 1}, 4),
     ("pc", {"predictor": "reverse_diffusion", "corrector_steps": 0, "denoise": False}, 6),
+    ("pc", {"snr_norms": "batch", "corrector_steps": 1}, 4),
 ]
 
 
