@@ -111,6 +111,8 @@ def save_picture(result: dict, path: Path) -> None:
         ax.set_xlim(-10, 10)
         ax.set_ylim(-10, 10)
         ax.set_title(f"{row['name']}\nweight(5,5) {row['mode_weight']:.2f}, ED {row['energy']:.3f}", fontsize=8)
+    for ax in list(axes.flat)[len(rows):]:
+        ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
