@@ -149,7 +149,7 @@ def check_process_schedule(schedule, name: str = "schedule"):
         return schedule, "ve"
     if isinstance(schedule, Schedule):
         return schedule, "vp"
-    raise TypeError(f"{name} must be a reference.Schedule (VP, a DDPM model) or a "
+    raise TypeError(f"{name} must be a reference Schedule (VP, a DDPM model) or a "
                     f"reference.VESchedule (VE, a score model), got {type(schedule).__name__}")
 
 
