@@ -93,6 +93,17 @@ from .vlb import (
     vlb_terms,
     vlb_terms_backward,
 )
+from .eval_metrics import (  # sample-quality figures on features (issue 16)
+    density_coverage,
+    frechet_distance,
+    frechet_distance_features,
+    gaussian_statistics,
+    inception_score,
+    memorisation,
+    precision_recall,
+    real_halves,
+)
+from .feature_nets import FEATURE_NET_DATA, FEATURE_NET_PRESETS, feature_net_preset, feature_net_split
 # the score view (issue 13): VE noise levels, denoising score matching, the Langevin step, plans
 from .langevin_step import SNR_NORMS, LANGEVIN_COEFFICIENTS, LANGEVIN_STEP_COEFFICIENTS, langevin_snr_coefficients, langevin_step
 from .score import (PROCESSES, ScoreModel, VESchedule, check_process_schedule, dsm_loss, dsm_loss_backward,
