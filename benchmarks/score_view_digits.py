@@ -57,7 +57,8 @@ def quality(images: torch.Tensor, labels: torch.Tensor, real: np.ndarray, classi
     result = {"hit_rate": hit_rate(classifier, images, labels).overall}
     if sample_quality is not None:
         q = sample_quality(images, data="digits", labels=labels, seed=0)
-        result.update(fd=float(q["fd"]), fd_floor=float(q["fd_floor"]), fd_kind="feature net (ddpm.evaluate)")
+        result.update(fd=float(q["fd"]), fd_floor=float(q["fd_floor"]),
+                      fd_kind=f"{q.get('fd_name', 'FD')}, ddpm.evaluate.sample_quality")
     else:
         flat = images.reshape(images.shape[0], -1).double().clamp(-1, 1).numpy()
         result.update(fd=pixel_frechet(flat, real), fd_kind="pixels (scipy)")
@@ -107,11 +108,12 @@ def format_markdown(result: dict, seconds: float) -> str:
     kind = result["rows"][0]["fd_kind"]
     lines = [f"### Digits: {result['evals']} model evaluations per sampler, guidance {result['guidance']}, "
              f"{result['per_class']} samples per class (seed {result['seed']})", "",
-             f"| sampler | model | model evaluations | hit rate | Frechet distance ({kind}) | seconds |",
-             "|---|---|---|---|---|---|"]
+             f"| sampler | model | model evaluations | hit rate | Frechet distance ({kind}) | FD floor | seconds |",
+             "|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
+        floor = f"{r['fd_floor']:.2f}" if "fd_floor" in r else ""
         lines.append(f"| {r['name']} | {r['model'].upper()} | {r['evals']} | {r['hit_rate']:.3f} | "
-                     f"{r['fd']:.2f} | {r['seconds']:.1f} |")
+                     f"{r['fd']:.2f} | {floor} | {r['seconds']:.1f} |")
     lines += ["", f"Schedules: {result['schedules']}. Classifier: {100 * result['classifier_accuracy']:.1f}% on "
               "held-out real digits.", "",
               f"Measured on {platform.node()} (CPU), commit {commit}, {seconds:.0f} s, load average "
