@@ -13,7 +13,7 @@ classifier-free guidance 2 as the demo, EMA weights, `per_class` samples per dig
     PC, VE: evals/2 levels x (reverse diffusion + 1 Langevin corrector)   VE model
     annealed Langevin, VE: evals/10 levels x 10 steps (+1 denoising)      VE model
 
-Quality: the class hit rate (ddpm.metrics: logistic regression on the real digits) and a
+Quality (samples clamped to [-1, 1], as saved pictures are): the class hit rate (ddpm.metrics: logistic regression on the real digits) and a
 Frechet distance to the 1,797 real digits: `ddpm.evaluate.sample_quality` (FD in the feature
 net's space) when it is importable, else the Frechet distance of the 64 pixel values
 (scipy.linalg.sqrtm), said as such in the table.
@@ -54,6 +54,7 @@ def quality(images: torch.Tensor, labels: torch.Tensor, real: np.ndarray, classi
         from ddpm.evaluate import sample_quality
     except ImportError:
         sample_quality = None
+    images = images.clamp(-1.0, 1.0)  # the data range, as pictures are saved (DDIM overshoots it)
     result = {"hit_rate": hit_rate(classifier, images, labels).overall}
     if sample_quality is not None:
         q = sample_quality(images, data="digits", labels=labels, seed=0)
