@@ -1,5 +1,5 @@
 """Kernel suite: one row per op, named after it (normal, q_sample, sampler_step,
-learned_variance_step, group_norm_silu forward/backward), each against its peers.
+learned_variance_step, langevin_step, group_norm_silu forward/backward), each against its peers.
 
 Peers in the same run: every available `kernels` backend, torch eager of the same math,
 torch.compile of the same math (compiled anew for every shape/dtype variant after a Dynamo
@@ -190,6 +190,29 @@ def _run_learned_variance_step(report: Report, device, dtype_name, shape, case, 
     _time_peers(report, row, eager, device, compile_peers, rep)
 
 
+def _run_langevin_step(report: Report, device, dtype_name, shape, case, backends, compile_peers, rep):
+    """`langevin_step`: the score samplers' update x + step * score + sqrt(2 step) z with
+    score = -out / sigma (a VE annealed-Langevin row); eager peer: the same math + randn."""
+    dtype = DTYPES[dtype_name]
+    plan = reference.sampling_plan(reference.ve_schedule(50.0, 0.01, 100), "annealed_langevin", 10,
+                                   steps_per_level=1)
+    coef_np = plan.coefficients[0, :4]
+    coef = torch.tensor(coef_np, dtype=torch.float64, device=device)  # as ddpm.Sampler keeps them
+    x = torch.randn(shape, device=device).to(dtype)
+    model_output = torch.randn(shape, device=device).to(dtype)
+    c = [float(v) for v in coef_np]
+
+    def eager():
+        return (c[0] * x + c[2] * (c[1] * model_output) + c[3] * torch.randn_like(x)).to(dtype)
+
+    row = Row("kernels", case, dict(shape="x".join(map(str, shape)), dtype=dtype_name, noise="in-kernel"),
+              bytes_moved=3 * x.numel() * x.element_size())  # x, the model output, x_next
+    for b in backends:
+        row.times[b] = bench(lambda b=b: kernels.langevin_step(x, model_output, coef, seed=1, stream=3,
+                                                               backend=b), device, **rep)
+    _time_peers(report, row, eager, device, compile_peers, rep)
+
+
 def _run_group_norm_silu(report: Report, device, dtype_name, shape, case, backends, compile_peers,
                          rep, channels_last: bool, groups: int = 32):
     dtype = DTYPES[dtype_name]
@@ -278,6 +301,7 @@ def run(report: Report, *, device: str, quick: bool, dtypes, compile_peers: bool
                               rep, classifier=True)  # classifier guidance's gradient term (issue 12)
             _run_learned_variance_step(report, device, dtype_name, shape, "learned_variance_step",
                                        backends, compile_peers, rep)
+            _run_langevin_step(report, device, dtype_name, shape, "langevin_step", backends, compile_peers, rep)
         for channels_last in (False, True):
             for shape in gn_shapes:
                 _run_group_norm_silu(report, device, dtype_name, shape, "group_norm_silu", backends,

@@ -78,7 +78,12 @@ class CheckpointError(ValueError):
 # ----------------------------------------------------------------------------- config helpers
 
 def schedule_to_dict(schedule: reference.Schedule) -> dict:
-    """JSON form of a schedule: kind, T, params, and the float64 betas (repr round-trips)."""
+    """JSON form of a schedule: kind, T, params, and the float64 betas (repr round-trips); a VE
+    schedule (a score model, issue 13) as process "ve" with its float64 sigmas (t ascending)."""
+    if isinstance(schedule, reference.VESchedule):
+        params = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in dict(schedule.params).items()}
+        return {"process": "ve", "kind": schedule.kind, "T": schedule.T, "params": params,
+                "sigmas": [float(s) for s in schedule.sigmas]}
     if not isinstance(schedule, reference.Schedule):
         raise TypeError(f"schedule must be a reference.Schedule, got {type(schedule).__name__}")
     params = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in dict(schedule.params).items()}
@@ -88,7 +93,9 @@ def schedule_to_dict(schedule: reference.Schedule) -> dict:
 
 def schedule_from_dict(d: dict) -> reference.Schedule:
     """Rebuild a schedule; a named kind is recomputed by `reference.make_schedule` and must give
-    exactly the stored betas, anything else is rebuilt from the betas."""
+    exactly the stored betas, anything else is rebuilt from the betas (a VE schedule: sigmas)."""
+    if isinstance(d, dict) and d.get("process") == "ve":
+        return _ve_schedule_from_dict(d)
     try:
         kind, T, betas = d["kind"], int(d["T"]), np.asarray(d["betas"], dtype=np.float64)
     except (KeyError, TypeError, ValueError) as err:
@@ -113,6 +120,30 @@ def model_parameter_shapes(config: reference.UNetConfig, kind: str = "unet"):
     if kind == "classifier":
         return reference.classifier_parameter_shapes(config)
     return reference.parameter_shapes(config)
+
+
+def _ve_schedule_from_dict(d: dict) -> reference.VESchedule:
+    """A VE schedule: a geometric one is recomputed by `reference.ve_schedule` and must give
+    exactly the stored sigmas, anything else is rebuilt from them."""
+    try:
+        sigmas, T = np.asarray(d["sigmas"], dtype=np.float64), int(d["T"])
+        if sigmas.shape != (T,):
+            raise ValueError(f"sigmas have shape {sigmas.shape}, expected ({T},)")
+        if d.get("kind") == "geometric":
+            schedule = reference.ve_schedule(**d.get("params", {}))
+            if not np.array_equal(schedule.sigmas, sigmas):
+                raise ValueError("the geometric levels recompute to different sigmas than stored")
+            return schedule
+        return reference.VESchedule(sigmas)
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"VE schedule entry is malformed ({err}): {str(d)[:200]}") from None
+
+
+def same_schedule(a, b) -> bool:
+    """Whether two schedules are the same process with the same float64 tables."""
+    if isinstance(a, reference.VESchedule) or isinstance(b, reference.VESchedule):
+        return type(a) is type(b) and np.array_equal(a.sigmas, b.sigmas)
+    return np.array_equal(a.betas, b.betas)
 
 
 def checkpoint_config(unet_config: reference.UNetConfig, schedule: reference.Schedule, *,
@@ -442,7 +473,7 @@ class Checkpoint:
             raise CheckpointError(f"checkpoint {self.path} was trained with a different UNet config: "
                                   + ", ".join(f"{k}: checkpoint {a!r} vs requested {b!r}"
                                               for k, (a, b) in diff.items()))
-        if schedule is not None and not np.array_equal(self.schedule.betas, schedule.betas):
+        if schedule is not None and not same_schedule(self.schedule, schedule):
             raise CheckpointError(f"checkpoint {self.path} was trained with schedule {self.schedule!r}, "
                                   f"requested {schedule!r}")
 

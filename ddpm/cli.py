@@ -133,12 +133,14 @@ def cmd_train(args) -> int:
         return 0
     if args.latent_cache is not None:
         raise UsageError("--latent-cache needs --latent AE_CHECKPOINT")
+    score = {"objective": args.objective,  # the score view (ddpm.runs_score)
+             "levels": {"sigma_max": args.sigma_max, "sigma_min": args.sigma_min, "levels": args.levels}}
     train_run(args.out, data=args.data, preset=args.config, unconditional=args.unconditional,
               hflip=None if args.hflip is None else args.hflip == "on", schedule=args.schedule,
               timesteps=args.timesteps, training=_training_args(args),
               checkpoint_every=args.checkpoint_every, samples=args.samples, guidance=args.guidance,
               sample_steps=args.sample_steps, device=resolve_device(args.device),
-              progress=not args.no_progress, allow_data_change=args.allow_data_change)
+              progress=not args.no_progress, allow_data_change=args.allow_data_change, **score)
     return 0
 
 
@@ -147,7 +149,10 @@ def cmd_sample(args) -> int:
                class_id=args.class_id, guidance=args.guidance, eta=args.eta, seed=args.seed,
                ema=args.ema, clip=args.clip, nrow=args.nrow, gif=args.gif, gif_frames=args.gif_frames,
                device=resolve_device(args.device), classifier=args.classifier,
-               classifier_scale=args.classifier_scale)
+               classifier_scale=args.classifier_scale, step_size=args.step_size,
+               steps_per_level=args.steps_per_level, snr=args.snr, corrector_steps=args.corrector_steps,
+               predictor=args.predictor, level=args.level, denoise=False if args.no_denoise else None,
+               snr_norms=args.snr_norms)
     return 0
 
 
@@ -242,13 +247,19 @@ def _add_train(sub) -> None:
                     "(default RUN/latents.safetensors; reused when the weights and data match)")
     tr.add_argument("--device", default="auto", help="auto, cpu or cuda[:k]")
     tr.add_argument("--no-progress", action="store_true")
+    # the score view (issue 13): a noise-conditional score model on VE levels, DSM with sigma^2
+    tr.add_argument("--objective", choices=("diffusion", "score"), default=None,
+                    help="score: a VE score model (NCSN) on geometric levels; default diffusion (DDPM)")
+    tr.add_argument("--sigma-max", type=POSITIVE, default=None, help="largest VE level, > 0 (default 10)")
+    tr.add_argument("--sigma-min", type=POSITIVE, default=None, help="smallest VE level, > 0 (default 0.01)")
+    tr.add_argument("--levels", type=_integer(2), default=None, help="number of VE levels, >= 2 (default 100)")
     tr.set_defaults(func=cmd_train)
 
 
 def _add_sample(sub) -> None:
     sa = sub.add_parser("sample", help="draw a grid (and a GIF of the reverse process) from a checkpoint")
     sa.add_argument("--checkpoint", required=True, help="a run directory or a checkpoint directory")
-    sa.add_argument("--sampler", choices=SAMPLERS, default="ddim")
+    sa.add_argument("--sampler", choices=reference.ALL_SAMPLERS, default="ddim")  # + the score samplers
     sa.add_argument("--steps", type=COUNT, default=None,
                     help="sampler steps in [1, T] (default: 50 for ddim, 20 for dpm_solver++, T for ddpm)")
     sa.add_argument("--n", "--num-samples", dest="n", type=COUNT, default=64,
@@ -273,6 +284,17 @@ def _add_sample(sub) -> None:
                     "(a run or checkpoint of train-classifier; its EMA weights); needs --class")
     sa.add_argument("--classifier-scale", type=NONNEG, default=1.0, help="classifier guidance scale s >= 0 "
                     "(Dhariwal & Nichol 2021), with --classifier")
+    # the score samplers (issue 13; reference.score_sampling_plan)
+    sa.add_argument("--step-size", type=POSITIVE, default=None, help="Langevin eps, > 0 (default 2e-5)")
+    sa.add_argument("--steps-per-level", type=COUNT, default=None, help="annealed Langevin T, >= 1 (default 100)")
+    sa.add_argument("--snr", type=POSITIVE, default=None, help="pc corrector signal-to-noise ratio, > 0 (default 0.16)")
+    sa.add_argument("--corrector-steps", type=COUNT0, default=None, help="pc corrector steps per level, >= 0 (default 1)")
+    sa.add_argument("--predictor", choices=("reverse_diffusion", "ancestral"), default=None,
+                    help="pc predictor (default reverse_diffusion for VE, ancestral for VP)")
+    sa.add_argument("--level", type=COUNT0, default=None, help="langevin's noise level t, >= 0 (default 0)")
+    sa.add_argument("--no-denoise", action="store_true", help="skip the final noise-free denoising step")
+    sa.add_argument("--snr-norms", choices=("sample", "batch"), default=None,
+                    help="pc corrector norms: per sample (default, batch invariant) or batch means (Song, diffusers)")
     sa.set_defaults(func=cmd_sample)
 
 

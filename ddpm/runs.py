@@ -44,6 +44,7 @@ from .distributed import (
 )
 from .latent import check_latent_fit, decode_latent_samples, run_autoencoder
 from .preflight import UsageError, check_data_fits, check_output_dir, check_output_file, data_changes
+from .runs_score import check_score_sampling, sampler_for, score_schedule
 from .train import TrainConfig, Trainer
 from .unet import UNet
 from .viz import save_gif, save_grid, save_loss_curve
@@ -235,7 +236,7 @@ def _sampling_variance(cfg: reference.UNetConfig) -> str:
 def draw(model, schedule, y: torch.Tensor | None, n: int, ctx: DistributedContext, *,
          sampler: str = "ddim", num_steps: int | None = 50, guidance_scale: float = 1.0,
          eta: float = 0.0, seed: int = 0, gif_frames: int = 0, clip=None, classifier=None,
-         classifier_scale: float = 1.0):
+         classifier_scale: float = 1.0, **score_options):
     """n samples (N, C, H, W) on every rank, split over ranks by global index; with gif_frames
     > 0 also up to that many snapshots of x_t along the reverse process (list of tensors).
 
@@ -245,7 +246,10 @@ def draw(model, schedule, y: torch.Tensor | None, n: int, ctx: DistributedContex
     cfg = model.config
     shape = (n, cfg.in_channels, cfg.image_size, cfg.image_size)
     frames: list[torch.Tensor] = []
-    keep = _gif_steps(num_steps, gif_frames) if gif_frames > 0 else set()
+    plan_steps = num_steps  # the score samplers take more steps than levels: count the plan's
+    if sampler in reference.SCORE_SAMPLERS:
+        plan_steps = reference.sampling_plan(schedule, sampler, num_steps, **score_options).num_steps
+    keep = _gif_steps(plan_steps, gif_frames) if gif_frames > 0 else set()
 
     def snapshot(step, t, x):  # this rank's block of x_t after sampler step `step`
         if step in keep:
@@ -256,7 +260,7 @@ def draw(model, schedule, y: torch.Tensor | None, n: int, ctx: DistributedContex
         images = sample_distributed(model, shape, schedule, ctx, y=y, sampler=sampler,
                                     num_steps=num_steps, guidance_scale=guidance_scale, eta=eta,
                                     seed=seed, clip=clip, callback=callback,
-                                    variance=_sampling_variance(cfg), **(
+                                    variance=_sampling_variance(cfg), **score_options, **(
                                         {} if classifier is None else
                                         {"classifier": classifier, "classifier_scale": classifier_scale}))
     counts = split_counts(n, ctx.world_size)
@@ -304,9 +308,14 @@ def _with_variance(config: reference.UNetConfig, training: dict) -> reference.UN
 
 
 def _resolve_run(ckpt: Checkpoint | None, data: ImageDataset, *, preset, unconditional, schedule,
-                 timesteps, training: dict, allow_data_change: bool = False):
+                 timesteps, training: dict, allow_data_change: bool = False, ve_schedule=None):
     """(unet_config, schedule, TrainConfig) of a new run, or of the saved one through the
-    resume policy; the settings asked for are None where not given."""
+    resume policy; the settings asked for are None where not given. ve_schedule: the levels of
+    a score model (`--objective score`, ddpm.runs_score), instead of a VP schedule."""
+    if ve_schedule is not None:
+        return _resolve_score_run(ckpt, data, preset=preset, unconditional=unconditional,
+                                  training=training, allow_data_change=allow_data_change,
+                                  ve_schedule=ve_schedule)
     num_classes = None if unconditional else data.num_classes
     if ckpt is None:
         try:  # options that do not go together (e.g. --loss hybrid without --variance learned)
@@ -329,12 +338,26 @@ def _resolve_run(ckpt: Checkpoint | None, data: ImageDataset, *, preset, uncondi
                         allow_data_change=allow_data_change)
 
 
+def _resolve_score_run(ckpt, data, *, preset, unconditional, training, allow_data_change, ve_schedule):
+    """_resolve_run for a score model: the VE levels in place of the VP schedule."""
+    num_classes = None if unconditional else data.num_classes
+    if ckpt is None:
+        try:
+            train_config = TrainConfig(**training)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+        return model_config(preset or "digits8", num_classes), ve_schedule, train_config
+    wanted = None if preset is None else model_config(preset, num_classes)
+    return check_resume(ckpt, unet_config=wanted, schedule=ve_schedule, training=training, data=data,
+                        allow_data_change=allow_data_change)
+
+
 def _final_samples(trainer: Trainer, run_dir: Path, samples: int, guidance: float, sample_steps: int) -> None:
     """samples.png: `samples` per class (one row each) or in total, from the EMA weights."""
     config, schedule = trainer.unet_config, trainer.schedule
     y, n, nrow = class_labels("all" if config.num_classes else None, samples, config.num_classes)
     images, _ = draw(ema_model(trainer), schedule, y, n, trainer.ctx,
-                     num_steps=min(sample_steps, schedule.T),
+                     num_steps=min(sample_steps, schedule.T), sampler=sampler_for(schedule, "ddim"),
                      guidance_scale=guidance if y is not None else 1.0)
     if trainer.ctx.is_main:
         save_pictures(run_dir / "samples.png", images, [], nrow)
@@ -344,12 +367,14 @@ def train_run(out, *, data: str = "digits", preset: str | None = None, unconditi
               hflip: bool | None = None, schedule: str | None = None, timesteps: int | None = None,
               training: dict | None = None, checkpoint_every: int = 1000, samples: int = 8,
               guidance: float = 2.0, sample_steps: int = 50, device=None, progress: bool = True,
-              allow_data_change: bool = False, echo=_echo) -> Trainer:
+              allow_data_change: bool = False, echo=_echo, objective: str | None = None,
+              levels: dict | None = None) -> Trainer:
     """`python -m ddpm train`: train (or resume, see `check_resume`) the run in `out`, then write
     loss_curve.png and samples.png there. Arguments as the CLI's flags; `training` holds the
     TrainConfig fields given (left out: the saved value, or the default for a new run). Every
     user error (paths, data, settings against the checkpoint) is raised before the first step."""
     out = check_output_dir(out, "--out", ("loss_curve.png", "samples.png", "latest"))
+    ve = score_schedule(objective, dict(levels or {}), schedule, timesteps)  # --objective score
     ctx = init_distributed(device)
     try:
         ckpt = open_run(out, ctx)
@@ -362,7 +387,7 @@ def train_run(out, *, data: str = "digits", preset: str | None = None, unconditi
         config, sched, train_config = _resolve_run(ckpt, dataset, preset=preset, unconditional=unconditional,
                                                    schedule=schedule, timesteps=timesteps,
                                                    training=dict(training or {}),
-                                                   allow_data_change=allow_data_change)
+                                                   allow_data_change=allow_data_change, ve_schedule=ve)
         check_data_fits(dataset, config)
         trainer = new_trainer(config, sched, train_config, dataset, ctx)
         resume(trainer, ckpt, echo)
@@ -403,6 +428,8 @@ def _sample_steps(ckpt: Checkpoint, sampler: str, steps: int | None, guidance: f
         raise UsageError("--guidance needs --class K (or --class all)")
     if steps is None:  # the sampler's own default, at most T
         steps = reference.default_num_steps(sampler, T)
+    if sampler == "langevin":  # Langevin steps at one level, not timesteps: no cap at T
+        return steps
     if not 1 <= steps <= T:
         raise UsageError(f"--steps must lie in [1, T={T}], got {steps}")
     return steps
@@ -412,7 +439,7 @@ def sample_run(checkpoint, out="samples.png", *, sampler: str = "ddim", steps: i
                n: int = 64, class_id: str | None = None, guidance: float = 1.0, eta: float = 0.0,
                seed: int = 0, ema: bool = False, clip: bool = False, nrow: int | None = None,
                gif=None, gif_frames: int = 50, device=None, classifier=None, classifier_scale: float = 1.0,
-               echo=_echo) -> list[Path]:
+               echo=_echo, **score_options) -> list[Path]:
     """`python -m ddpm sample`: a grid PNG (and a GIF of the reverse process) from a checkpoint;
     returns the paths written (on rank 0; [] on the others). Arguments as the CLI's flags;
     classifier: a classifier checkpoint (`python -m ddpm train-classifier`) for classifier
@@ -428,6 +455,7 @@ def sample_run(checkpoint, out="samples.png", *, sampler: str = "ddim", steps: i
     ctx = init_distributed(device)
     try:
         model, schedule, ckpt = load_model(checkpoint, ema=ema, device=ctx.device)
+        check_score_sampling(schedule, sampler, steps, score_options)  # the score view's checks
         steps = _sample_steps(ckpt, sampler, steps, guidance, class_id, eta)
         num_classes, guide = ckpt.unet_config.num_classes, {}
         if classifier is not None:
@@ -449,7 +477,7 @@ def sample_run(checkpoint, out="samples.png", *, sampler: str = "ddim", steps: i
         images, frames = draw(model, schedule, y, total, ctx, sampler=sampler, num_steps=steps,
                               guidance_scale=guidance, eta=eta, seed=seed,
                               gif_frames=gif_frames if gif else 0, clip=(-1.0, 1.0) if clip else None,
-                              **guide)
+                              **guide, **{k: v for k, v in score_options.items() if v is not None})
         if autoencoder is not None:
             images = decode_latent_samples(autoencoder, images, str(ckpt.path))
             frames = [decode_latent_samples(autoencoder, f, str(ckpt.path)) for f in frames]

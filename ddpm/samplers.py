@@ -39,7 +39,7 @@ from reference.noise import SAMPLER_INIT_STREAM
 from reference.sampling import READS_VARIANCE
 from reference.classifier_guidance import check_classifier_guidance, guidance_rows
 from reference.sampling_plan import NO_NOISE, SAMPLERS, sampling_plan
-from reference.schedules import check_schedule
+from reference.score import check_process_schedule
 
 __all__ = ["SAMPLERS", "Sampler", "sample"]
 
@@ -140,11 +140,12 @@ class Sampler:
                  eta: float = 0.0, spacing: str | None = None, seed: int = 0, samples=None, y=None,
                  guidance_scale: float = 1.0, clip=None, prediction: str = "epsilon",
                  variance: str = "fixed_small", device=None, dtype: torch.dtype = torch.float32,
-                 backend: str = "auto", classifier=None, classifier_scale=1.0):
+                 backend: str = "auto", classifier=None, classifier_scale=1.0,
+                 **score_options):
         if not callable(model):
             raise TypeError(f"model must be callable as model(x, t[, y]), got {type(model).__name__}")
-        self.plan = sampling_plan(check_schedule(schedule), sampler, num_steps, spacing, eta,
-                                  prediction, variance, clip)
+        self.plan = sampling_plan(check_process_schedule(schedule)[0], sampler, num_steps, spacing, eta,
+                                  prediction, variance, clip, **score_options)
         self.dtype = _check_dtype(dtype)
         self.shape = _check_shape(shape)
         self.seed = check_seed(seed)
@@ -175,6 +176,11 @@ class Sampler:
                                             dtype=torch.float64, device=self.device)
         self._streams = [int(s) for s in plan.noise_streams]
         self._kinds = list(plan.step_kinds)
+        names = plan.coefficient_names
+        self._snr = ([bool(c > 0) for c in plan.coefficients[:, names.index("snr")]]
+                     if "snr" in names else [False] * plan.num_steps)
+        self._snr_batch = ([bool(c) for c in plan.coefficients[:, names.index("snr_batch")]]
+                           if "snr_batch" in names else [False] * plan.num_steps)
         # DPM-Solver++ runs its update in float32 for half-precision states (float64 stays
         # float64): bf16 coefficients would carry ~0.4% error into every step's sigma ratio
         self._compute_dtype = torch.float64 if self.dtype == torch.float64 else torch.float32
@@ -262,8 +268,34 @@ class Sampler:
             samples=self.samples if noisy else None, stream=stream if noisy else 0,
             backend=self.backend)
 
+    def _langevin_step(self, x: torch.Tensor, cond, uncond, k: int) -> torch.Tensor:
+        """A score-sampler step (`reference.langevin_step`): ONE fused `kernels.langevin_step`
+        (noise in-kernel), or, for the snr corrector (Song et al. 2021, Alg. 4/5), z drawn once
+        from the step's stream, the per-sample rows of `reference.langevin_snr_coefficients`
+        formed on the device in float64, then the fused step with that z."""
+        if uncond is not None:  # the CFG combine first, as reference.guided
+            storage = torch.float64 if x.dtype == torch.float64 else torch.float32
+            cond = (uncond.to(storage) + self.guidance_scale * (cond.to(storage) - uncond.to(storage))).to(x.dtype)
+        row, stream = self.coefficients[k], self._streams[k]
+        if self._snr[k]:
+            z = kernels.normal(self.seed, self.samples, stream, tuple(x.shape[1:]), device=self.device,
+                               dtype=torch.float32, backend=self.backend)
+            n = x.shape[0]
+            grad_norm = torch.linalg.vector_norm(row[1] * cond.reshape(n, -1).double(), dim=1)
+            noise_norm = torch.linalg.vector_norm(z.reshape(n, -1).double(), dim=1)
+            if self._snr_batch[k]:  # Song's code and diffusers: batch means (not batch invariant)
+                grad_norm, noise_norm = grad_norm.mean().expand(n), noise_norm.mean().expand(n)
+            ratio = torch.where(grad_norm > 0, row[4] * noise_norm / grad_norm, torch.zeros_like(grad_norm))
+            step = 2.0 * row[5] * ratio * ratio
+            rows = torch.stack([row[0].expand(n), row[1].expand(n), step, torch.sqrt(2.0 * step)], dim=1)
+            return kernels.langevin_step(x, cond, rows, noise=z.to(x.dtype), backend=self.backend)
+        noisy = stream != NO_NOISE
+        return kernels.langevin_step(x, cond, row[:4], seed=self.seed if noisy else None,
+                                     samples=self.samples if noisy else None,
+                                     stream=stream if noisy else 0, backend=self.backend)
+
     _RULES = {"sampler_step": _sampler_step, "dpm_solver_pp_2m": _dpm_solver_pp_2m,
-              "learned_variance_step": _learned_variance_step}
+              "learned_variance_step": _learned_variance_step, "langevin_step": _langevin_step}
 
     # ------------------------------------------------------------------ the loop
 
@@ -271,6 +303,8 @@ class Sampler:
         """x_T ~ N(0, I) from stream SAMPLER_INIT_STREAM (float32 normals, then cast)."""
         z = kernels.normal(self.seed, self.samples, SAMPLER_INIT_STREAM, self.shape[1:],
                            device=self.device, dtype=torch.float32, backend=self.backend)
+        if self.plan.init_scale != 1.0:  # a VE score plan: N(0, sigma_max^2 I), scaled in float64
+            return (self.plan.init_scale * z.double()).to(self.dtype)
         return z.to(self.dtype)
 
     def model_output(self, x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -379,7 +413,8 @@ def sample(model, shape, schedule, *, sampler: str = "ddim", num_steps: int | No
            guidance_scale: float = 1.0, clip=None, prediction: str = "epsilon",
            variance: str = "fixed_small", device=None, dtype: torch.dtype = torch.float32,
            x_T: torch.Tensor | None = None, callback: Callback | None = None,
-           backend: str = "auto", classifier=None, classifier_scale=1.0) -> torch.Tensor:
+           backend: str = "auto", classifier=None, classifier_scale=1.0,
+           **score_options) -> torch.Tensor:
     """Draw samples x_0 of `shape` (N, C, H, W) from a diffusion model.
 
     model: `model(x, t)` or, with `y`, `model(x, t, y)` -> output shaped like x (eps, x0 or v per
@@ -406,11 +441,18 @@ def sample(model, shape, schedule, *, sampler: str = "ddim", num_steps: int | No
         step's mean by s Sigma grad log p(y | x_t) (Alg. 1), ddim and dpm_solver++ shift eps_hat by
         -s sqrt(1 - alpha_bar_t) grad (Alg. 2); composes with guidance_scale (CFG) when the model
         is class-conditional. The gradient comes from autograd; the term joins the fused step.
+    The score view: sampler "langevin" | "annealed_langevin" | "pc" (Song & Ermon 2019, Song et
+        al. 2021) over a VP schedule (a DDPM eps-model, score = -eps / sqrt(1 - alpha_bar_t)) or a
+        reference.VESchedule (a score model: the UNet predicts z, score = -out / sigma_t), with
+        score_options step_size, level, steps_per_level, snr, corrector_steps, predictor,
+        snr_norms, denoise (reference.score_sampling_plan; num_steps counts Langevin steps for langevin,
+        levels for the others).
     Returns x_0, (N, C, H, W) in `dtype`. Runs under torch.no_grad(); a model in training mode
     is switched to eval() for the run and back afterwards.
     """
     runner = Sampler(model, shape, schedule, sampler=sampler, num_steps=num_steps, eta=eta,
                      spacing=spacing, seed=seed, samples=samples, y=y, guidance_scale=guidance_scale,
                      clip=clip, prediction=prediction, variance=variance, device=device, dtype=dtype,
-                     backend=backend, classifier=classifier, classifier_scale=classifier_scale)
+                     backend=backend, classifier=classifier, classifier_scale=classifier_scale,
+                     **score_options)
     return runner.run(x_T=x_T, callback=callback)

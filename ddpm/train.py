@@ -201,7 +201,7 @@ class StepResult:
 
 
 def _reference_schedule(schedule) -> reference.Schedule:
-    if isinstance(schedule, reference.Schedule):
+    if isinstance(schedule, (reference.Schedule, reference.VESchedule)):  # VE: a score model
         return schedule
     ref = getattr(schedule, "reference", None)
     if isinstance(ref, reference.Schedule):
@@ -235,6 +235,9 @@ class Trainer:
             raise TypeError("model must carry its reference.UNetConfig as `.config`")
         self._check_dataset(dataset)
         self._check_variance_channels()
+        self.score_objective = isinstance(self.schedule, reference.VESchedule)
+        if self.score_objective:
+            self._check_score_objective()
         self.dataset = dataset
         rank_slice(config.batch_size, self.ctx)  # validates that the batch splits over the ranks
 
@@ -250,9 +253,13 @@ class Trainer:
             lr=config.lr_at(0), betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_eps)
 
         # Schedule tables: the reference's float64 values, cast once (never recomputed here).
-        self._sqrt_alpha_bar = torch.tensor(self.schedule.sqrt_alpha_bars, dtype=torch.float32, device=device)
-        self._sqrt_one_minus_alpha_bar = torch.tensor(self.schedule.sqrt_one_minus_alpha_bars,
-                                                         dtype=torch.float32, device=device)
+        # A VE schedule (the score view, reference/score.py): x_t = x0 + sigma_t z is q_sample with
+        # the tables (1, sigma_t), and the eps-loss on z is DSM with lambda(sigma) = sigma^2.
+        scales, noise_scales = ((np.ones(self.schedule.T), self.schedule.sigmas)
+                                if self.score_objective else
+                                (self.schedule.sqrt_alpha_bars, self.schedule.sqrt_one_minus_alpha_bars))
+        self._sqrt_alpha_bar = torch.tensor(scales, dtype=torch.float32, device=device)
+        self._sqrt_one_minus_alpha_bar = torch.tensor(noise_scales, dtype=torch.float32, device=device)
         self._min_snr_table = None
         if config.min_snr_gamma is not None:  # (T,) weights per timestep, computed once
             w = reference.min_snr_weights(np.arange(self.schedule.T), self.schedule, config.prediction,
@@ -299,6 +306,19 @@ class Trainer:
             half = "a variance half (v, Improved DDPM Eq. 15)" if variance == "learned" else "no variance half"
             raise ValueError(f"config.variance={variance!r} needs {half}: a model with out_channels = {want}, "
                              f"got out_channels={cfg.out_channels} for in_channels={cfg.in_channels}")
+
+    def _check_score_objective(self) -> None:
+        """A VE score model (Song & Ermon 2019) trains by DSM with lambda(sigma) = sigma^2 on a
+        z-predicting net: the plain eps objective, none of the VP-only options."""
+        cfg = self.config
+        wrong = {name: value for name, value, plain in (
+            ("prediction", cfg.prediction, "epsilon"), ("loss", cfg.loss, "simple"),
+            ("variance", cfg.variance, "fixed_small"), ("min_snr_gamma", cfg.min_snr_gamma, None),
+            ("timestep_sampling", cfg.timestep_sampling, "uniform")) if value != plain}
+        if wrong:
+            raise ValueError("a VE schedule trains a score model by denoising score matching "
+                             "(lambda = sigma^2, the net predicts z); it takes none of "
+                             + ", ".join(f"{k}={v!r}" for k, v in wrong.items()))
 
     def check_batch(self, x0: torch.Tensor, y: torch.Tensor | None) -> None:
         """Raise TypeError/ValueError unless (x0, y) fit the model (shape, dtype, class range).

@@ -11,10 +11,12 @@ from .group_norm_silu import GroupNormSiLU, GroupNormSiLUFunction, group_norm_si
 from .normal import normal
 from .sampler_step import sampler_step
 from .learned_variance_step import learned_variance_step
+from .langevin_step import langevin_step
 
 # One name per op (kernels/README.md): reference.<op>, kernels/<op>.py, kernels/{triton,cupy}/<op>.py,
 # tests/test_<op>_*.py and the benchmark rows "<op>..." all use it.
 OPS = ("normal", "q_sample", "sampler_step", "learned_variance_step", "group_norm_silu")
+OPS = OPS + ("langevin_step",)  # the score samplers' update (issue 13)
 
 __all__ = [
     "OPS",
@@ -26,6 +28,7 @@ __all__ = [
     "q_sample",
     "sampler_step",
     "learned_variance_step",
+    "langevin_step",
     "group_norm_silu",
     "GroupNormSiLU",
     "GroupNormSiLUFunction",

@@ -14,7 +14,7 @@ import torch
 from .layout import channels_and_spatial, dense_layout, empty_like_layout, same_layout_or_copy
 
 __all__ = ["NOISE_NONE", "NOISE_TENSOR", "NOISE_STREAM", "Geometry", "SamplerStepOperands",
-           "learned_variance_step_operands",
+           "learned_variance_step_operands", "langevin_step_operands",
            "QSampleOperands", "sampler_step_operands", "q_sample_operands", "seed_words"]
 
 NOISE_NONE, NOISE_TENSOR, NOISE_STREAM = 0, 1, 2
@@ -120,6 +120,12 @@ def learned_variance_step_operands(x_t, model_output, noise, coefficients, seed,
     mode = NOISE_TENSOR if noise is not None else (NOISE_STREAM if seed is not None else NOISE_NONE)
     return SamplerStepOperands(x_t_dense, model_output, None, noise, x_prev, coefficients, mode,
                                _geometry(x_t, layout, seed, stream))
+
+
+def langevin_step_operands(x, model_output, noise, coefficients, seed, stream, out) -> SamplerStepOperands:
+    """The operands of kernels.langevin_step: as `sampler_step_operands` (no guidance), with
+    (N, 4) coefficient rows (row stride 0 or 4)."""
+    return learned_variance_step_operands(x, model_output, noise, coefficients, seed, stream, out)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ with it to the last bit or so:
 - `sampler_step`: reference.sampler_step (+ reference.classifier_free_guidance first).
 - `learned_variance_step`: reference.learned_variance_step (Improved DDPM Eq. 15).
 - `group_norm_silu`: reference.group_norm_silu written with torch ops (autograd, any dtype).
+- `langevin_step`: reference.langevin_step (the score samplers' update).
 
 Inputs arrive validated by the public functions in kernels/__init__.py.
 """
@@ -22,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["philox_words", "normal", "q_sample", "sampler_step", "learned_variance_step",
-           "group_norm_silu"]
+           "group_norm_silu", "langevin_step"]
 
 _MASK32 = 0xFFFFFFFF
 PHILOX_KEY_A = 0x9E3779B9  # golden ratio, the Weyl key increment
@@ -250,3 +251,28 @@ def group_norm_silu(x, weight, bias, groups: int, eps: float, activation: bool, 
         if x.is_contiguous(memory_format=memory_format):
             y = y.contiguous(memory_format=memory_format)
     return y
+
+
+def langevin_step(x, model_output, coefficients, noise, seed, samples, stream, host_has_noise):
+    """reference.langevin_step in float64 (score = c1 out; (c0 x + c2 score) + c3 z), rounded once.
+
+    coefficients: (N, 4) float64 on x's device. host_has_noise: None when the coefficients live
+    on a device (then samples with c3 != 0 and no noise source become NaN).
+    """
+    compute = torch.float64
+    ndim = x.dim()
+    col = [_per_sample(coefficients[:, k].to(compute), ndim) for k in range(4)]
+    score = col[1] * model_output.to(compute)
+    x_next = col[0] * x.to(compute) + col[2] * score
+    has_noise = _per_sample(coefficients[:, 3] != 0, ndim)
+    if noise is not None or seed is not None:
+        if host_has_noise is None or host_has_noise:
+            if noise is None:
+                noise = normal(seed, samples, stream, tuple(x.shape[1:]))
+            term = col[3] * noise.to(compute)
+            x_next = x_next + torch.where(has_noise, term, torch.zeros_like(term))
+    elif host_has_noise is None:
+        x_next = torch.where(has_noise, torch.full_like(x_next, float("nan")), x_next)
+    if x.dtype != torch.float64:
+        x_next = x_next.to(torch.float32)  # float64 -> float32 -> storage, as the fused kernels
+    return x_next.to(x.dtype)

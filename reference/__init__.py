@@ -132,3 +132,10 @@ from .classifier_guidance import (
     classifier_guidance_coefficients,
     guidance_rows,
 )
+# the score view (issue 13): VE noise levels, denoising score matching, the Langevin step, plans
+from .langevin_step import SNR_NORMS, LANGEVIN_COEFFICIENTS, LANGEVIN_STEP_COEFFICIENTS, langevin_snr_coefficients, langevin_step
+from .score import (PROCESSES, ScoreModel, VESchedule, check_process_schedule, dsm_loss, dsm_loss_backward,
+                    geometric_sigmas, score_scale, ve_perturb, ve_schedule)
+from .score_plan import PREDICTORS, SCORE_DEFAULTS, SCORE_SAMPLERS
+from .sampling_plan import ALL_SAMPLERS, score_sampling_plan
+from .sampling import sample_score

@@ -17,15 +17,17 @@ from typing import Callable
 import numpy as np
 
 from ._validate import check_float_array, check_samples
+from .langevin_step import langevin_snr_coefficients, langevin_step
 from .learned_variance_step import learned_variance_step, split_learned_output
 from .classifier_guidance import check_classifier_guidance, guidance_rows
 from .noise import SAMPLER_INIT_STREAM, normal
 from .process import classifier_free_guidance, dpm_solver_pp_2m_update, sampler_step
 from .sampling_plan import NO_NOISE, SamplingPlan, sampling_plan
 from .schedules import Schedule, check_schedule
+from .score import check_process_schedule
 
 __all__ = ["guided", "sample_plan", "READS_VARIANCE", "sample_ddpm", "sample_ddim", "sample_dpm_solver_pp",
-           "initial_noise", "STEP_RULES"]
+           "initial_noise", "STEP_RULES", "sample_score"]
 
 Model = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
@@ -48,7 +50,7 @@ def _start(model, shape, schedule, seed, samples, x_T, dtype):
     """Validate a sampling loop's arguments; returns (shape, samples, x_T)."""
     if not callable(model):
         raise TypeError(f"model must be callable as model(x_t, t), got {type(model).__name__}")
-    check_schedule(schedule)
+    check_process_schedule(schedule)  # VP (reference.Schedule) or VE (reference.VESchedule)
     if np.dtype(dtype) not in (np.float32, np.float64):
         raise TypeError(f"dtype must be float32 or float64, got {np.dtype(dtype)}")
     try:
@@ -106,10 +108,19 @@ def _guided_dpm_solver_pp_2m_rule(x, model_output, coefficients, noise, clip, x0
 GUIDED_STEP_RULES = {"sampler_step": _guided_sampler_step_rule,
                      "dpm_solver_pp_2m": _guided_dpm_solver_pp_2m_rule}
 
+def _langevin_rule(x, model_output, coefficients, noise, clip, carry):
+    """A score-sampler step (`langevin_step`): Langevin, annealed Langevin, a predictor or the
+    denoising step; a row with snr > 0 is the corrector, its step from the snr rule per sample."""
+    if coefficients[4] > 0:
+        return langevin_step(x, model_output, langevin_snr_coefficients(coefficients, model_output, noise),
+                             noise), carry
+    return langevin_step(x, model_output, coefficients[:4], noise), carry
+
+
 # step kind -> rule(x, model_output, coefficients, noise, clip, carry) -> (x_next, carry);
 # a new sampler whose update is none of these adds a kind here, not a loop
 STEP_RULES = {"sampler_step": _sampler_step_rule, "dpm_solver_pp_2m": _dpm_solver_pp_2m_rule,
-              "learned_variance_step": _learned_variance_rule}
+              "learned_variance_step": _learned_variance_rule, "langevin_step": _langevin_rule}
 # the kinds that read the model's whole 2C-channel output under variance="learned"; the others
 # read its mean part (the first C channels)
 READS_VARIANCE = ("learned_variance_step",)
@@ -155,6 +166,8 @@ def sample_plan(model: Model, shape, plan: SamplingPlan, seed: int, samples=None
     elif y is not None:
         raise ValueError("y is the class of classifier guidance: pass classifier= with it (the model's "
                          "own labels go into the model, e.g. reference.guided)")
+    if x_T is None and plan.init_scale != 1.0:  # VE prior N(0, sigma_max^2 I) (score plans)
+        x = (plan.init_scale * x.astype(np.float64)).astype(dtype)
     carry = None  # what one step hands the next (DPM-Solver++: x0_hat)
     for k, t in enumerate(plan.timesteps):
         t_batch = np.full(shape[0], t, dtype=np.int64)
@@ -216,3 +229,14 @@ def sample_dpm_solver_pp(model: Model, shape, schedule: Schedule, seed: int, sam
     plan = sampling_plan(schedule, "dpm_solver++", num_steps, spacing, prediction=prediction, clip=clip)
     return sample_plan(model, shape, plan, seed, samples, x_T=x_T, dtype=dtype, callback=callback,
                        classifier=classifier, classifier_scale=classifier_scale, y=y)
+
+
+def sample_score(model: Model, shape, schedule, sampler: str, seed: int, samples=None, *,
+                 num_steps: int | None = None, spacing: str | None = None, x_T=None,
+                 dtype=np.float64, callback=None, **options):
+    """The score samplers "langevin", "annealed_langevin", "pc" (reference/score_plan.py) over a
+    VP `reference.Schedule` (a DDPM eps-model) or a VE `reference.VESchedule` (a score model
+    predicting z, score = -out / sigma_t); options: step_size, level, steps_per_level, snr,
+    corrector_steps, predictor, denoise (see `reference.score_sampling_plan`)."""
+    plan = sampling_plan(schedule, sampler, num_steps, spacing, **options)
+    return sample_plan(model, shape, plan, seed, samples, x_T=x_T, dtype=dtype, callback=callback)

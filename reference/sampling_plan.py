@@ -34,7 +34,7 @@ The sampler defaults live here only: DEFAULT_NUM_STEPS and DEFAULT_SPACING.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -55,12 +55,17 @@ from .process import (
     dpm_solver_pp_coefficients,
 )
 from .schedules import SPACINGS, Schedule, check_schedule, timestep_subset
+from .score import VESchedule
+from .score_plan import SCORE_DEFAULTS, SCORE_SAMPLERS, score_plan_fields
 
-__all__ = ["SAMPLERS", "STEP_KINDS", "SAMPLER_VARIANCES", "DEFAULT_NUM_STEPS", "DEFAULT_SPACING", "NO_NOISE",
+__all__ = ["score_sampling_plan", "ALL_SAMPLERS", "SAMPLERS", "STEP_KINDS", "SAMPLER_VARIANCES", "DEFAULT_NUM_STEPS", "DEFAULT_SPACING", "NO_NOISE",
            "SamplingPlan", "sampling_plan", "default_num_steps"]
 
 SAMPLERS = ("ddpm", "ddim", "dpm_solver++")
 STEP_KINDS = ("sampler_step", "dpm_solver_pp_2m", "learned_variance_step")
+# the score view (issue 13, reference/score_plan.py): every step a "langevin_step"
+ALL_SAMPLERS = SAMPLERS + SCORE_SAMPLERS
+STEP_KINDS = STEP_KINDS + ("langevin_step",)
 # the fixed variances of DDPM, and the learned one of Improved DDPM (the model's 2C outputs)
 SAMPLER_VARIANCES = VARIANCES + (LEARNED_VARIANCE,)
 NO_NOISE = -1  # noise_streams[k] of a step that draws no z
@@ -95,6 +100,11 @@ class SamplingPlan:
     prediction: str
     variance: str
     clip: tuple | None
+    # the score samplers (reference/score_plan.py): x_T = init_scale * N(0, I) (VE: sigma_max),
+    # the process of the schedule ("vp" | "ve") and the sampler's options (step_size, snr, ...)
+    init_scale: float = 1.0
+    process: str = "vp"
+    options: dict = field(default_factory=dict)
 
     def __post_init__(self):
         for name in ("timesteps", "timesteps_prev", "noise_streams", "coefficients"):
@@ -131,8 +141,11 @@ class SamplingPlan:
 
 def default_num_steps(sampler: str, T: int) -> int:
     """num_steps=None for `sampler` over T training steps: T for ddpm, else the default capped at T."""
-    if sampler not in SAMPLERS:
-        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+    if sampler not in ALL_SAMPLERS:
+        raise ValueError(f"sampler must be one of {ALL_SAMPLERS}, got {sampler!r}")
+    if sampler in SCORE_SAMPLERS:  # levels (annealed, pc) or Langevin steps, reference/score_plan.py
+        default = SCORE_DEFAULTS["num_steps"][sampler]
+        return default if sampler == "langevin" else min(default, int(T))
     default = DEFAULT_NUM_STEPS[sampler]
     return int(T) if default is None else min(default, int(T))
 
@@ -172,9 +185,19 @@ def _dpm_solver_pp_coefficients(schedule: Schedule, timesteps, timesteps_prev, p
     return dpm_solver_pp_coefficients(schedule, timesteps, timesteps_prev, timesteps_last, prediction)
 
 
+def score_sampling_plan(schedule, sampler: str, num_steps: int | None = None, spacing: str | None = None,
+                        **options) -> SamplingPlan:
+    """The plan of a score sampler "langevin" | "annealed_langevin" | "pc" over a VP Schedule or a
+    VESchedule (reference/score_plan.py: `score_plan_fields`); step k draws z from stream k + 1."""
+    fields = score_plan_fields(schedule, sampler, num_steps, spacing, **options)
+    fields["noise_streams"] = np.array([sampler_step_stream(k) if draws else NO_NOISE
+                                        for k, draws in enumerate(fields["noise_streams"])], dtype=np.int64)
+    return SamplingPlan(**fields)
+
+
 def sampling_plan(schedule: Schedule, sampler: str, num_steps: int | None = None,
                   spacing: str | None = None, eta: float = 0.0, prediction: str = "epsilon",
-                  variance: str = "fixed_small", clip=None) -> SamplingPlan:
+                  variance: str = "fixed_small", clip=None, **score_options) -> SamplingPlan:
     """The plan of `sampler` over `schedule` (a reference.Schedule, the training schedule).
 
     sampler: "ddpm" (ancestral, DDPM Alg. 2; num_steps < T on the respaced schedule of Improved
@@ -185,10 +208,22 @@ def sampling_plan(schedule: Schedule, sampler: str, num_steps: int | None = None
         | "fixed_large" (used by ddpm) | "learned" (a model with 2C output channels: ddpm uses its
         v, ddim and dpm_solver++ its mean part). clip: None or (lo, hi) for x0_hat.
     Bad input raises a ValueError (TypeError for a wrong type) naming the argument.
+    The score samplers "langevin", "annealed_langevin", "pc" (over a VP Schedule or a
+    reference.VESchedule) and their score_options: `reference.score_sampling_plan`.
     """
+    if sampler in SCORE_SAMPLERS:
+        return score_sampling_plan(schedule, sampler, num_steps, spacing, prediction=prediction,
+                                   variance=variance, clip=clip, eta=eta, **score_options)
+    if isinstance(schedule, VESchedule):
+        raise ValueError(f"sampler={sampler!r} runs the VP (DDPM) process over alpha_bar; schedule is a "
+                         f"VE schedule (a score model, {schedule!r}): use sampler 'langevin', "
+                         "'annealed_langevin' or 'pc'")
+    if any(v is not None for v in score_options.values()):
+        raise ValueError(f"{', '.join(sorted(k for k, v in score_options.items() if v is not None))} apply to the score samplers "
+                         f"{SCORE_SAMPLERS}, not to sampler={sampler!r}")
     schedule = check_schedule(schedule)
     if sampler not in SAMPLERS:
-        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+        raise ValueError(f"sampler must be one of {ALL_SAMPLERS}, got {sampler!r}")
     if prediction not in PREDICTIONS:
         raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
     if variance not in SAMPLER_VARIANCES:

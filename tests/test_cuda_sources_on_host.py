@@ -29,6 +29,7 @@ import torch
 import reference
 from kernels import config
 from kernels.cupy import group_norm_silu as cupy_group_norm
+from kernels.cupy import langevin_step as cupy_langevin_step
 from kernels.cupy import learned_variance_step as cupy_learned_variance_step
 from kernels.cupy import normal as cupy_normal
 from kernels.cupy import philox as cupy_philox
@@ -167,7 +168,7 @@ def host_cupy(monkeypatch):
         kernel(grid, block, args)
 
     for module in (cupy_philox, cupy_normal, cupy_q_sample, cupy_sampler_step, cupy_group_norm,
-                   cupy_learned_variance_step):
+                   cupy_learned_variance_step, cupy_langevin_step):
         monkeypatch.setattr(module, "get_kernel", get_kernel)
         monkeypatch.setattr(module, "launch", launch)
         if hasattr(module, "grid_1d"):
@@ -293,6 +294,34 @@ def test_host_learned_variance_step_matches_reference(host_cupy, channels_last):
     assert_close(got, expected, atol=1e-5, rtol=1.6e-2, name="bf16")
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_host_langevin_step_matches_reference(host_cupy, channels_last):
+    """The score samplers' step: given noise bit for bit, a shared row, in-kernel noise in place,
+    NaN without a noise source, bf16 storage."""
+    layout = (lambda x: x.contiguous(memory_format=torch.channels_last)) if channels_last else (lambda x: x)
+    gen = torch.Generator().manual_seed(4)
+    x, out, z = (layout(torch.randn(3, 2, 4, 5, generator=gen)) for _ in range(3))
+    c = reference.sampling_plan(reference.ve_schedule(10.0, 0.01, 20), "pc", 3, corrector_steps=0).coefficients[:, :4]
+    got = cupy_langevin_step.langevin_step(x, out, torch.tensor(c), z, None, None, 0, None)
+    assert got.is_contiguous(memory_format=torch.channels_last) == channels_last
+    np.testing.assert_array_equal(got.numpy(), reference.langevin_step(x.numpy(), out.numpy(), c, z.numpy()))
+    shared = torch.tensor(c[1]).expand(3, 4)  # row stride 0, no copy
+    got = cupy_langevin_step.langevin_step(x, out, shared, z, None, None, 0, None)
+    np.testing.assert_array_equal(got.numpy(), reference.langevin_step(x.numpy(), out.numpy(), c[1], z.numpy()))
+    x_before = x.clone()
+    result = cupy_langevin_step.langevin_step(x, out, torch.tensor(c), None, 9, torch.tensor([5, 6, 7]), 2, x)
+    assert result is x
+    noise = reference.normal(9, [5, 6, 7], 2, (2, 4, 5))
+    assert_close(result, reference.langevin_step(x_before.numpy(), out.numpy(), c, noise), atol=1e-5, rtol=1e-6,
+                 name="in-kernel noise")
+    got = cupy_langevin_step.langevin_step(x_before, out, torch.tensor(c), None, None, None, 0, None)
+    assert torch.isnan(got[:2]).all() and torch.isfinite(got[2]).all()  # noise_scale != 0, no source: NaN
+    bf = [v.to(torch.bfloat16) for v in (x_before, out, z)]
+    got = cupy_langevin_step.langevin_step(bf[0], bf[1], torch.tensor(c), bf[2], None, None, 0, None)
+    expected = reference.langevin_step(bf[0].float().numpy(), bf[1].float().numpy(), c, bf[2].float().numpy())
+    assert torch.equal(got, torch.from_numpy(expected.astype(np.float32)).to(torch.bfloat16))
+
+
 def test_host_index_views_are_read_by_value(host_cupy):
     """t, samples and stream given as 1-D views (strided, expanded): the CUDA C reads t[n],
     samples[n], streams[n], so the launchers must pass them contiguous."""
@@ -374,7 +403,8 @@ NVCC = shutil.which("nvcc")
 
 SOURCES = {"philox": cupy_philox._WORDS_SOURCE, "normal": cupy_normal._SOURCE, "q_sample": cupy_q_sample._SOURCE,
            "sampler_step": cupy_sampler_step._SOURCE, "group_norm_silu": cupy_group_norm._SOURCE,
-           "learned_variance_step": cupy_learned_variance_step._SOURCE}
+           "learned_variance_step": cupy_learned_variance_step._SOURCE,
+           "langevin_step": cupy_langevin_step._SOURCE}
 
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc is not installed")

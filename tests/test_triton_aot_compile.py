@@ -38,7 +38,8 @@ def _nvidia_backend_reason() -> str | None:
 
 
 REASON = _nvidia_backend_reason()
-ELEMENTWISE = ("_words_kernel", "_normal_kernel", "_q_sample_kernel", "_sampler_step_kernel")
+ELEMENTWISE = ("_words_kernel", "_normal_kernel", "_q_sample_kernel", "_sampler_step_kernel",
+               "_langevin_step_kernel")
 LINE = re.compile(r"^sm_(\d+) (\w+)\s+warps=(\d+) regs=\s*(\d+) spill=(\d+)/(\d+) stack=(\d+) div64=(\d+)")
 
 

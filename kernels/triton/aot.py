@@ -83,8 +83,9 @@ def _check_mode() -> None:
 
 def _kernel_modules():
     from . import group_norm_silu, learned_variance_step, normal, philox, q_sample, sampler_step
+    from . import langevin_step
 
-    return group_norm_silu, learned_variance_step, normal, philox, q_sample, sampler_step
+    return group_norm_silu, learned_variance_step, normal, philox, q_sample, sampler_step, langevin_step
 
 
 @contextlib.contextmanager
@@ -144,6 +145,7 @@ def _launches(full: bool = True):
     CI test) keeps every flag and dtype but not every combination of them."""
     from .. import config
     from . import group_norm_silu, learned_variance_step, normal, philox, q_sample, sampler_step
+    from . import langevin_step
 
     cpu = torch.device("cpu")
     f32, f64 = torch.float32, torch.float64
@@ -267,6 +269,26 @@ def _launches(full: bool = True):
         label = (f"learned_variance_step draw float32 channels_last={cl} samples={has_samples} "
                  f"stream={'tensor' if has_stream else 'int'} fp64={fp64}")
         out.append((label, with_fp64(fp64, lambda cl=cl, a=has_samples, s=has_stream: learned(
+            cl=cl, has_samples=a, has_stream=s))))
+
+    # langevin_step: coefficients (N, 4) float64, shared row (stride 0) or per sample
+    def langevin(dtype=f32, cl=False, noise_mode=2, has_samples=False, has_stream=False, shared=False):
+        x = image(dtype, cl)
+        c = torch.zeros(1, 4, dtype=f64).expand(3, 4) if shared else torch.zeros(3, 4, dtype=f64)
+        langevin_step.langevin_step(x, torch.zeros_like(x), c,
+                                    torch.zeros_like(x) if noise_mode == 1 else None,
+                                    7 if noise_mode == 2 else None, samples if has_samples else None,
+                                    streams if has_stream else 3, None)
+
+    for dtype in (f32, torch.bfloat16, torch.float16):
+        if full or dtype != torch.float16:
+            out.append((f"langevin_step draw {str(dtype)[6:]}", lambda d=dtype: langevin(d)))
+    out.append(("langevin_step float32 noise-tensor shared", lambda: langevin(noise_mode=1, shared=True)))
+    out.append(("langevin_step float32 no-noise", lambda: langevin(noise_mode=0)))
+    for cl, has_samples, has_stream, fp64 in _flag_sets(full):
+        label = (f"langevin_step draw float32 channels_last={cl} samples={has_samples} "
+                 f"stream={'tensor' if has_stream else 'int'} fp64={fp64}")
+        out.append((label, with_fp64(fp64, lambda cl=cl, a=has_samples, s=has_stream: langevin(
             cl=cl, has_samples=a, has_stream=s))))
 
     # group_norm_silu: the GPU tile sizes of launch_config for typical UNet shapes; splits as a
