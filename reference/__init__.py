@@ -93,3 +93,7 @@ from .vlb import (
     vlb_terms,
     vlb_terms_backward,
 )
+# DiT (issue 15): Peebles & Xie 2023, and its fused LayerNorm + adaLN modulation op
+from .layer_norm_modulate import layer_norm_modulate, layer_norm_modulate_backward
+from .dit_config import DIT_PRESETS, DiTConfig, dit_count_parameters, dit_parameter_shapes
+from .dit import DiT
