@@ -52,7 +52,7 @@ def test_float32_stays_float32():
 
 
 @pytest.mark.parametrize("bad, match", [
-    (dict(x=np.zeros((2, 5))), "x must be"),
+    (dict(x=np.zeros((2, 5))), "x must have at least 3"),
     (dict(shift=np.zeros((2, 4))), "shift must have shape"),
     (dict(scale=np.zeros((3, 5))), "scale must have shape"),
     (dict(eps=0.0), "eps must be"),
