@@ -42,3 +42,8 @@ __all__ = [
     "bits_per_dim",
     "scheduler_config",
 ]
+
+# DiT (issue 15): the transformer backbone beside the UNet
+from .dit import DiT  # noqa: E402
+
+__all__ += ["DiT"]
