@@ -106,9 +106,11 @@ def schedule_from_dict(d: dict) -> reference.Schedule:
 def checkpoint_config(unet_config: reference.UNetConfig, schedule: reference.Schedule, *,
                       training: dict | None = None, data: dict | None = None, step: int = 0) -> dict:
     """The config.json content for a model of `unet_config` trained on `schedule`."""
-    if not isinstance(unet_config, reference.UNetConfig):
-        raise TypeError(f"unet_config must be a reference.UNetConfig, got {type(unet_config).__name__}")
-    return {"format": FORMAT, "version": VERSION, "step": int(step), "unet": unet_config.to_dict(),
+    if not isinstance(unet_config, reference.MODEL_CONFIGS):
+        raise TypeError(f"unet_config must be a reference.UNetConfig or DiTConfig, got {type(unet_config).__name__}")
+    # the model family is the key: "unet" (as before) or "dit"
+    return {"format": FORMAT, "version": VERSION, "step": int(step),
+            reference.arch_of(unet_config): unet_config.to_dict(),
             "schedule": schedule_to_dict(schedule), "training": dict(training or {}),
             "data": dict(data or {})}
 
@@ -120,7 +122,7 @@ def check_state_dict(state: dict, config: reference.UNetConfig, what: str = "sta
     caller can tell a bad checkpoint from a bad argument.
     """
     try:
-        reference.check_parameter_names(reference.parameter_shapes(config), state, what)
+        reference.check_parameter_names(reference.model_parameter_shapes(config), state, what)
     except ValueError as error:
         raise CheckpointError(str(error)) from None
 
@@ -362,7 +364,7 @@ def check_trainer_state(state, fpath, unet_config: reference.UNetConfig | None =
         wrong += [f"optimizer lacks {k}" for k in ("state", "param_groups") if k not in opt]
     if not wrong and unet_config is not None:
         slots = sum(len(g.get("params", ())) for g in opt["param_groups"] if isinstance(g, dict))
-        expected = len(reference.parameter_shapes(unet_config))
+        expected = len(reference.model_parameter_shapes(unet_config))
         if slots != expected:
             wrong.append(f"the optimizer state covers {slots} parameters, the model has {expected}")
     if wrong:
@@ -412,6 +414,9 @@ class Checkpoint:
         """Raise CheckpointError naming every field where `unet_config` differs from this one's,
         or when `schedule` (if given) has other betas than the one trained on. The one
         comparison behind the resume policy (ddpm.runs.check_resume) and `Trainer.load`."""
+        if type(self.unet_config) is not type(unet_config):
+            raise CheckpointError(f"checkpoint {self.path} holds a {reference.arch_of(self.unet_config)} model, "
+                                  f"requested a {reference.arch_of(unet_config)}")
         mine, theirs = self.unet_config.to_dict(), unet_config.to_dict()
         diff = {k: (mine[k], theirs[k]) for k in mine if mine[k] != theirs.get(k)}
         if diff:
@@ -446,7 +451,8 @@ def load_checkpoint(path, *, map_location="cpu", verify: bool = True,
     if config.get("version") != VERSION:
         raise CheckpointError(f"{cfg_path} has format version {config.get('version')}, this library reads {VERSION}")
     try:
-        unet_config = reference.UNetConfig.from_dict(config["unet"])
+        arch = "dit" if "dit" in config else "unet"   # the model family (checkpoint_config)
+        unet_config = reference.ARCHS[arch].from_dict(config[arch])
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"{cfg_path}: invalid UNet config: {err}") from None
     schedule = schedule_from_dict(config.get("schedule", {}))

@@ -97,3 +97,4 @@ from .vlb import (
 from .layer_norm_modulate import layer_norm_modulate, layer_norm_modulate_backward
 from .dit_config import DIT_PRESETS, DiTConfig, dit_count_parameters, dit_parameter_shapes
 from .dit import DiT
+from .model_configs import ARCHS, MODEL_CONFIGS, arch_of, model_parameter_shapes
