@@ -37,7 +37,7 @@ def _resolve_config(config, stored: dict | None) -> DiTConfig:
     raise TypeError(f"config must be a DiTConfig, a diffusers config dict or None, got {type(config).__name__}")
 
 
-def _gather(state: dict, ours: str, sources: list, config: DiTConfig) -> torch.Tensor:
+def _gather(state: dict, ours: str, sources: list) -> torch.Tensor:
     missing = [name for name, _ in sources if name not in state]
     if missing:
         raise ValueError(f"state dict is missing {missing[:3]}{' ...' if len(missing) > 3 else ''} (for {ours})")
@@ -61,7 +61,7 @@ def dit_from_diffusers(cls, state_dict_or_folder, config=None, *, dtype: torch.d
         used.update(name for name, _ in sources)
         if ours.startswith("y_embedder") and cfg.num_classes is None:
             continue
-        weights[ours] = _gather(state, ours, sources, cfg)
+        weights[ours] = _gather(state, ours, sources)
     unexpected = sorted(set(state) - used)
     if unexpected:
         raise ValueError(f"state dict has {len(unexpected)} key(s) a DiT of this config does not: {unexpected[:5]}")
