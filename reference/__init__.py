@@ -93,6 +93,17 @@ from .vlb import (
     vlb_terms,
     vlb_terms_backward,
 )
+from .eval_metrics import (  # sample-quality figures on features (issue 16)
+    density_coverage,
+    frechet_distance,
+    frechet_distance_features,
+    gaussian_statistics,
+    inception_score,
+    memorisation,
+    precision_recall,
+    real_halves,
+)
+from .feature_nets import FEATURE_NET_DATA, FEATURE_NET_PRESETS, feature_net_preset, feature_net_split
 # DiT (issue 15): Peebles & Xie 2023, and its fused LayerNorm + adaLN modulation op
 from .layer_norm_modulate import layer_norm_modulate, layer_norm_modulate_backward
 from .dit_config import DIT_PRESETS, DiTConfig, dit_count_parameters, dit_parameter_shapes
