@@ -77,9 +77,11 @@ def run_one(data: str, arch: str, cpu_seconds: float, out: Path, per_class: int,
               "load_average_end": os.getloadavg()}
     if data == "digits":
         result["hit_rate"] = hit_rate(train_digit_classifier(), images, y).overall
-    result.update(_fd(images, y, data))
     out.mkdir(parents=True, exist_ok=True)
     save_grid(out / f"{data}-{arch}.png", images[_grid_rows(per_class)], nrow=min(10, per_class))
+    (out / f"{data}-{arch}.json").write_text(json.dumps(result, indent=2))   # kept if the FD fails
+    torch.save({"images": images, "labels": y}, out / f"{data}-{arch}-samples.pt")
+    result.update(_fd(images, y, data))
     (out / f"{data}-{arch}.json").write_text(json.dumps(result, indent=2))
     return result
 
