@@ -43,6 +43,14 @@ __all__ = [
     "scheduler_config",
 ]
 
+from .evaluate import sample_quality  # issue 16: FD-<data>, precision/recall, ... beside their floors (ddpm.evaluate)
+
+__all__ += ["sample_quality"]
+
+from .autoencoder import AutoencoderKL  # latent diffusion's KL autoencoder (issue 14)
+
+__all__ += ["AutoencoderKL"]
+
 # DiT (issue 15): the transformer backbone beside the UNet
 from .dit import DiT  # noqa: E402
 
