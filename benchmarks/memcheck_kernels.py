@@ -3,8 +3,8 @@
     compute-sanitizer --tool memcheck --error-exitcode 1 python -m benchmarks.memcheck_kernels
     python -m benchmarks.memcheck_kernels --device cpu      # the CPU dry run (Triton interpreter)
 
-Runs normal, q_sample, sampler_step and group_norm_silu (forward and backward) on each fused
-backend that can run here (triton, cupy; torch too on the CPU), NCHW and channels_last, given and
+Runs normal, q_sample, sampler_step, group_norm_silu and layer_norm_modulate (forward and
+backward) on each fused backend that can run here (triton, cupy; torch too on the CPU), NCHW and channels_last, given and
 in-kernel noise, CFG + clip, shift, odd sizes (not multiples of any block), strided index
 tensors; compares each with the torch backend (a wrong answer is also a failure), synchronises
 after each op so a fault is attributed to it. Set PYTORCH_NO_CUDA_MEMORY_CACHING=1 under
@@ -88,6 +88,19 @@ def run_all(device: torch.device, backends: list[str]) -> list[str]:
                 _close(y, y_ref, 5e-2, f"group_norm_silu forward {tag}")
                 for g, r, name in zip(grads, grads_ref, ("dx", "dweight", "dbias", "dshift")):
                     _close(g, r, 0.5, f"group_norm_silu {name} {tag}")
+
+                # layer_norm_modulate (DiT): D = 37 odd, shift/scale strided chunks of one (N, 6D) tensor,
+                # small enough that one bf16 ulp of y stays under the 5e-2 bound
+                tokens = torch.randn(3, 11, 37, generator=gen).to(device=device, dtype=dtype).requires_grad_(True)
+                mod = (0.3 * torch.randn(3, 6 * 37, generator=gen)).to(device=device, dtype=dtype).requires_grad_(True)
+                y = kernels.layer_norm_modulate(tokens, mod[:, :37], mod[:, 37:74], 1e-6, backend=backend)
+                grads = torch.autograd.grad(y, (tokens, mod), torch.ones_like(y))
+                _sync(device)
+                y_ref = kernels.layer_norm_modulate(tokens, mod[:, :37], mod[:, 37:74], 1e-6, backend="torch")
+                grads_ref = torch.autograd.grad(y_ref, (tokens, mod), torch.ones_like(y_ref))
+                _close(y, y_ref, 5e-2, f"layer_norm_modulate forward {tag}")
+                for g, r, name in zip(grads, grads_ref, ("dx", "dmod")):
+                    _close(g, r, 0.5, f"layer_norm_modulate {name} {tag}")
                 done.append(tag)
     return done
 

@@ -265,6 +265,43 @@ def _run_group_norm_silu(report: Report, device, dtype_name, shape, case, backen
     report.add(bwd)
 
 
+def _run_layer_norm_modulate(report: Report, device, dtype_name, shape, backends, compile_peers, rep):
+    """LayerNorm + adaLN modulation (DiT) forward and backward, shift/scale chunks of one (N, 6D) tensor."""
+    dtype = DTYPES[dtype_name]
+    n, _, d = shape
+    x = torch.randn(shape, device=device).to(dtype).requires_grad_(True)
+    mod = torch.randn(n, 6 * d, device=device).to(dtype).requires_grad_(True)
+    dy = torch.randn(shape, device=device).to(dtype)
+    nbytes = x.numel() * x.element_size()
+    params = dict(shape="x".join(map(str, shape)), dtype=dtype_name)
+
+    def eager(x_, mod_):
+        shift, scale = mod_[:, :d], mod_[:, d:2 * d]
+        return F.layer_norm(x_, (d,), eps=1e-6) * (1 + scale[:, None]) + shift[:, None]
+
+    impls = {b: (lambda x_, mod_, b=b: kernels.layer_norm_modulate(x_, mod_[:, :d], mod_[:, d:2 * d], 1e-6,
+                                                                    backend=b)) for b in backends}
+    impls["torch-eager"] = eager
+    fwd = Row("kernels", "layer_norm_modulate-forward", dict(params), bytes_moved=2 * nbytes)
+    bwd = Row("kernels", "layer_norm_modulate-backward", dict(params), bytes_moved=3 * nbytes)
+    if compile_peers:
+        compiled = compile_peer(eager, (x, mod), report, _what(fwd))
+        if compiled is not None:
+            impls["torch-compile"] = compiled
+    for name, fn in impls.items():
+        with torch.no_grad():
+            fwd.times[name] = bench(lambda fn=fn: fn(x, mod), device, **rep)
+        y = fn(x, mod)
+        bwd.times[name] = bench(lambda y=y: torch.autograd.grad(y, (x, mod), dy, retain_graph=True), device, **rep)
+        del y
+    fwd.times["copy"] = _copy_time(2 * nbytes, device, rep["repeat"])
+    bwd.times["copy"] = _copy_time(3 * nbytes, device, rep["repeat"])
+    mark_launch_bound(fwd, device)
+    mark_launch_bound(bwd, device)
+    report.add(fwd)
+    report.add(bwd)
+
+
 def run(report: Report, *, device: str, quick: bool, dtypes, compile_peers: bool,
         check: bool = False) -> None:
     backends = fast_backends(device)
@@ -306,6 +343,9 @@ def run(report: Report, *, device: str, quick: bool, dtypes, compile_peers: bool
             for shape in gn_shapes:
                 _run_group_norm_silu(report, device, dtype_name, shape, "group_norm_silu", backends,
                                      compile_peers, rep, channels_last)
+        # DiT's LayerNorm + adaLN: DiT-XL/2 (256 tokens of 1152) and DiT-S/2 rows; small on the CPU
+        for shape in ([(2, 16, 96)] if quick or not on_cuda else [(32, 256, 1152), (128, 256, 384)]):
+            _run_layer_norm_modulate(report, device, dtype_name, shape, backends, compile_peers, rep)
         for numel in sweep:  # bandwidth vs size, for the chart (no compile: cheap, last)
             shape = (max(numel // 4096, 1), 4096)
             _run_q_sample(report, device, dtype_name, shape, "q_sample-sweep", backends, False, rep)

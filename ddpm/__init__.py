@@ -53,3 +53,8 @@ __all__ += ["AutoencoderKL"]
 
 from .classifier import Classifier  # classifier guidance (issue 12)
 __all__ += ["Classifier"]
+
+# DiT (issue 15): the transformer backbone beside the UNet
+from .dit import DiT  # noqa: E402
+
+__all__ += ["DiT"]

@@ -119,7 +119,7 @@ def model_parameter_shapes(config: reference.UNetConfig, kind: str = "unet"):
     """name -> shape of the parameters of a `kind` model of `config`."""
     if kind == "classifier":
         return reference.classifier_parameter_shapes(config)
-    return reference.parameter_shapes(config)
+    return reference.model_parameter_shapes(config)  # a UNet's or a DiT's
 
 
 def _ve_schedule_from_dict(d: dict) -> reference.VESchedule:
@@ -149,13 +149,15 @@ def same_schedule(a, b) -> bool:
 def checkpoint_config(unet_config: reference.UNetConfig, schedule: reference.Schedule, *,
                       training: dict | None = None, data: dict | None = None, step: int = 0,
                       model: str = "unet") -> dict:
-    """The config.json content for a model of `unet_config` trained on `schedule` (`model`: one
-    of MODEL_KINDS; "classifier" is recorded as "model", the UNet's config.json is unchanged)."""
-    if not isinstance(unet_config, reference.UNetConfig):
-        raise TypeError(f"unet_config must be a reference.UNetConfig, got {type(unet_config).__name__}")
+    """The config.json content for a model of `unet_config` (a UNetConfig or a DiTConfig: the model
+    family is the key, "unet" as before or "dit") trained on `schedule` (`model`: one of
+    MODEL_KINDS; "classifier" is recorded as "model", the denoiser's config.json is unchanged)."""
+    if not isinstance(unet_config, reference.MODEL_CONFIGS):
+        raise TypeError(f"unet_config must be a reference.UNetConfig or DiTConfig, got {type(unet_config).__name__}")
     if model not in MODEL_KINDS:
         raise ValueError(f"model must be one of {MODEL_KINDS}, got {model!r}")
-    config = {"format": FORMAT, "version": VERSION, "step": int(step), "unet": unet_config.to_dict(),
+    config = {"format": FORMAT, "version": VERSION, "step": int(step),
+              reference.arch_of(unet_config): unet_config.to_dict(),
               "schedule": schedule_to_dict(schedule), "training": dict(training or {}),
               "data": dict(data or {})}
     return config if model == "unet" else {**config, "model": model}
@@ -467,6 +469,9 @@ class Checkpoint:
         """Raise CheckpointError naming every field where `unet_config` differs from this one's,
         or when `schedule` (if given) has other betas than the one trained on. The one
         comparison behind the resume policy (ddpm.runs.check_resume) and `Trainer.load`."""
+        if type(self.unet_config) is not type(unet_config):
+            raise CheckpointError(f"checkpoint {self.path} holds a {reference.arch_of(self.unet_config)} model, "
+                                  f"requested a {reference.arch_of(unet_config)}")
         mine, theirs = self.unet_config.to_dict(), unet_config.to_dict()
         diff = {k: (mine[k], theirs[k]) for k in mine if mine[k] != theirs.get(k)}
         if diff:
@@ -500,10 +505,11 @@ def load_checkpoint(path, *, map_location="cpu", verify: bool = True,
                               f"{config.get('format') if isinstance(config, dict) else type(config).__name__!r})")
     if config.get("version") != VERSION:
         raise CheckpointError(f"{cfg_path} has format version {config.get('version')}, this library reads {VERSION}")
-    if "unet" not in config and config.get("kind"):  # e.g. an autoencoder run (ddpm.autoencoder_train)
+    if not any(arch in config for arch in reference.ARCHS) and config.get("kind"):  # e.g. an autoencoder run (ddpm.autoencoder_train)
         raise CheckpointError(f"{path} holds a {config['kind']} checkpoint, not a UNet's")
     try:
-        unet_config = reference.UNetConfig.from_dict(config["unet"])
+        arch = "dit" if "dit" in config else "unet"   # the model family (checkpoint_config)
+        unet_config = reference.ARCHS[arch].from_dict(config[arch])
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"{cfg_path}: invalid UNet config: {err}") from None
     kind = config.get("model", "unet")

@@ -140,7 +140,8 @@ def cmd_train(args) -> int:
               timesteps=args.timesteps, training=_training_args(args),
               checkpoint_every=args.checkpoint_every, samples=args.samples, guidance=args.guidance,
               sample_steps=args.sample_steps, device=resolve_device(args.device),
-              progress=not args.no_progress, allow_data_change=args.allow_data_change, **score)
+              progress=not args.no_progress, allow_data_change=args.allow_data_change, **score,
+              arch=args.arch)
     return 0
 
 
@@ -206,6 +207,8 @@ def _add_train(sub) -> None:
     tr = sub.add_parser("train", help="train (or resume) a model; writes checkpoints and pictures to --out")
     tr.add_argument("--data", default="digits", help="'digits' (default), an image folder, .npy/.npz, or IDX file/folder")
     tr.add_argument("--config", choices=CONFIG_PRESETS, default=None, help="UNet preset (default digits8)")
+    tr.add_argument("--arch", choices=("unet", "dit"), default=None,
+                    help="model family (default unet); dit's presets: dit-digits (default), dit-mnist, dit-xl-2, ...")
     tr.add_argument("--out", required=True, help="run directory (resumed when it holds a checkpoint)")
     tr.add_argument("--steps", type=COUNT, default=None, help="train until this step, >= 1 (default 10000)")
     tr.add_argument("--batch-size", type=COUNT, default=None, help="global batch, >= 1 (split over processes)")

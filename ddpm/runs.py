@@ -47,6 +47,7 @@ from .preflight import UsageError, check_data_fits, check_output_dir, check_outp
 from .runs_score import check_score_sampling, sampler_for, score_schedule
 from .train import TrainConfig, Trainer
 from .unet import UNet
+from .models import DEFAULT_PRESETS, build_model, preset_arch
 from .viz import save_gif, save_grid, save_loss_curve
 
 __all__ = [
@@ -70,6 +71,7 @@ __all__ = [
 ]
 
 CONFIG_PRESETS = ("digits8", "mnist", "cifar10", "tiny")
+CONFIG_PRESETS = CONFIG_PRESETS + tuple(reference.DIT_PRESETS)  # DiT (issue 15): dit-digits, dit-xl-2, ...
 
 
 def _echo(message: str) -> None:
@@ -81,7 +83,10 @@ def _warn(message: str) -> None:
 
 
 def model_config(preset: str, num_classes: int | None) -> reference.UNetConfig:
-    """The UNetConfig preset `preset` (digits8, mnist, cifar10, tiny) with `num_classes`."""
+    """The UNetConfig preset `preset` (digits8, mnist, cifar10, tiny) with `num_classes`;
+    a DiT preset (reference.DIT_PRESETS: dit-digits, dit-mnist, dit-xl-2, ...) gives a DiTConfig."""
+    if preset in reference.DIT_PRESETS:
+        return reference.DIT_PRESETS[preset](num_classes=num_classes)
     if preset == "digits8":
         return reference.UNetConfig.digits8(num_classes=num_classes)
     if preset == "mnist":
@@ -164,7 +169,7 @@ def new_trainer(unet_config: reference.UNetConfig, schedule: reference.Schedule,
     """A Trainer of a fresh UNet; the global torch seed is set first so that the initial weights
     are a function of the training seed."""
     torch.manual_seed(train_config.seed)
-    return Trainer(UNet(unet_config), schedule, train_config, data, ctx=ctx)
+    return Trainer(build_model(unet_config), schedule, train_config, data, ctx=ctx)
 
 
 def resume(trainer: Trainer, ckpt: Checkpoint | None, echo=_echo) -> bool:
@@ -204,7 +209,7 @@ def save_loss_curve_or_warn(path, history: dict, *, title: str = "training loss"
 
 def ema_model(trainer: Trainer) -> UNet:
     """A UNet in eval mode on the trainer's device holding the trainer's EMA weights."""
-    model = UNet(trainer.unet_config).to(trainer.ctx.device).eval()
+    model = build_model(trainer.unet_config).to(trainer.ctx.device).eval()
     trainer.ema.copy_to(model)
     return model
 
@@ -215,7 +220,7 @@ def load_model(checkpoint_path, *, ema: bool, device: torch.device):
     if ckpt.model_kind != "unet":
         raise UsageError(f"--checkpoint {checkpoint_path} holds a {ckpt.model_kind}, not a denoiser "
                          "(a classifier goes to --classifier)")
-    model = UNet(ckpt.unet_config)
+    model = build_model(ckpt.unet_config)
     model.load_state_dict(ckpt.state_dict(ema=ema))
     return model.to(device).eval(), ckpt.schedule, ckpt
 
@@ -304,6 +309,8 @@ def _with_variance(config: reference.UNetConfig, training: dict) -> reference.UN
     """A learned variance (Improved DDPM) doubles the UNet's output channels: eps, then v."""
     if training.get("variance") != "learned":
         return config
+    if isinstance(config, reference.DiTConfig):  # DiT's learn_sigma
+        return reference.DiTConfig.from_dict({**config.to_dict(), "learn_sigma": True})
     return reference.UNetConfig.from_dict({**config.to_dict(), "out_channels": 2 * config.in_channels})
 
 
@@ -329,7 +336,7 @@ def _resolve_run(ckpt: Checkpoint | None, data: ImageDataset, *, preset, uncondi
     if preset is not None:
         wanted = _with_variance(model_config(preset, num_classes), training)
     elif unconditional:
-        wanted = reference.UNetConfig.from_dict({**ckpt.unet_config.to_dict(), "num_classes": None})
+        wanted = type(ckpt.unet_config).from_dict({**ckpt.unet_config.to_dict(), "num_classes": None})
     wanted_schedule = None
     if schedule is not None or timesteps is not None:
         wanted_schedule = reference.make_schedule(schedule or ckpt.schedule.kind,
@@ -352,6 +359,23 @@ def _resolve_score_run(ckpt, data, *, preset, unconditional, training, allow_dat
                         allow_data_change=allow_data_change)
 
 
+def _preset_for_arch(arch: str | None, preset: str | None, ckpt: Checkpoint | None) -> str | None:
+    """--arch (unet | dit) picks the default preset of a new run and must agree with --config and
+    with a resumed run's model."""
+    if arch is None:
+        return preset
+    if arch not in DEFAULT_PRESETS:
+        raise UsageError(f"--arch must be one of {tuple(DEFAULT_PRESETS)}, got {arch!r}")
+    if preset is not None and preset_arch(preset) != arch:
+        raise UsageError(f"--config {preset} is a {preset_arch(preset)} preset, not one of --arch {arch}")
+    if ckpt is not None:
+        saved = reference.arch_of(ckpt.unet_config)
+        if saved != arch:
+            raise UsageError(f"--arch {arch}: the run in {_run_dir(ckpt)} trains a {saved} model")
+        return preset
+    return preset or DEFAULT_PRESETS[arch]
+
+
 def _final_samples(trainer: Trainer, run_dir: Path, samples: int, guidance: float, sample_steps: int) -> None:
     """samples.png: `samples` per class (one row each) or in total, from the EMA weights."""
     config, schedule = trainer.unet_config, trainer.schedule
@@ -368,7 +392,8 @@ def train_run(out, *, data: str = "digits", preset: str | None = None, unconditi
               training: dict | None = None, checkpoint_every: int = 1000, samples: int = 8,
               guidance: float = 2.0, sample_steps: int = 50, device=None, progress: bool = True,
               allow_data_change: bool = False, echo=_echo, objective: str | None = None,
-              levels: dict | None = None) -> Trainer:
+              levels: dict | None = None,
+              arch: str | None = None) -> Trainer:
     """`python -m ddpm train`: train (or resume, see `check_resume`) the run in `out`, then write
     loss_curve.png and samples.png there. Arguments as the CLI's flags; `training` holds the
     TrainConfig fields given (left out: the saved value, or the default for a new run). Every
@@ -378,6 +403,7 @@ def train_run(out, *, data: str = "digits", preset: str | None = None, unconditi
     ctx = init_distributed(device)
     try:
         ckpt = open_run(out, ctx)
+        preset = _preset_for_arch(arch, preset, ckpt)
         # the data is fitted to the model: the saved one unless --config names another
         if ckpt is not None and preset is None:
             shape_from = ckpt.unet_config
@@ -394,7 +420,7 @@ def train_run(out, *, data: str = "digits", preset: str | None = None, unconditi
         if ctx.is_main:
             n_params = sum(p.numel() for p in trainer.model.parameters())
             name = preset or ("checkpoint" if ckpt is not None else "digits8")
-            echo(f"data: {dataset.describe()}\nmodel: {name} UNet, {n_params:,} parameters, "
+            echo(f"data: {dataset.describe()}\nmodel: {name} {type(trainer.model).__name__}, {n_params:,} parameters, "
                  f"{'class-conditional' if config.num_classes else 'unconditional'}; {sched!r}; "
                  f"device {ctx.device} x {ctx.world_size} process(es)")
         elapsed = train_to(trainer, out, checkpoint_every=checkpoint_every, progress=progress)

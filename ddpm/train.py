@@ -231,8 +231,8 @@ class Trainer:
         self.config = config
         self.schedule = _reference_schedule(schedule)
         self.unet_config = getattr(model, "config", None)
-        if not isinstance(self.unet_config, reference.UNetConfig):
-            raise TypeError("model must carry its reference.UNetConfig as `.config`")
+        if not isinstance(self.unet_config, reference.MODEL_CONFIGS):  # a UNet or a DiT
+            raise TypeError("model must carry its reference.UNetConfig (or DiTConfig) as `.config`")
         self._check_dataset(dataset)
         self._check_variance_channels()
         self.score_objective = isinstance(self.schedule, reference.VESchedule)

@@ -33,3 +33,9 @@ __all__ = [
     "GroupNormSiLU",
     "GroupNormSiLUFunction",
 ]
+
+# DiT (issue 15): LayerNorm + adaLN modulation, the transformer's analogue of group_norm_silu
+from .layer_norm_modulate import layer_norm_modulate  # noqa: E402
+
+OPS = OPS + ("layer_norm_modulate",)
+__all__ += ["layer_norm_modulate"]

@@ -276,3 +276,19 @@ def langevin_step(x, model_output, coefficients, noise, seed, samples, stream, h
     if x.dtype != torch.float64:
         x_next = x_next.to(torch.float32)  # float64 -> float32 -> storage, as the fused kernels
     return x_next.to(x.dtype)
+
+
+def layer_norm_modulate(x, shift, scale, eps: float):
+    """x_hat (1 + scale) + shift, x_hat = LayerNorm(x) over the last dim without affine (DiT adaLN).
+
+    Written as reference.layer_norm_modulate computes it (centred values, biased variance), so
+    float64 agrees with the reference to round-off; autograd flows through these plain ops.
+    float16/bfloat16 are computed in float32 and rounded back to x's dtype.
+    """
+    compute = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+    h = x.to(compute)
+    mean = h.mean(dim=-1, keepdim=True)
+    centred = h - mean
+    rstd = 1.0 / torch.sqrt((centred * centred).mean(dim=-1, keepdim=True) + eps)
+    y = centred * rstd * (1.0 + scale.to(compute)[:, None, :]) + shift.to(compute)[:, None, :]
+    return y.to(x.dtype)

@@ -139,3 +139,8 @@ from .score import (PROCESSES, ScoreModel, VESchedule, check_process_schedule, d
 from .score_plan import PREDICTORS, SCORE_DEFAULTS, SCORE_SAMPLERS
 from .sampling_plan import ALL_SAMPLERS, score_sampling_plan
 from .sampling import sample_score
+# DiT (issue 15): Peebles & Xie 2023, and its fused LayerNorm + adaLN modulation op
+from .layer_norm_modulate import layer_norm_modulate, layer_norm_modulate_backward
+from .dit_config import DIT_PRESETS, DiTConfig, dit_count_parameters, dit_parameter_shapes
+from .dit import DiT
+from .model_configs import ARCHS, MODEL_CONFIGS, arch_of, model_parameter_shapes

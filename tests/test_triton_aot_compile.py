@@ -61,7 +61,7 @@ def test_every_triton_kernel_compiles_for_sm90_and_sm80(aot_output):
     kernels_seen = {(m.group(1), m.group(2)) for m in map(LINE.match, out.splitlines()) if m}
     for arch in ("90", "80"):
         for name in ELEMENTWISE + ("_stats_kernel", "_forward_kernel", "_backward_partials_kernel",
-                                   "_backward_dx_kernel"):
+                                   "_backward_dx_kernel", "_backward_modulation_kernel"):
             assert (arch, name) in kernels_seen, f"{name} was not compiled for sm_{arch}:\n{out[-3000:]}"
 
 

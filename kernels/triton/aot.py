@@ -321,6 +321,23 @@ def _launches(full: bool = True):
                 lambda: norm(f32, False, (4, 96, 40), 3, bias=False, splits=1)))
     out.append(("group_norm_silu float32 wide group (1,2048,4,4) G=8 Cg=256",
                 lambda: norm(f32, False, (1, 2048, 4, 4), 8, splits=66)))
+
+    # layer_norm_modulate (DiT): rows of D = 1152 (DiT-XL) and 384 (DiT-S), every storage dtype;
+    # shift/scale float32 chunks of one (N, 6D) tensor as the DiT passes them
+    from . import layer_norm_modulate
+
+    def modulate(dtype, shape):
+        x = torch.zeros(shape, dtype=dtype)
+        mod = torch.zeros(shape[0], 6 * shape[2], dtype=f32)
+        d = shape[2]
+        y, mean, rstd = layer_norm_modulate.forward(x, mod[:, :d], mod[:, d:2 * d], 1e-6)
+        layer_norm_modulate.backward(torch.zeros_like(y), x, mod[:, d:2 * d], mean, rstd)
+
+    for dtype in (f32, torch.bfloat16, torch.float16):
+        if full or dtype != torch.float16:
+            out.append((f"layer_norm_modulate {str(dtype)[6:]} (2,256,1152)",
+                        lambda d=dtype: modulate(d, (2, 256, 1152))))
+    out.append(("layer_norm_modulate float32 (4,64,384)", lambda: modulate(f32, (4, 64, 384))))
     return out
 
 
