@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["FIDInceptionV3", "load_fid_inception", "inception_features", "FID_WEIGHTS_NAME",
-           "FEATURE_DIM", "INPUT_SIZE"]
+__all__ = ["FIDInceptionV3", "load_fid_inception", "inception_features", "standard_fid",
+           "FID_WEIGHTS_NAME", "FEATURE_DIM", "INPUT_SIZE"]
 
 FID_WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"
 FEATURE_DIM = 2048
@@ -260,3 +260,16 @@ def inception_features(model: FIDInceptionV3, images, batch_size: int = 50) -> n
     out = [model(x[i:i + batch_size].to(device, torch.float32)).double().cpu()
            for i in range(0, x.shape[0], batch_size)]
     return torch.cat(out).numpy()
+
+
+def standard_fid(images, real_images, inception, *, batch_size: int = 50) -> float:
+    """FID (Heusel et al. 2017) between `images` and `real_images` (each (N, 1 or 3, H, W) in
+    [-1, 1]): the Frechet distance (reference.eval_metrics, pytorch-fid's formula) between
+    Gaussians fitted to their pool3 features. `inception`: a loaded FIDInceptionV3 or the path of
+    pytorch-fid's weights file. Fewer than 2049 images per side give a singular covariance: the
+    figure is then biased upward (reference.eval_metrics warns with the numbers)."""
+    from reference.eval_metrics import frechet_distance_features
+
+    model = inception if isinstance(inception, FIDInceptionV3) else load_fid_inception(inception)
+    return frechet_distance_features(inception_features(model, real_images, batch_size),
+                                     inception_features(model, images, batch_size))
