@@ -32,6 +32,7 @@ from .checkpoint import CheckpointError
 from .data import DataError
 from .demo import DemoSettings, run_demo
 from .runs import CONFIG_PRESETS, UsageError, sample_run, train_run
+from .runs_eval import train_features_run
 from .samplers import SAMPLERS
 from .train import NonFiniteLossError
 
@@ -157,10 +158,11 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m ddpm", description="Denoising diffusion models "
                      "(Ho et al. 2020): train, sample, and the digits demo.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,sample,demo}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,sample,demo,train-features,eval}")
     _add_train(sub)
     _add_sample(sub)
     _add_demo(sub)
+    _add_train_features(sub)
     return parser
 
 
@@ -246,6 +248,19 @@ def _add_demo(sub) -> None:
     de.add_argument("--device", default="auto", help="auto, cpu or cuda[:k]")
     de.add_argument("--no-progress", action="store_true")
     de.set_defaults(func=cmd_demo)
+
+
+def cmd_train_features(args) -> int:
+    train_features_run(args.data, args.out)
+    return 0
+
+
+def _add_train_features(sub) -> None:
+    tf = sub.add_parser("train-features", help="train the in-project feature network (FD-<data>, hit "
+                        "rate) of digits or mnist; prints its held-out accuracy")
+    tf.add_argument("--data", choices=reference.FEATURE_NET_DATA, required=True)
+    tf.add_argument("--out", required=True, help="weights file (.safetensors; metadata also in OUT.json)")
+    tf.set_defaults(func=cmd_train_features)
 
 
 # user errors: one line, status 2. NonFiniteLossError is not one (the run diverged, status 1)

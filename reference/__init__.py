@@ -93,3 +93,14 @@ from .vlb import (
     vlb_terms,
     vlb_terms_backward,
 )
+from .eval_metrics import (  # sample-quality figures on features (issue 16)
+    density_coverage,
+    frechet_distance,
+    frechet_distance_features,
+    gaussian_statistics,
+    inception_score,
+    memorisation,
+    precision_recall,
+    real_halves,
+)
+from .feature_nets import FEATURE_NET_DATA, FEATURE_NET_PRESETS, feature_net_preset, feature_net_split
