@@ -28,7 +28,7 @@ import ddpm
 from ddpm.runs import load_model
 from ddpm.viz import save_grid
 
-from .sampler_quality import _commit, _machine, _plain, evaluations_per_sample
+from .sampler_quality import _commit, _machine, _plain, _resolve_checkpoint, evaluations_per_sample
 
 __all__ = ["main"]
 
@@ -71,12 +71,13 @@ def _page(r: dict) -> str:
         f"{r['seed']}; sampling wall time {r['sample_wall_s']:.1f} s (load average at the end {r['load_end']})\n",
         "| figure | samples | floor (two disjoint real halves of the same size) |",
         "|---|---:|---:|",
-        f"| class hit rate (in-project classifier) | {q['hit_rate']:.3f} | classifier held-out accuracy: "
-        f"{q.get('classifier_accuracy', 'see ddpm.evaluate')} |",
+        f"| class hit rate (in-project classifier) | {q['hit_rate']:.3f} | {q['hit_rate_floor']:.3f} "
+        f"(its held-out accuracy: {q['feature_net_accuracy']}) |",
         f"| FD-mnist (in-project feature net, not FID) | {q['fd']:.3f} | {q['fd_floor']:.3f} "
         f"(ratio {q['fd'] / q['fd_floor']:.2f}x) |",
-        f"| precision (k = 3) | {q['precision']:.3f} | {q.get('precision_floor', float('nan')):.3f} |",
-        f"| recall (k = 3) | {q['recall']:.3f} | {q.get('recall_floor', float('nan')):.3f} |",
+        f"| precision (k = 3) | {q['precision']:.3f} | {q['precision_floor']:.3f} |",
+        f"| recall (k = 3) | {q['recall']:.3f} | {q['recall_floor']:.3f} |",
+        f"| per-class hit rate | {', '.join(f'{k}: {v:.2f}' for k, v in enumerate(q['hit_rate_per_class']))} | |",
         "",
         f"Grid: `{Path(r['grid']).name}` (row k = digit k, the first 10 samples of each).",
     ]
@@ -100,9 +101,7 @@ def main(argv=None) -> int:
     try:
         started = _parse_time(args.train_started)
         run = Path(args.run)
-        checkpoint = Path(ddpm.latest_checkpoint(run)) if run.is_dir() else run
-        if not checkpoint.exists():
-            raise ValueError(f"--run: no checkpoint at {args.run}")
+        checkpoint = _resolve_checkpoint(run, "--run")
         if args.per_class < 1 or args.steps < 1 or not args.guidance >= 0:
             raise ValueError("--per-class and --steps must be >= 1 and --guidance >= 0")
     except (ValueError, TypeError) as err:
@@ -124,7 +123,7 @@ def main(argv=None) -> int:
     report = {"command": "python -m benchmarks.mnist_full_size " + " ".join(argv if argv is not None else sys.argv[1:]),
               "train_command": args.train_command, "train_load": args.train_load,
               "checkpoint": str(checkpoint), "step": ckpt.step,
-              "train_wall_s": os.path.getmtime(checkpoint) - started, "machine": _machine(),
+              "train_wall_s": os.path.getmtime(checkpoint / "COMPLETE.json") - started, "machine": _machine(),
               "commit": _commit(), "n": int(labels.numel()), "per_class": args.per_class,
               "sampler": args.sampler, "steps": args.steps, "guidance": args.guidance, "seed": args.seed,
               "evaluations": evaluations_per_sample(args.steps, args.guidance),

@@ -56,15 +56,16 @@ def evaluations_per_sample(steps: int, guidance: float) -> int:
     return steps * (1 if guidance == 1.0 else 2)
 
 
-def _resolve_checkpoint(path: Path) -> Path:
+def _resolve_checkpoint(path: Path, flag: str = "--model") -> Path:
+    """A checkpoint directory as given, or the newest complete one of a run directory."""
+    if (path / "COMPLETE.json").is_file():
+        return path
     if path.is_dir():
         found = ddpm.latest_checkpoint(path)
         if found is None:
-            raise ValueError(f"--model: no checkpoint under {path}")
+            raise ValueError(f"{flag}: no checkpoint under {path}")
         return Path(found)
-    if not path.is_file():
-        raise ValueError(f"--model: no such file or directory {path}")
-    return path
+    raise ValueError(f"{flag}: no such checkpoint or run directory {path}")
 
 
 def run_model(data: str, checkpoint: Path, samplers, *, n: int, guidance: float, seed: int,
@@ -150,6 +151,23 @@ def _plot(report: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def combine(reports: list[dict]) -> dict:
+    """One report from several runs of this script (e.g. the slow DDPM rows run apart): each
+    model's rows in run order, every run's command kept; n and guidance must agree."""
+    first = reports[0]
+    for r in reports[1:]:
+        if (r["n"], r["guidance"], r["seed"]) != (first["n"], first["guidance"], first["seed"]):
+            raise ValueError("--combine: the runs differ in n, guidance or seed")
+    out = {**first, "command": " ; ".join(r["command"] for r in reports), "models": {},
+           "load_start": [r["load_start"] for r in reports], "load_end": [r["load_end"] for r in reports]}
+    for r in reports:
+        for data, result in r["models"].items():
+            if data in out["models"] and out["models"][data]["checkpoint"] != result["checkpoint"]:
+                raise ValueError(f"--combine: two checkpoints for {data}")
+            out["models"].setdefault(data, {**result, "rows": []})["rows"].extend(result["rows"])
+    return out
+
+
 def _machine() -> str:
     return (f"{platform.machine()} {os.cpu_count()} cores, torch {torch.__version__} "
             f"({torch.get_num_threads()} thread(s)), Python {platform.python_version()}")
@@ -173,6 +191,15 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=250)
     parser.add_argument("--out", default="benchmarks/results/sampler-quality", help="path stem of .json/.md/.png")
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv and argv[0] == "--combine":  # --combine A.json B.json ... --out STEM
+        *inputs, flag, stem = argv[1:] if len(argv) >= 4 else ("", "", "")
+        if flag != "--out" or not inputs:
+            print("error: usage: --combine A.json [B.json ...] --out STEM", file=sys.stderr)
+            return 2
+        report = combine([json.loads(Path(p).read_text()) for p in inputs])
+        return _write(report, Path(stem))
     args = parser.parse_args(argv)
     try:
         samplers = DEFAULT_SAMPLERS if args.samplers is None else parse_samplers(args.samplers)
@@ -193,13 +220,18 @@ def main(argv=None) -> int:
         return 2
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    report = {"command": "python -m benchmarks.sampler_quality " + " ".join(argv if argv is not None else sys.argv[1:]),
+    report = {"command": "python -m benchmarks.sampler_quality " + " ".join(argv),
               "machine": _machine(), "commit": _commit(), "load_start": os.getloadavg(),
               "n": args.n, "guidance": args.guidance, "seed": args.seed, "models": {}}
     for data, checkpoint in models.items():
         report["models"][data] = run_model(data, checkpoint, samplers, n=args.n, guidance=args.guidance,
                                            seed=args.seed, batch_size=args.batch_size)
     report["load_end"] = os.getloadavg()
+    return _write(report, out)
+
+
+def _write(report: dict, out: Path) -> int:
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(report, indent=2))
     out.with_suffix(".md").write_text(_markdown(report))
     _plot(report, out.with_suffix(".png"))

@@ -141,3 +141,14 @@ def test_bad_inputs_name_the_problem(tmp_path, weights_file, random_weights):
         inception_features(model, torch.zeros(2, 2, 28, 28))
     with pytest.raises(ValueError, match="NaN"):
         inception_features(model, torch.full((1, 1, 28, 28), float("nan")))
+
+
+def test_standard_fid_of_a_set_with_itself_is_zero_and_warns_about_rank(weights_file):
+    from ddpm.fid_inception import standard_fid
+
+    x = torch.rand(2, 1, 28, 28, generator=torch.Generator().manual_seed(4)) * 2 - 1
+    with pytest.warns(RuntimeWarning, match="2 samples for 2048 feature dimensions"):
+        fid_same = standard_fid(x, x, str(weights_file))  # a path loads the file
+    # rank-1 covariances: sqrtm of the singular product may need pytorch-fid's eps = 1e-6 offset
+    # on both, which moves the trace term by at most 2 d eps (d = 2048)
+    assert abs(fid_same) <= 2 * FEATURE_DIM * 1e-6 + 1e-9
