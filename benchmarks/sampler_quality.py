@@ -112,11 +112,12 @@ def _markdown(report: dict) -> str:
     lines = [f"# Sampler quality table\n", f"command: `{report['command']}`  ",
              f"machine: {report['machine']}; commit `{report['commit']}`; load average at start "
              f"{report['load_start']}, at end {report['load_end']} (wall times are under that load)\n",
-             f"n = {report['n']} samples per row (classes 0..9 in turn), guidance w = {report['guidance']}, "
+             f"n samples per row (classes 0..9 in turn; n per model below), guidance w = {report['guidance']}, "
              f"seed {report['seed']}; FD in the in-project feature net's space (not FID); floor: the same "
              f"figure between two disjoint real halves of n images each.\n"]
     for data, result in report["models"].items():
-        lines += [f"## {data} (checkpoint {result['checkpoint']}, step {result['step']})\n",
+        lines += [f"## {data} (checkpoint {result['checkpoint']}, step {result['step']}, "
+                  f"n = {result.get('n', report['n'])})\n",
                   "| sampler | steps | model evals / sample | FD | FD floor | precision | recall | hit rate | wall s |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in result["rows"]:
@@ -140,7 +141,7 @@ def _plot(report: dict, path: Path) -> None:
             rows = sorted((r for r in result["rows"] if r["sampler"] == sampler), key=lambda r: r["evaluations"])
             ax.plot([r["evaluations"] for r in rows], [r["fd"] for r in rows], "o-", label=sampler)
         floor = np.mean([r["fd_floor"] for r in result["rows"]])
-        ax.axhline(floor, color="gray", ls="--", label=f"floor (real vs real, n={report['n']})")
+        ax.axhline(floor, color="gray", ls="--", label=f"floor (real vs real, n={result.get('n', report['n'])})")
         ax.set_xscale("log")
         ax.set_xlabel("model evaluations per sample")
         ax.set_ylabel(f"FD-{data}")
@@ -156,14 +157,16 @@ def combine(reports: list[dict]) -> dict:
     model's rows in run order, every run's command kept; n and guidance must agree."""
     first = reports[0]
     for r in reports[1:]:
-        if (r["n"], r["guidance"], r["seed"]) != (first["n"], first["guidance"], first["seed"]):
-            raise ValueError("--combine: the runs differ in n, guidance or seed")
+        if (r["guidance"], r["seed"]) != (first["guidance"], first["seed"]):
+            raise ValueError("--combine: the runs differ in guidance or seed")
     out = {**first, "command": " ; ".join(r["command"] for r in reports), "models": {},
            "load_start": [r["load_start"] for r in reports], "load_end": [r["load_end"] for r in reports]}
     for r in reports:
         for data, result in r["models"].items():
-            if data in out["models"] and out["models"][data]["checkpoint"] != result["checkpoint"]:
-                raise ValueError(f"--combine: two checkpoints for {data}")
+            result = {"n": r["n"], **result}
+            if data in out["models"] and (out["models"][data]["checkpoint"], out["models"][data]["n"]) != \
+                    (result["checkpoint"], result["n"]):
+                raise ValueError(f"--combine: two checkpoints or sample counts for {data}")
             out["models"].setdefault(data, {**result, "rows": []})["rows"].extend(result["rows"])
     return out
 

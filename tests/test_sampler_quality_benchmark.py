@@ -75,6 +75,6 @@ def test_combine_writes_one_table_and_plot(tmp_path):
     assert "| ddpm | 250 | 250 | 1.500 | 1.000 |" in table
     assert (tmp_path / "t.png").stat().st_size > 1000
     b.write_text(json.dumps(_report("B", [_row("ddpm", 250, 1.5)], checkpoint="other")))
-    with pytest.raises(ValueError, match="two checkpoints"):
+    with pytest.raises(ValueError, match="two checkpoints or sample counts"):
         bench.main(["--combine", str(a), str(b), "--out", str(tmp_path / "u")])
     assert bench.main(["--combine", str(a)]) == 2
