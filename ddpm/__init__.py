@@ -42,3 +42,7 @@ __all__ = [
     "bits_per_dim",
     "scheduler_config",
 ]
+
+from .evaluate import sample_quality  # issue 16: FD-<data>, precision/recall, ... beside their floors (ddpm.evaluate)
+
+__all__ += ["sample_quality"]

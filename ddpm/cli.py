@@ -32,7 +32,7 @@ from .checkpoint import CheckpointError
 from .data import DataError
 from .demo import DemoSettings, run_demo
 from .runs import CONFIG_PRESETS, UsageError, sample_run, train_run
-from .runs_eval import train_features_run
+from .runs_eval import eval_run, train_features_run
 from .samplers import SAMPLERS
 from .train import NonFiniteLossError
 
@@ -158,11 +158,12 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m ddpm", description="Denoising diffusion models "
                      "(Ho et al. 2020): train, sample, and the digits demo.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,sample,demo,train-features,eval}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,sample,demo}")
     _add_train(sub)
     _add_sample(sub)
     _add_demo(sub)
     _add_train_features(sub)
+    _add_eval(sub)
     return parser
 
 
@@ -261,6 +262,43 @@ def _add_train_features(sub) -> None:
     tf.add_argument("--data", choices=reference.FEATURE_NET_DATA, required=True)
     tf.add_argument("--out", required=True, help="weights file (.safetensors; metadata also in OUT.json)")
     tf.set_defaults(func=cmd_train_features)
+
+
+def cmd_eval(args) -> int:
+    eval_run(args.checkpoint, args.samples, data=args.data, features=args.features, out=args.out,
+             sampler=args.sampler, steps=args.steps, n=args.n, class_id=args.class_id, guidance=args.guidance,
+             eta=args.eta, seed=args.seed, ema=args.ema, clip=args.clip, bpd=args.bpd, k=args.k,
+             device=resolve_device(args.device))
+    return 0
+
+
+def _add_eval(sub) -> None:
+    ev = sub.add_parser("eval", help="sample quality of a checkpoint or of samples on disk, each figure "
+                        "beside its real-data floor; writes OUT/eval.json and OUT/report.png")
+    ev.add_argument("--checkpoint", default=None, help="a run or checkpoint directory to sample from")
+    ev.add_argument("--samples", default=None, help="or: a folder of PNGs / an .npz ('images' in [-1, 1] "
+                    "or uint8, optional 'labels')")
+    ev.add_argument("--data", default="digits", help="reference data: digits (default), mnist, or a "
+                    "folder/.npz/IDX path (then --features)")
+    ev.add_argument("--features", default=None, help="feature-net weights from train-features (default: "
+                    "the cached net of --data, trained on first use)")
+    ev.add_argument("--out", default="eval", help="output directory (default eval)")
+    ev.add_argument("--sampler", choices=SAMPLERS, default="ddim")
+    ev.add_argument("--steps", type=COUNT, default=None, help="sampler steps in [1, T] (default: the sampler's)")
+    ev.add_argument("--n", "--num-samples", dest="n", type=COUNT, default=1000,
+                    help="samples to draw, >= 1 (balanced over classes; per class with --class all)")
+    ev.add_argument("--class", dest="class_id", type=_class_spec, default=None,
+                    help="class id K, or 'all' (default: balanced over the model's classes)")
+    ev.add_argument("--guidance", type=GUIDANCE, default=1.0, help="classifier-free guidance w >= 0")
+    ev.add_argument("--eta", type=_real(0.0, 1.0, hi_open=False), default=0.0, help="DDIM eta in [0, 1]")
+    ev.add_argument("--seed", type=SEED, default=0, help="sampling noise and the real halves' draw")
+    ev.add_argument("--ema", action="store_true", help="use the EMA weights")
+    ev.add_argument("--clip", action="store_true", help="clip the predicted x0 to [-1, 1] at every step")
+    ev.add_argument("--bpd", type=COUNT0, default=64, help="real images for bits/dim of a learned-variance "
+                    "model, >= 0 (0: skip)")
+    ev.add_argument("--k", type=COUNT, default=3, help="neighbours of precision/recall, density/coverage")
+    ev.add_argument("--device", default="auto", help="auto, cpu or cuda[:k]")
+    ev.set_defaults(func=cmd_eval)
 
 
 # user errors: one line, status 2. NonFiniteLossError is not one (the run diverged, status 1)

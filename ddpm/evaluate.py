@@ -160,11 +160,27 @@ def _manifold_figures(real_a: np.ndarray, other: np.ndarray, k: int) -> dict:
     return {"fd": fd, "precision": precision, "recall": recall, "density": density, "coverage": coverage}
 
 
+def _fd_over_draws(feats_real, feats_s, n: int, seed: int, draws: int, first_fd: float, first_floor: float):
+    """FD of the samples and its floor for `draws` independent (A, B) pairs (the first given).
+    FD of a few hundred samples swings by a factor ~2 from one reference draw to the next
+    (64- and 128-d covariances), so the figure and its floor are means over several draws."""
+    fd, fd_floor = [first_fd], [first_floor]
+    for draw in range(1, draws):
+        a, b = eval_metrics.real_halves(feats_real.shape[0], n, seed, draw)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            fd.append(eval_metrics.frechet_distance_features(feats_real[a], feats_s))
+            fd_floor.append(eval_metrics.frechet_distance_features(feats_real[a], feats_real[b]))
+    return fd, fd_floor
+
+
 def quality_with_details(images, data="digits", labels=None, seed: int = 0, features=None, *,
-                         k: int = 3, echo=None) -> tuple[dict, dict]:
+                         k: int = 3, fd_draws: int = 5, echo=None) -> tuple[dict, dict]:
     """sample_quality's figures, and the arrays behind them for a report: the checked images
     and real data, the halves' indices, each sample's nearest real neighbour (index into
     `pool_index`) and the probabilities."""
+    if isinstance(fd_draws, bool) or not isinstance(fd_draws, int) or fd_draws < 1:
+        raise EvaluationError(f"fd_draws must be an int >= 1, got {fd_draws!r}")
     net = resolve_feature_net(data, features, echo)
     x = check_images(images, net.image_shape)
     n = x.shape[0]
@@ -185,9 +201,11 @@ def quality_with_details(images, data="digits", labels=None, seed: int = 0, feat
                       f"features of {name}: {eval_metrics.COVARIANCE_WARNING} (needs > {net.feature_dim}); "
                       f"{name} is biased upward", RuntimeWarning, stacklevel=2)
     feats_s, probs_s = net.embed(x)
-    feats_a, _ = net.embed(real.images[index_a])
-    feats_b, probs_b = net.embed(real.images[index_b])
+    feats_real, probs_real = net.embed(real.images)
+    feats_a, feats_b, probs_b = feats_real[index_a], feats_real[index_b], probs_real[index_b]
     sample_fig, floor_fig = _manifold_figures(feats_a, feats_s, k), _manifold_figures(feats_a, feats_b, k)
+    fd, fd_floor = _fd_over_draws(feats_real, feats_s, n, seed, fd_draws, sample_fig["fd"], floor_fig["fd"])
+    sample_fig["fd"], floor_fig["fd"] = float(np.mean(fd)), float(np.mean(fd_floor))
     is_mean, _ = eval_metrics.inception_score(probs_s)
     is_floor, _ = eval_metrics.inception_score(probs_b)
     # memorisation in pixel space: nearest neighbour in the real data less half B, for the
@@ -196,7 +214,8 @@ def quality_with_details(images, data="digits", labels=None, seed: int = 0, feat
     pixels = lambda t: t.reshape(t.shape[0], -1).double().numpy()  # noqa: E731
     memo = eval_metrics.memorisation(pixels(x), pixels(real.images[pool_index]), pixels(real.images[index_b]))
     result = {"data": data if isinstance(data, str) else "custom", "fd_name": name, "n": n,
-              "n_reference": int(index_a.size), "k": k, "feature_dim": net.feature_dim,
+              "n_reference": int(index_a.size), "k": k, "feature_dim": net.feature_dim, "fd_draws": fd_draws,
+              "fd_sd": float(np.std(fd)), "fd_floor_sd": float(np.std(fd_floor)),
               "feature_net_accuracy": net.meta.get("held_out_accuracy")}
     for key in sample_fig:
         result[key], result[f"{key}_floor"] = sample_fig[key], floor_fig[key]
@@ -214,15 +233,18 @@ def quality_with_details(images, data="digits", labels=None, seed: int = 0, feat
     return result, details
 
 
-def sample_quality(images, data="digits", labels=None, seed: int = 0, features=None, *, k: int = 3) -> dict:
+def sample_quality(images, data="digits", labels=None, seed: int = 0, features=None, *, k: int = 3,
+                   fd_draws: int = 5) -> dict:
     """The quality figures of `images` (N, C, H, W) in [-1, 1] against real `data`, each with
     its floor. data: "digits", "mnist", a path (folder, .npz, IDX; needs `features`) or an
     ImageDataset; labels: (N,) requested classes or None; seed: the real halves' draw;
-    features: a weights file of `python -m ddpm train-features` (default: the cached net of data).
+    features: a weights file of `python -m ddpm train-features` (default: the cached net of data);
+    fd_draws: fd and fd_floor are means over this many independent (A, B) draws (fd_sd and
+    fd_floor_sd their spread); the other figures use the first draw.
 
     Returns a JSON-ready dict: fd, precision, recall, density, coverage, inception_score and
     hit_rate (None without labels), each with "<key>_floor"; hit_rate_per_class; memorisation
     (ratio ~1 without copying, close_fraction ~0.01); fd_name (e.g. "FD-digits"), n,
     n_reference, k, feature_dim, feature_net_accuracy, data.
     """
-    return quality_with_details(images, data, labels, seed, features, k=k)[0]
+    return quality_with_details(images, data, labels, seed, features, k=k, fd_draws=fd_draws)[0]

@@ -16,6 +16,7 @@ feature dimension, settings) in its header and in a .json beside it.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 import time
@@ -154,7 +155,8 @@ def save_feature_net(net: FeatureNet, path) -> Path:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    meta = json.dumps(net.meta, sort_keys=True, default=list)
+    # the preset rebuilds the module on load: it is written whatever the meta holds
+    meta = json.dumps({**net.meta, "preset": net.preset}, sort_keys=True, default=list)
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     for target, write in ((path, lambda tmp: save_file(state, tmp, metadata={"feature_net": meta})),
                           (path.with_name(path.name + ".json"), lambda tmp: Path(tmp).write_text(meta + "\n"))):
@@ -199,8 +201,8 @@ def default_feature_net(data: str, echo=None) -> FeatureNet:
     path = cache_dir() / f"feature-net-{data}-{preset_fingerprint(data)}.safetensors"
     if path.is_file():
         return load_feature_net(path)
-    if echo is not None:
-        echo(f"training the {data} feature net once; cached at {path}")
+    # training mnist's takes minutes: say so (the logger when the caller gave no echo)
+    (echo or logging.getLogger("ddpm.feature_net").info)(f"training the {data} feature net once; cached at {path}")
     net = train_feature_net(data)
     save_feature_net(net, path)
     return net

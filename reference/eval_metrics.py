@@ -233,12 +233,14 @@ def memorisation(samples: np.ndarray, train: np.ndarray, held_out: np.ndarray) -
 
 # ----------------------------------------------------------------------------- floors
 
-def real_halves(num_real: int, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def real_halves(num_real: int, n: int, seed: int = 0, draw: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Two disjoint index sets of size min(n, num_real // 2) from a seeded permutation of
-    range(num_real) (numpy default_rng(seed)): the reference half A and the floor half B.
+    range(num_real) (numpy default_rng(seed), or default_rng([seed, draw]) for draw > 0): the
+    reference half A and the floor half B.
 
     Generated samples are compared with A; the floor is the same figure of B against A, so both
-    use the same reference set and the same size.
+    use the same reference set and the same size. Further draws give independent (A, B) pairs,
+    for figures averaged over several reference sets.
     """
     for name, value in (("num_real", num_real), ("n", n)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
@@ -246,5 +248,7 @@ def real_halves(num_real: int, n: int, seed: int = 0) -> tuple[np.ndarray, np.nd
     if num_real < 2:
         raise ValueError(f"num_real must be >= 2 for two disjoint halves, got {num_real}")
     size = min(int(n), int(num_real) // 2)
-    order = np.random.default_rng(seed).permutation(int(num_real))
+    if isinstance(draw, bool) or not isinstance(draw, (int, np.integer)) or draw < 0:
+        raise ValueError(f"draw must be an int >= 0, got {draw!r}")
+    order = np.random.default_rng(seed if draw == 0 else [seed, int(draw)]).permutation(int(num_real))
     return np.sort(order[:size]), np.sort(order[size:2 * size])

@@ -145,6 +145,8 @@ def test_real_halves_disjoint_seeded_and_capped():
     a2, b2 = em.real_halves(100, 30, seed=5)
     assert (a == a2).all() and (b == b2).all()
     assert not (a == em.real_halves(100, 30, seed=6)[0]).all()
+    a3, b3 = em.real_halves(100, 30, seed=5, draw=1)
+    assert not set(a3) & set(b3) and not (a3 == a).all()
     a, b = em.real_halves(11, 50)
     assert a.size == b.size == 5 and not set(a) & set(b)
     with pytest.raises(ValueError, match="num_real must be >= 2"):

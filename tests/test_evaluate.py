@@ -17,8 +17,8 @@ from ddpm.evaluate import EvaluationError, quality_with_details, sample_quality
 def digits_net(tmp_path_factory):
     """The default digits feature net, trained once into a private cache for this module."""
     mp = pytest.MonkeyPatch()
-    mp.setenv("DDPM_CACHE", str(tmp_path_factory.mktemp("ddpm-cache")))
-    torch.set_num_threads(1)
+    # one cache for the session (tests/test_eval_cli.py uses the same): the net trains once
+    mp.setenv("DDPM_CACHE", str(tmp_path_factory.getbasetemp() / "ddpm-cache"))
     net = fn.default_feature_net("digits")
     yield net
     mp.undo()
