@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["FIDInceptionV3", "load_fid_inception", "inception_features", "standard_fid",
+__all__ = ["FIDInceptionV3", "load_fid_inception", "inception_features", "standard_fid", "fid_with_floor",
            "FID_WEIGHTS_NAME", "FEATURE_DIM", "INPUT_SIZE"]
 
 FID_WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"
@@ -273,3 +273,13 @@ def standard_fid(images, real_images, inception, *, batch_size: int = 50) -> flo
     model = inception if isinstance(inception, FIDInceptionV3) else load_fid_inception(inception)
     return frechet_distance_features(inception_features(model, real_images, batch_size),
                                      inception_features(model, images, batch_size))
+
+
+def fid_with_floor(model: FIDInceptionV3, images, real_a, real_b, *, batch_size: int = 50) -> tuple[float, float]:
+    """(FID of images against real half A, FID of real half B against A): the standard FID beside
+    its floor, on the same halves as ddpm.evaluate's figures."""
+    from reference.eval_metrics import frechet_distance_features
+
+    features_a = inception_features(model, real_a, batch_size)
+    return (frechet_distance_features(features_a, inception_features(model, images, batch_size)),
+            frechet_distance_features(features_a, inception_features(model, real_b, batch_size)))

@@ -159,3 +159,32 @@ def test_standard_fid_fits_gaussians_to_both_feature_sets(weights_file, monkeypa
     (x, y), = seen
     np.testing.assert_array_equal(x, inception_features(model, real))
     np.testing.assert_array_equal(y, inception_features(model, samples))
+
+
+def test_eval_inception_bad_file_is_one_line_before_any_work(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "eval"
+    proc = subprocess.run([sys.executable, "-m", "ddpm", "eval", "--samples", str(tmp_path / "none.npz"),
+                           "--inception", str(tmp_path / "absent.pth"), "--out", str(out)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--inception" in lines[0], proc.stderr
+    assert not out.exists()
+
+
+def test_fid_with_floor_uses_half_a_as_the_reference(weights_file, monkeypatch):
+    import reference.eval_metrics as eval_metrics
+    from ddpm.fid_inception import fid_with_floor
+
+    seen = []
+    monkeypatch.setattr(eval_metrics, "frechet_distance_features", lambda x, y: seen.append((x, y)) or len(seen))
+    model = load_fid_inception(weights_file)
+    g = torch.Generator().manual_seed(5)
+    samples, a, b = (torch.rand(2, 1, 28, 28, generator=g) * 2 - 1 for _ in range(3))
+    assert fid_with_floor(model, samples, a, b) == (1, 2)
+    np.testing.assert_array_equal(seen[0][0], seen[1][0])  # both against half A
+    np.testing.assert_array_equal(seen[0][0], inception_features(model, a))
+    np.testing.assert_array_equal(seen[1][1], inception_features(model, b))
