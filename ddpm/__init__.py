@@ -46,3 +46,7 @@ __all__ = [
 from .evaluate import sample_quality  # issue 16: FD-<data>, precision/recall, ... beside their floors (ddpm.evaluate)
 
 __all__ += ["sample_quality"]
+
+from .autoencoder import AutoencoderKL  # latent diffusion's KL autoencoder (issue 14)
+
+__all__ += ["AutoencoderKL"]

@@ -445,6 +445,8 @@ def load_checkpoint(path, *, map_location="cpu", verify: bool = True,
                               f"{config.get('format') if isinstance(config, dict) else type(config).__name__!r})")
     if config.get("version") != VERSION:
         raise CheckpointError(f"{cfg_path} has format version {config.get('version')}, this library reads {VERSION}")
+    if "unet" not in config and config.get("kind"):  # e.g. an autoencoder run (ddpm.autoencoder_train)
+        raise CheckpointError(f"{path} holds a {config['kind']} checkpoint, not a UNet's")
     try:
         unet_config = reference.UNetConfig.from_dict(config["unet"])
     except (KeyError, TypeError, ValueError) as err:

@@ -33,6 +33,7 @@ from .data import DataError
 from .demo import DemoSettings, run_demo
 from .runs import CONFIG_PRESETS, UsageError, sample_run, train_run
 from .runs_eval import eval_run, train_features_run
+from .runs_latent import AUTOENCODER_PRESETS, train_autoencoder_run, train_latent_run
 from .samplers import SAMPLERS
 from .train import NonFiniteLossError
 
@@ -118,6 +119,17 @@ def _training_args(args) -> dict:
 
 
 def cmd_train(args) -> int:
+    if args.latent is not None:  # latent diffusion (ddpm.runs_latent)
+        train_latent_run(args.out, latent=args.latent, latent_cache=args.latent_cache, data=args.data,
+                         preset=args.config, unconditional=args.unconditional, schedule=args.schedule,
+                         timesteps=args.timesteps, training=_training_args(args),
+                         checkpoint_every=args.checkpoint_every, samples=args.samples, guidance=args.guidance,
+                         sample_steps=args.sample_steps, device=resolve_device(args.device),
+                         progress=not args.no_progress, allow_data_change=args.allow_data_change,
+                         hflip=None if args.hflip is None else args.hflip == "on")
+        return 0
+    if args.latent_cache is not None:
+        raise UsageError("--latent-cache needs --latent AE_CHECKPOINT")
     train_run(args.out, data=args.data, preset=args.config, unconditional=args.unconditional,
               hflip=None if args.hflip is None else args.hflip == "on", schedule=args.schedule,
               timesteps=args.timesteps, training=_training_args(args),
@@ -158,12 +170,13 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m ddpm", description="Denoising diffusion models "
                      "(Ho et al. 2020): train, sample, and the digits demo.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,sample,demo}")
+    sub = parser.add_subparsers(dest="command", required=True)  # usage lists every command
     _add_train(sub)
     _add_sample(sub)
     _add_demo(sub)
     _add_train_features(sub)
     _add_eval(sub)
+    _add_train_autoencoder(sub)
     return parser
 
 
@@ -205,6 +218,11 @@ def _add_train(sub) -> None:
     tr.add_argument("--sample-steps", type=COUNT, default=50, help="DDIM steps of the final samples.png, >= 1")
     tr.add_argument("--allow-data-change", action="store_true", help="resume the run in --out on data "
                     "other than it was trained on (refused otherwise)")
+    tr.add_argument("--latent", default=None, metavar="AE_CHECKPOINT",
+                    help="latent diffusion: train on the latents of this autoencoder (a train-autoencoder "
+                         "run or a diffusers AutoencoderKL folder); default UNet: reference.latent_unet_config")
+    tr.add_argument("--latent-cache", default=None, help="safetensors file of the encoded latents "
+                    "(default RUN/latents.safetensors; reused when the weights and data match)")
     tr.add_argument("--device", default="auto", help="auto, cpu or cuda[:k]")
     tr.add_argument("--no-progress", action="store_true")
     tr.set_defaults(func=cmd_train)
@@ -250,6 +268,42 @@ def _add_demo(sub) -> None:
     de.add_argument("--no-progress", action="store_true")
     de.set_defaults(func=cmd_demo)
 
+
+def cmd_train_autoencoder(args) -> int:
+    training = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size), ("lr", args.lr),
+                                  ("warmup_steps", args.warmup), ("lr_schedule", args.lr_schedule),
+                                  ("ema_decay", args.ema_decay), ("grad_clip", args.grad_clip),
+                                  ("seed", args.seed)) if v is not None}
+    train_autoencoder_run(args.out, data=args.data, preset=args.config,
+                          hflip=None if args.hflip is None else args.hflip == "on", training=training,
+                          kl_weight=args.kl_weight, checkpoint_every=args.checkpoint_every,
+                          device=resolve_device(args.device), progress=not args.no_progress,
+                          allow_data_change=args.allow_data_change)
+    return 0
+
+
+def _add_train_autoencoder(sub) -> None:
+    ae = sub.add_parser("train-autoencoder", help="train (or resume) the KL autoencoder of latent diffusion")
+    ae.add_argument("--data", default="digits", help="as train's --data")
+    ae.add_argument("--config", choices=AUTOENCODER_PRESETS, default=None,
+                    help="autoencoder preset (default: digits for --data digits, else mnist)")
+    ae.add_argument("--out", required=True, help="run directory (resumed when it holds a checkpoint)")
+    ae.add_argument("--steps", type=COUNT, default=None, help=">= 1 (default 10000)")
+    ae.add_argument("--batch-size", type=COUNT, default=None, help=">= 1")
+    ae.add_argument("--lr", type=POSITIVE, default=None, help="> 0")
+    ae.add_argument("--warmup", type=COUNT0, default=None, help=">= 0")
+    ae.add_argument("--lr-schedule", choices=("constant", "cosine"), default=None)
+    ae.add_argument("--ema-decay", type=RATE, default=None, help="in [0, 1)")
+    ae.add_argument("--grad-clip", type=POSITIVE, default=None, help="> 0 (default 1.0)")
+    ae.add_argument("--kl-weight", type=NONNEG, default=None,
+                    help="beta of the KL term, >= 0 (default 1e-6; loss = mean MSE + beta mean_n KL_n)")
+    ae.add_argument("--hflip", choices=("on", "off"), default=None)
+    ae.add_argument("--seed", type=SEED, default=None, help="in [0, 2^64)")
+    ae.add_argument("--checkpoint-every", type=COUNT, default=1000, help=">= 1")
+    ae.add_argument("--allow-data-change", action="store_true")
+    ae.add_argument("--device", default="auto", help="auto, cpu or cuda[:k]")
+    ae.add_argument("--no-progress", action="store_true")
+    ae.set_defaults(func=cmd_train_autoencoder)
 
 def cmd_train_features(args) -> int:
     train_features_run(args.data, args.out)

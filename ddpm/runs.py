@@ -40,6 +40,7 @@ from .distributed import (
     shutdown_distributed,
     split_counts,
 )
+from .latent import check_latent_fit, decode_latent_samples, run_autoencoder
 from .preflight import UsageError, check_data_fits, check_output_dir, check_output_file, data_changes
 from .train import TrainConfig, Trainer
 from .unet import UNet
@@ -420,9 +421,15 @@ def sample_run(checkpoint, out="samples.png", *, sampler: str = "ddim", steps: i
         model, schedule, ckpt = load_model(checkpoint, ema=ema, device=ctx.device)
         steps = _sample_steps(ckpt, sampler, steps, guidance, class_id, eta)
         y, total, rows = class_labels(class_id, n, ckpt.unet_config.num_classes)
+        autoencoder = run_autoencoder(_run_dir(ckpt))  # a latent run (ddpm.latent): decode its samples
+        if autoencoder is not None:
+            check_latent_fit(ckpt.unet_config, autoencoder.config, f"the denoiser in {ckpt.path}")
         images, frames = draw(model, schedule, y, total, ctx, sampler=sampler, num_steps=steps,
                               guidance_scale=guidance, eta=eta, seed=seed,
                               gif_frames=gif_frames if gif else 0, clip=(-1.0, 1.0) if clip else None)
+        if autoencoder is not None:
+            images = decode_latent_samples(autoencoder, images, str(ckpt.path))
+            frames = [decode_latent_samples(autoencoder, f, str(ckpt.path)) for f in frames]
         written = []
         if ctx.is_main:
             written = save_pictures(out, images, frames, rows or nrow, gif)

@@ -93,6 +93,17 @@ from .vlb import (
     vlb_terms,
     vlb_terms_backward,
 )
+from .autoencoder_config import (  # latent diffusion (issue 14)
+    AUTOENCODER_STREAM_BASE,
+    AutoencoderConfig,
+    autoencoder_parameter_shapes,
+    autoencoder_stream,
+    latent_scaling_factor,
+    latent_unet_config,
+    scale_latents,
+    unscale_latents,
+)
+from .autoencoder import AutoencoderKL, autoencoder_loss, autoencoder_loss_backward
 from .eval_metrics import (  # sample-quality figures on features (issue 16)
     density_coverage,
     frechet_distance,
