@@ -398,7 +398,7 @@ def cmd_eval(args) -> int:
     eval_run(args.checkpoint, args.samples, data=args.data, features=args.features, out=args.out,
              sampler=args.sampler, steps=args.steps, n=args.n, class_id=args.class_id, guidance=args.guidance,
              eta=args.eta, seed=args.seed, ema=args.ema, clip=args.clip, bpd=args.bpd, k=args.k,
-             device=resolve_device(args.device))
+             device=resolve_device(args.device), inception=args.inception)
     return 0
 
 
@@ -428,6 +428,8 @@ def _add_eval(sub) -> None:
                     "model, >= 0 (0: skip)")
     ev.add_argument("--k", type=COUNT, default=3, help="neighbours of precision/recall, density/coverage")
     ev.add_argument("--device", default="auto", help="auto, cpu or cuda[:k]")
+    ev.add_argument("--inception", default=None, metavar="PATH", help="also the standard FID, with "
+                    "pytorch-fid's pt_inception-2015-12-05-*.pth at PATH (never downloaded)")
     ev.set_defaults(func=cmd_eval)
 
 

@@ -70,7 +70,7 @@ __all__ = [
     "sample_run",
 ]
 
-CONFIG_PRESETS = ("digits8", "mnist", "cifar10", "tiny")
+CONFIG_PRESETS = ("digits8", "mnist", "cifar10", "tiny", "mnist_small")
 CONFIG_PRESETS = CONFIG_PRESETS + tuple(reference.DIT_PRESETS)  # DiT (issue 15): dit-digits, dit-xl-2, ...
 
 
@@ -95,6 +95,8 @@ def model_config(preset: str, num_classes: int | None) -> reference.UNetConfig:
         return reference.UNetConfig.ddpm_cifar10(num_classes=num_classes)
     if preset == "tiny":
         return reference.UNetConfig.tiny(num_classes=num_classes)
+    if preset == "mnist_small":
+        return reference.UNetConfig.mnist_small(num_classes=num_classes)
     raise UsageError(f"--config must be one of {CONFIG_PRESETS}, got {preset!r}")
 
 

@@ -138,7 +138,7 @@ def _bits_per_dim(model, schedule, real, index, count: int) -> float:
 def eval_run(checkpoint=None, samples=None, *, data: str = "digits", features=None, out="eval",
              sampler: str = "ddim", steps: int | None = None, n: int = 1000, class_id: str | None = None,
              guidance: float = 1.0, eta: float = 0.0, seed: int = 0, ema: bool = False, clip: bool = False,
-             bpd: int = 64, k: int = 3, device=None, echo=_echo) -> dict:
+             bpd: int = 64, k: int = 3, device=None, echo=_echo, inception=None) -> dict:
     """`python -m ddpm eval`: the figures of ddpm.evaluate for a checkpoint's samples (drawn
     here with any sampler) or for samples on disk, against `data`; prints the table, writes
     OUT/eval.json, OUT/report.png and (from a checkpoint) OUT/samples.npz. Returns the figures."""
@@ -150,6 +150,7 @@ def eval_run(checkpoint=None, samples=None, *, data: str = "digits", features=No
     if features is not None and not Path(features).is_file():
         raise UsageError(f"--features {features} is not a file (write one with python -m ddpm train-features)")
     out = check_output_dir(out, "--out", EVAL_FILES)
+    fid_net = _load_inception(inception)  # issue 16 part B: the standard FID, with the user's weights
     net = resolve_feature_net(data, features, echo)
     model = None
     if checkpoint is not None:
@@ -168,6 +169,14 @@ def eval_run(checkpoint=None, samples=None, *, data: str = "digits", features=No
     if model is not None and model.config.out_channels == 2 * model.config.in_channels and bpd > 0:
         echo(f"bits/dim of {min(bpd, details['index_b'].size)} real images (learned variance, T forward passes)")
         result["bits_per_dim"] = _bits_per_dim(model, schedule, details["real"], details["index_b"], bpd)
+    if fid_net is not None:
+        from .fid_inception import fid_with_floor
+
+        echo("FID: Inception-v3 pool3 features of the samples and both real halves (299 x 299, slow on a CPU)")
+        real = details["real"].images
+        result["fid"], result["fid_floor"] = fid_with_floor(fid_net, images, real[details["index_a"]],
+                                                            real[details["index_b"]])
+        echo(f"FID {result['fid']:.3f} (floor {result['fid_floor']:.3f}, two real halves of the same size)")
     result["source"] = {"checkpoint": None if checkpoint is None else str(checkpoint),
                         "samples": None if samples is None else str(samples), "sampler": sampler if checkpoint else None,
                         "steps": steps, "guidance": guidance, "eta": eta, "seed": seed, "ema": ema, "clip": clip}
@@ -180,3 +189,16 @@ def eval_run(checkpoint=None, samples=None, *, data: str = "digits", features=No
     echo(format_table(result))
     echo(f"wrote {out / 'eval.json'}, {out / 'report.png'}" + (f", {out / 'samples.npz'}" if checkpoint else ""))
     return result
+
+
+def _load_inception(path):
+    """pytorch-fid's Inception weights from `path` (--inception), or None; a bad file is a
+    UsageError before any sampling."""
+    if path is None:
+        return None
+    from .fid_inception import load_fid_inception
+
+    try:
+        return load_fid_inception(path)
+    except (FileNotFoundError, ValueError) as err:
+        raise UsageError(str(err)) from err

@@ -211,6 +211,13 @@ class UNetConfig:
         return cls(**{**base, **overrides})
 
     @classmethod
+    def mnist_small(cls, image_size: int = 28, **overrides) -> "UNetConfig":
+        """The mnist preset at half width with one ResBlock per level and no dropout (280,881
+        parameters class-conditional): about 4x cheaper per step, sized for a CPU run."""
+        base = dict(ch=16, num_res_blocks=1, dropout=0.0)
+        return cls.mnist(image_size=image_size, **{**base, **overrides})
+
+    @classmethod
     def tiny(cls, **overrides) -> "UNetConfig":
         """A minimal config for gradient checks: every block type, a handful of channels."""
         base = dict(image_size=4, in_channels=1, out_channels=1, ch=4, ch_mult=(1, 2),
