@@ -93,3 +93,4 @@ from .vlb import (
     vlb_terms,
     vlb_terms_backward,
 )
+from .crops import AUGMENT_COUNTER_WORD, center_crop_box, random_crop_boxes  # data augmentation (issue 18)
