@@ -33,6 +33,7 @@ from .data import DataError
 from .demo import DemoSettings, run_demo
 from .runs import CONFIG_PRESETS, UsageError, sample_run, train_run
 from .samplers import SAMPLERS
+from .streaming import BAD_IMAGE_POLICIES, RESIZE_POLICIES
 from .train import NonFiniteLossError
 
 __all__ = ["main", "build_parser"]
@@ -122,8 +123,15 @@ def cmd_train(args) -> int:
               timesteps=args.timesteps, training=_training_args(args),
               checkpoint_every=args.checkpoint_every, samples=args.samples, guidance=args.guidance,
               sample_steps=args.sample_steps, device=resolve_device(args.device),
-              progress=not args.no_progress, allow_data_change=args.allow_data_change)
+              progress=not args.no_progress, allow_data_change=args.allow_data_change,
+              stream=_stream_args(args))
     return 0
+
+
+def _stream_args(args) -> dict:
+    """--stream and its flags (ddpm.runs_streaming.stream_options decides what they mean)."""
+    return {"stream": args.stream, "workers": args.workers, "prefetch": args.prefetch, "resize": args.resize,
+            "crop_scale": args.crop_scale, "cache": args.cache, "bad_images": args.bad_images}
 
 
 def cmd_sample(args) -> int:
@@ -204,7 +212,24 @@ def _add_train(sub) -> None:
                     "other than it was trained on (refused otherwise)")
     tr.add_argument("--device", default="auto", help="auto, cpu or cuda[:k]")
     tr.add_argument("--no-progress", action="store_true")
+    _add_stream(tr)
     tr.set_defaults(func=cmd_train)
+
+
+def _add_stream(tr) -> None:
+    """Streamed data (ddpm.streaming): decode per item in DataLoader workers."""
+    tr.add_argument("--stream", action="store_true", help="read and decode the data per item through "
+                    "DataLoader workers instead of loading it whole")
+    tr.add_argument("--workers", type=COUNT0, default=None, help="DataLoader worker processes, >= 0 (default 2)")
+    tr.add_argument("--prefetch", type=COUNT, default=None, help="batches each worker keeps ready, >= 1 (default 2)")
+    tr.add_argument("--resize", choices=RESIZE_POLICIES, default=None,
+                    help="none (default; one image size), center (centre crop + Lanczos), random (random crop + Lanczos)")
+    tr.add_argument("--crop-scale", type=_real(0.0, 1.0, lo_open=True, hi_open=False), default=None,
+                    help="smallest area fraction of a random crop, in (0, 1] (default 0.64)")
+    tr.add_argument("--cache", action="store_true", help="decode once into RUN/data-cache/images.npy "
+                    "(uint8, memory-mapped) and read that")
+    tr.add_argument("--bad-images", choices=BAD_IMAGE_POLICIES, default=None,
+                    help="stop (default): an unreadable image ends the run; skip: report it and go on")
 
 
 def _add_sample(sub) -> None:

@@ -141,10 +141,10 @@ def _pillow_resize(array: np.ndarray, box, size: int) -> np.ndarray:
 
     top, left, side = (int(v) for v in box)
     out = np.empty((array.shape[0], size, size), dtype=np.float32)
-    for c in range(array.shape[0]):
-        channel = Image.fromarray(np.ascontiguousarray(array[c], dtype=np.float32))
-        out[c] = np.asarray(channel.resize((size, size), Image.Resampling.LANCZOS,
-                                           box=(left, top, left + side, top + side)))
+    square = array[:, top:top + side, left:left + side]  # cropped first: no pixel outside the box
+    for c in range(array.shape[0]):  # leaks into the filter's support at the edges
+        channel = Image.fromarray(np.ascontiguousarray(square[c], dtype=np.float32))
+        out[c] = np.asarray(channel.resize((size, size), Image.Resampling.LANCZOS))
     return out
 
 

@@ -490,6 +490,8 @@ class Trainer:
                     self.save(run_dir, keep_last=keep_last)
         finally:
             bar.close()
+            if self.feed is not None:  # stop the DataLoader workers (restarted where the next call begins)
+                self.feed.close()
         if run_dir is not None:
             self.save(run_dir, keep_last=keep_last)
         elapsed = time.perf_counter() - start
