@@ -302,7 +302,7 @@ class StreamFeed:
     def _start(self, start: int) -> None:
         self.close()
         options = self.dataset.options
-        workers = 0 if self.dataset.cache is not None and options.workers == 0 else options.workers
+        workers = options.workers
         loader = torch.utils.data.DataLoader(
             _ItemLoader(self.dataset, self.seed),
             batch_sampler=_RankBatches(len(self.dataset), self.seed, self.batch_size, start, self.mine),
@@ -311,6 +311,11 @@ class StreamFeed:
         self._batches, self._next = iter(loader), start
 
     def take(self, start: int, indices: np.ndarray) -> torch.Tensor:
+        if self.dataset.cache is not None:  # decoded already: one gather, no workers needed
+            images, bad = self.dataset.cache.batch(indices)
+            positions = start + np.arange(self.batch_size)[self.mine]
+            self._count_skips(start, [(int(positions[k]), i, line) for k, i, line in bad])
+            return images.pin_memory() if self.pin else images
         if self._batches is None or self._next != start:
             self._start(start)
         images, bad, error = next(self._batches)

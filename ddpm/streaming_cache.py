@@ -42,14 +42,33 @@ class DecodedCache:
     def __init__(self, directory: Path, bad: dict[int, str]):
         self.directory, self.bad = Path(directory), dict(bad)
         self._images = None
+        self.replacement = None  # (n,) the row read for each index (a bad one: the next good one)
 
-    def __getstate__(self):
-        return {**self.__dict__, "_images": None}  # each worker maps the file itself
-
-    def item(self, index: int) -> torch.Tensor:
+    def _open(self) -> np.ndarray:
         if self._images is None:
             self._images = np.load(self.directory / "images.npy", mmap_mode="r")
-        return _LUT[torch.from_numpy(np.array(self._images[index], dtype=np.int64))]
+            n = len(self._images)
+            good = np.array(sorted(set(range(n)) - set(self.bad)), dtype=np.int64)
+            nxt = np.searchsorted(good, np.arange(n))  # the first good index >= i, wrapping
+            self.replacement = good[nxt % len(good)] if len(good) else np.arange(n)
+        return self._images
+
+    def batch(self, indices: np.ndarray) -> tuple[torch.Tensor, list[tuple[int, str]]]:
+        """(images (len(indices), C, S, S) float32, [(slot, index, report)] of the bad ones passed over):
+        one gather from the memmap in the training process, no DataLoader (rows are page cache)."""
+        images = self._open()
+        rows = self.replacement[indices]
+        order = np.argsort(rows, kind="stable")  # ascending reads from the file
+        gathered = np.empty((len(rows),) + images.shape[1:], dtype=np.uint8)
+        gathered[order] = images[rows[order]]
+        bad = [(k, int(i), self.bad[int(i)]) for k, i in enumerate(indices) if int(i) in self.bad]
+        return torch.from_numpy(_LUT.numpy()[gathered]), bad  # NumPy indexes by uint8 directly
+
+    def __getstate__(self):
+        return {**self.__dict__, "_images": None, "replacement": None}  # each worker maps the file itself
+
+    def item(self, index: int) -> torch.Tensor:
+        return _LUT[torch.from_numpy(np.array(self._open()[index], dtype=np.int64))]
 
     def is_bad(self, index: int) -> bool:
         return index in self.bad

@@ -259,3 +259,17 @@ def test_cli_records_the_loader_and_keeps_it_on_resume(tmp_path, capsys):
     assert code == 2 and "resize: saved 'center', given 'none'" in err
     code, err = cli(train_args(root, tmp_path / "new", 1, "--workers", "2"), capsys)
     assert code == 2 and "--workers applies to streamed data: add --stream" in err
+
+
+def test_cached_training_is_the_streamed_training_and_skips_alike(tmp_path, caplog):
+    root = write_folder(tmp_path / "f", counts=(4, 4))
+    truncate(root / "c1" / "000.png")
+    streamed = open_streaming(root, 4, 1, options=StreamOptions(workers=1, bad_images="skip"))
+    cached = open_streaming(root, 4, 1, options=StreamOptions(workers=1, bad_images="skip",
+                                                             cache_dir=str(tmp_path / "c")))
+    attach_cache(cached, tmp_path / "c")
+    a, b = trainer_on(streamed), trainer_on(cached)
+    with caplog.at_level(logging.WARNING, logger="ddpm.streaming"):
+        assert [a.train_step().loss for _ in range(5)] == [b.train_step().loss for _ in range(5)]
+    assert a.feed.skipped == b.feed.skipped == {0: 1, 1: 1, 2: 1}  # index 4 at positions 1, 12, 18
+    assert all(torch.equal(params(a)[k], v) for k, v in params(b).items())
