@@ -118,10 +118,10 @@ def measure(config: str, folder: str, run_dir: str, batches: int) -> dict:
     built = time.perf_counter() - start - loaded  # the model and Trainer: the same for every loader
     trainer._draw_batch()  # the first batch train_step would consume (workers started, prefetch)
     first_step = time.perf_counter() - start - built
-    tick = time.perf_counter()
+    tick, cpu = time.perf_counter(), time.process_time()
     for _ in range(batches):
         trainer._draw_batch()  # what train_step consumes, without the model
-    delivered = time.perf_counter() - tick
+    delivered, cpu = time.perf_counter() - tick, time.process_time() - cpu
     worker_peak = 0.0
     if trainer.feed is not None:  # VmHWM (peak RSS) of the live DataLoader workers
         for worker in getattr(trainer.feed._batches, "_workers", []):
@@ -131,7 +131,7 @@ def measure(config: str, folder: str, run_dir: str, batches: int) -> dict:
         worker_peak = max(worker_peak, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
                           if config == "cache-build" else 0.0)
     return {"config": config, "n": len(data), "load_s": loaded, "first_batch_s": first_step, "trainer_s": built,
-            "images_per_s": batches * BATCH / delivered,
+            "images_per_s": batches * BATCH / delivered, "main_cpu_ms_per_image": 1e3 * cpu / (batches * BATCH),
             "data_rss_mb": rss_before_step, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "worker_peak_rss_mb": worker_peak}
 
@@ -184,6 +184,7 @@ def report(results: list[dict], args, commit: str) -> str:
         "| peak RSS main (MB) | peak RSS largest worker (MB) | load avg |",
         "|---:|---|---:|---:|---:|---:|---:|---:|---|",
     ]
+    cpu_rows = [r for r in results if "main_cpu_ms_per_image" in r]
     for n in args.sizes:
         for config in CONFIGS:
             rows = [r for r in results if r["n"] == n and r["config"] == config]
@@ -196,6 +197,10 @@ def report(results: list[dict], args, commit: str) -> str:
                          f"{_cell([r['first_batch_s'] for r in rows], '.1f')} | {_cell([r['load_s'] for r in rows], '.1f')} | "
                          f"{_cell([r['data_rss_mb'] for r in rows], '.0f')} | "
                          f"{_cell([r['peak_rss_mb'] for r in rows], '.0f')} | {worker} | {loads} |")
+    if cpu_rows:  # CPU time of the training process per delivered image: independent of the load
+        lines += ["", "| images | loader | CPU ms per image delivered (training process; workers not counted) |",
+                  "|---:|---|---:|"]
+        lines += [f"| {r['n']} | {r['config']} | {r['main_cpu_ms_per_image']:.3f} |" for r in cpu_rows]
     return "\n".join(lines) + "\n"
 
 
