@@ -94,7 +94,8 @@ def measure(config: str, folder: str, run_dir: str, batches: int) -> dict:
     import ddpm
     import reference
     from ddpm.data import load_dataset
-    from ddpm.streaming import StreamOptions, open_streaming
+    from ddpm.streaming import StreamOptions
+    from ddpm.streaming_sources import open_streaming
     from ddpm.streaming_cache import attach_cache
     from ddpm.train import TrainConfig, Trainer
 

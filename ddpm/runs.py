@@ -30,7 +30,7 @@ import torch
 import reference
 
 from .checkpoint import Checkpoint, CheckpointError, latest_checkpoint, load_checkpoint, remove_leftovers
-from .data import ImageDataset, load_dataset
+from .data import ImageDataset
 from .distributed import (
     DistributedContext,
     all_gather_rows,

@@ -15,7 +15,8 @@ from .checkpoint import Checkpoint
 from .data import ImageDataset, load_dataset
 from .distributed import DistributedContext
 from .preflight import UsageError
-from .streaming import StreamingDataset, StreamOptions, open_streaming
+from .streaming import StreamingDataset, StreamOptions
+from .streaming_sources import open_streaming
 from .streaming_cache import attach_cache
 
 __all__ = ["CACHE_DIR", "stream_options", "run_data", "attach_run_cache"]

@@ -20,7 +20,8 @@ from ddpm.checkpoint import load_checkpoint
 from ddpm.cli import main
 from ddpm.data import DataError, EpochSampler, load_dataset
 from ddpm.distributed import DistributedContext
-from ddpm.streaming import StreamOptions, open_streaming
+from ddpm.streaming import StreamOptions
+from ddpm.streaming_sources import open_streaming
 from ddpm.streaming_cache import attach_cache
 from ddpm.train import TrainConfig, Trainer
 
