@@ -214,7 +214,8 @@ class Trainer:
     """Trains `model` (a ddpm.UNet, or any module with `.config` and forward(x, t, y)) on `dataset`.
 
     model: moved to ctx.device and wrapped in DDP when world_size > 1; schedule: a
-    reference.Schedule or ddpm.TorchSchedule; dataset: images matching the model's
+    reference.Schedule or ddpm.TorchSchedule; dataset: an ImageDataset (in memory) or a
+    ddpm.streaming.StreamingDataset (decoded per item by DataLoader workers), images matching the model's
     (in_channels, image_size, image_size), labels when the model is class-conditional.
     """
 
