@@ -11,6 +11,7 @@ Bytes are the fewest the op must move: each input read once, each output written
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -120,7 +121,7 @@ def _run_q_sample(report: Report, device, dtype_name, shape, case, backends, com
 
 
 def _run_sampler_step(report: Report, device, dtype_name, shape, case, backends, compile_peers, rep,
-                      guidance: bool = False):
+                      guidance: bool = False, classifier: bool = False):
     dtype = DTYPES[dtype_name]
     schedule = reference.make_schedule("linear", 1000)
     coef_np = reference.ddim_coefficients(schedule, 500, 480, eta=1.0)[0]
@@ -129,19 +130,31 @@ def _run_sampler_step(report: Report, device, dtype_name, shape, case, backends,
     out = torch.randn(shape, device=device).to(dtype)
     uncond = torch.randn(shape, device=device).to(dtype) if guidance else None
     c = [float(v) for v in coef_np]
+    # classifier guidance (issue 12): the gradient and per-sample (a0, a1, a2) rows of a ddim
+    # plan's step times a scale of 2, as ddpm.Sampler passes them
+    grad = torch.randn(shape, device=device).to(dtype) if classifier else None
+    plan = reference.sampling_plan(schedule, "ddim", 50)
+    rows_np = reference.guidance_rows(plan, np.full(shape[0], 2.0))[25]
+    rows = torch.tensor(rows_np, dtype=torch.float64, device=device)
+    a = [float(v) for v in rows_np[0]]
 
     def eager():
         o = uncond + 2.0 * (out - uncond) if guidance else out
-        x0 = (c[0] * x + c[1] * o).clamp(-1, 1)
+        x0 = c[0] * x + c[1] * o
         eps = c[2] * x + c[3] * o
+        if classifier:
+            x0, eps = x0 + a[0] * grad, eps + a[1] * grad
+        x0 = x0.clamp(-1, 1)
         z = torch.randn_like(x)
-        return (c[4] * x0 + c[5] * x + c[6] * eps + c[7] * z).to(dtype)
+        return (c[4] * x0 + c[5] * x + c[6] * eps + c[7] * z + (a[2] * grad if classifier else 0)).to(dtype)
 
-    ntensors = 4 if guidance else 3
+    ntensors = 3 + int(guidance) + int(classifier)
     row = Row("kernels", case, dict(shape="x".join(map(str, shape)), dtype=dtype_name,
-                                    cfg=guidance, noise="in-kernel"),
+                                    cfg=guidance, noise="in-kernel", **({"classifier": True} if classifier else {})),
               bytes_moved=ntensors * x.numel() * x.element_size())
     kw = dict(model_output_uncond=uncond, guidance_scale=2.0) if guidance else {}
+    if classifier:
+        kw.update(classifier_grad=grad, classifier_coefficients=rows)
     for b in backends:
         row.times[b] = bench(lambda b=b: kernels.sampler_step(x, out, coef, clip=(-1.0, 1.0), seed=1,
                                                               stream=3, backend=b, **kw), device, **rep)
@@ -261,6 +274,8 @@ def run(report: Report, *, device: str, quick: bool, dtypes, compile_peers: bool
             _run_sampler_step(report, device, dtype_name, shape, "sampler_step", backends, compile_peers, rep)
             _run_sampler_step(report, device, dtype_name, shape, "sampler_step", backends, compile_peers,
                               rep, guidance=True)
+            _run_sampler_step(report, device, dtype_name, shape, "sampler_step", backends, compile_peers,
+                              rep, classifier=True)  # classifier guidance's gradient term (issue 12)
             _run_learned_variance_step(report, device, dtype_name, shape, "learned_variance_step",
                                        backends, compile_peers, rep)
         for channels_last in (False, True):

@@ -42,3 +42,14 @@ __all__ = [
     "bits_per_dim",
     "scheduler_config",
 ]
+
+from .evaluate import sample_quality  # issue 16: FD-<data>, precision/recall, ... beside their floors (ddpm.evaluate)
+
+__all__ += ["sample_quality"]
+
+from .autoencoder import AutoencoderKL  # latent diffusion's KL autoencoder (issue 14)
+
+__all__ += ["AutoencoderKL"]
+
+from .classifier import Classifier  # classifier guidance (issue 12)
+__all__ += ["Classifier"]

@@ -103,24 +103,42 @@ def schedule_from_dict(d: dict) -> reference.Schedule:
     return reference.Schedule.from_betas(betas)
 
 
+# what a checkpoint holds: the denoiser UNet (no "model" key in config.json, as before) or the
+# noise-aware classifier of classifier guidance (reference.Classifier's names)
+MODEL_KINDS = ("unet", "classifier")
+
+
+def model_parameter_shapes(config: reference.UNetConfig, kind: str = "unet"):
+    """name -> shape of the parameters of a `kind` model of `config`."""
+    if kind == "classifier":
+        return reference.classifier_parameter_shapes(config)
+    return reference.parameter_shapes(config)
+
+
 def checkpoint_config(unet_config: reference.UNetConfig, schedule: reference.Schedule, *,
-                      training: dict | None = None, data: dict | None = None, step: int = 0) -> dict:
-    """The config.json content for a model of `unet_config` trained on `schedule`."""
+                      training: dict | None = None, data: dict | None = None, step: int = 0,
+                      model: str = "unet") -> dict:
+    """The config.json content for a model of `unet_config` trained on `schedule` (`model`: one
+    of MODEL_KINDS; "classifier" is recorded as "model", the UNet's config.json is unchanged)."""
     if not isinstance(unet_config, reference.UNetConfig):
         raise TypeError(f"unet_config must be a reference.UNetConfig, got {type(unet_config).__name__}")
-    return {"format": FORMAT, "version": VERSION, "step": int(step), "unet": unet_config.to_dict(),
-            "schedule": schedule_to_dict(schedule), "training": dict(training or {}),
-            "data": dict(data or {})}
+    if model not in MODEL_KINDS:
+        raise ValueError(f"model must be one of {MODEL_KINDS}, got {model!r}")
+    config = {"format": FORMAT, "version": VERSION, "step": int(step), "unet": unet_config.to_dict(),
+              "schedule": schedule_to_dict(schedule), "training": dict(training or {}),
+              "data": dict(data or {})}
+    return config if model == "unet" else {**config, "model": model}
 
 
-def check_state_dict(state: dict, config: reference.UNetConfig, what: str = "state dict") -> None:
-    """Raise CheckpointError unless `state` has exactly the parameters of `config`.
+def check_state_dict(state: dict, config: reference.UNetConfig, what: str = "state dict",
+                     kind: str = "unet") -> None:
+    """Raise CheckpointError unless `state` has exactly the parameters of `config` (a `kind` model).
 
     The names are the reference's check; its ValueError becomes a CheckpointError so that a
     caller can tell a bad checkpoint from a bad argument.
     """
     try:
-        reference.check_parameter_names(reference.parameter_shapes(config), state, what)
+        reference.check_parameter_names(model_parameter_shapes(config, kind), state, what)
     except ValueError as error:
         raise CheckpointError(str(error)) from None
 
@@ -344,7 +362,8 @@ TRAINER_STATE_TYPES = {
 }
 
 
-def check_trainer_state(state, fpath, unet_config: reference.UNetConfig | None = None) -> None:
+def check_trainer_state(state, fpath, unet_config: reference.UNetConfig | None = None,
+                        kind: str = "unet") -> None:
     """Raise CheckpointError (one line naming `fpath`) unless `state` has every entry a Trainer
     restores, of the right type, with one optimizer slot per parameter of `unet_config`."""
     if not isinstance(state, dict):
@@ -362,7 +381,7 @@ def check_trainer_state(state, fpath, unet_config: reference.UNetConfig | None =
         wrong += [f"optimizer lacks {k}" for k in ("state", "param_groups") if k not in opt]
     if not wrong and unet_config is not None:
         slots = sum(len(g.get("params", ())) for g in opt["param_groups"] if isinstance(g, dict))
-        expected = len(reference.parameter_shapes(unet_config))
+        expected = len(model_parameter_shapes(unet_config, kind))
         if slots != expected:
             wrong.append(f"the optimizer state covers {slots} parameters, the model has {expected}")
     if wrong:
@@ -376,7 +395,7 @@ def _unpickler_reason(err: BaseException) -> str:
     return reason.split(". Please use")[0][:200]
 
 
-def _read_trainer_state(fpath: Path, map_location, unet_config) -> dict:
+def _read_trainer_state(fpath: Path, map_location, unet_config, kind: str = "unet") -> dict:
     try:
         state = torch.load(fpath, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
@@ -387,7 +406,7 @@ def _read_trainer_state(fpath: Path, map_location, unet_config) -> dict:
         raise CheckpointError(f"{fpath} cannot be read: {reason}") from None
     except Exception as err:  # torch raises RuntimeError/EOFError/... for a bad zip
         raise CheckpointError(f"{fpath} cannot be read: {one_line(err)[:300]}") from None
-    check_trainer_state(state, fpath, unet_config)
+    check_trainer_state(state, fpath, unet_config, kind)
     return state
 
 
@@ -406,6 +425,11 @@ class Checkpoint:
 
     def state_dict(self, ema: bool = False) -> dict[str, torch.Tensor]:
         return self.ema_state if ema else self.model_state
+
+    @property
+    def model_kind(self) -> str:
+        """"unet" (the denoiser) or "classifier" (MODEL_KINDS)."""
+        return self.config.get("model", "unet")
 
     def check_compatible(self, unet_config: reference.UNetConfig,
                          schedule: reference.Schedule | None = None) -> None:
@@ -445,15 +469,22 @@ def load_checkpoint(path, *, map_location="cpu", verify: bool = True,
                               f"{config.get('format') if isinstance(config, dict) else type(config).__name__!r})")
     if config.get("version") != VERSION:
         raise CheckpointError(f"{cfg_path} has format version {config.get('version')}, this library reads {VERSION}")
+    if "unet" not in config and config.get("kind"):  # e.g. an autoencoder run (ddpm.autoencoder_train)
+        raise CheckpointError(f"{path} holds a {config['kind']} checkpoint, not a UNet's")
     try:
         unet_config = reference.UNetConfig.from_dict(config["unet"])
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"{cfg_path}: invalid UNet config: {err}") from None
+    kind = config.get("model", "unet")
+    if kind not in MODEL_KINDS or (kind == "classifier" and unet_config.num_classes is None):
+        raise CheckpointError(f"{cfg_path}: model must be one of {MODEL_KINDS} (a classifier with "
+                              f"num_classes), got {kind!r}")
     schedule = schedule_from_dict(config.get("schedule", {}))
     model_state = _read_safetensors(path / "model.safetensors", map_location)
     ema_state = _read_safetensors(path / "ema.safetensors", map_location)
-    check_state_dict(model_state, unet_config, f"{path / 'model.safetensors'}")
-    check_state_dict(ema_state, unet_config, f"{path / 'ema.safetensors'}")
-    state = _read_trainer_state(path / "trainer_state.pt", map_location, unet_config) if trainer_state else None
+    check_state_dict(model_state, unet_config, f"{path / 'model.safetensors'}", kind)
+    check_state_dict(ema_state, unet_config, f"{path / 'ema.safetensors'}", kind)
+    state = (_read_trainer_state(path / "trainer_state.pt", map_location, unet_config, kind)
+             if trainer_state else None)
     return Checkpoint(path, int(config.get("step", 0)), config, unet_config, schedule,
                       model_state, ema_state, state)

@@ -5,6 +5,8 @@ ddpm.runs (train, sample) and ddpm.demo; what a run does is decided there.
     python -m ddpm sample --checkpoint runs/digits --sampler ddim --steps 50 --n 64 \
         --class 3 --guidance 2 --out grid.png --gif reverse.gif --ema
     python -m ddpm demo                        # the README's main job (see ddpm.demo)
+    python -m ddpm train-classifier --data digits --out runs/clf --steps 2000   # classifier guidance
+    python -m ddpm sample --checkpoint runs/digits --classifier runs/clf --classifier-scale 2 --class all
     torchrun --nproc_per_node 2 -m ddpm train ...   # DDP; gloo with --device cpu
 
 `train` resumes from --out when it holds a checkpoint (same model, training settings and data;
@@ -32,6 +34,9 @@ from .checkpoint import CheckpointError
 from .data import DataError
 from .demo import DemoSettings, run_demo
 from .runs import CONFIG_PRESETS, UsageError, sample_run, train_run
+from .runs_eval import eval_run, train_features_run
+from .runs_latent import AUTOENCODER_PRESETS, train_autoencoder_run, train_latent_run
+from .runs_classifier import train_classifier_run
 from .samplers import SAMPLERS
 from .streaming import BAD_IMAGE_POLICIES, RESIZE_POLICIES
 from .train import NonFiniteLossError
@@ -118,6 +123,19 @@ def _training_args(args) -> dict:
 
 
 def cmd_train(args) -> int:
+    if args.latent is not None and args.stream:  # the latent run encodes its data once (--latent-cache)
+        raise UsageError("--stream applies to pixel-space training, not with --latent")
+    if args.latent is not None:  # latent diffusion (ddpm.runs_latent)
+        train_latent_run(args.out, latent=args.latent, latent_cache=args.latent_cache, data=args.data,
+                         preset=args.config, unconditional=args.unconditional, schedule=args.schedule,
+                         timesteps=args.timesteps, training=_training_args(args),
+                         checkpoint_every=args.checkpoint_every, samples=args.samples, guidance=args.guidance,
+                         sample_steps=args.sample_steps, device=resolve_device(args.device),
+                         progress=not args.no_progress, allow_data_change=args.allow_data_change,
+                         hflip=None if args.hflip is None else args.hflip == "on")
+        return 0
+    if args.latent_cache is not None:
+        raise UsageError("--latent-cache needs --latent AE_CHECKPOINT")
     train_run(args.out, data=args.data, preset=args.config, unconditional=args.unconditional,
               hflip=None if args.hflip is None else args.hflip == "on", schedule=args.schedule,
               timesteps=args.timesteps, training=_training_args(args),
@@ -138,7 +156,20 @@ def cmd_sample(args) -> int:
     sample_run(args.checkpoint, args.out, sampler=args.sampler, steps=args.steps, n=args.n,
                class_id=args.class_id, guidance=args.guidance, eta=args.eta, seed=args.seed,
                ema=args.ema, clip=args.clip, nrow=args.nrow, gif=args.gif, gif_frames=args.gif_frames,
-               device=resolve_device(args.device))
+               device=resolve_device(args.device), classifier=args.classifier,
+               classifier_scale=args.classifier_scale)
+    return 0
+
+
+def cmd_train_classifier(args) -> int:
+    given = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "warmup_steps": args.warmup,
+             "weight_decay": args.weight_decay, "grad_clip": args.grad_clip, "ema_decay": args.ema_decay,
+             "seed": args.seed}
+    train_classifier_run(args.out, data=args.data, preset=args.config, schedule=args.schedule,
+                         timesteps=args.timesteps, training={k: v for k, v in given.items() if v is not None},
+                         holdout=args.holdout, checkpoint_every=args.checkpoint_every,
+                         from_denoiser=args.from_denoiser, device=resolve_device(args.device),
+                         progress=not args.no_progress, allow_data_change=args.allow_data_change)
     return 0
 
 
@@ -165,10 +196,14 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m ddpm", description="Denoising diffusion models "
                      "(Ho et al. 2020): train, sample, and the digits demo.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,sample,demo}")
+    sub = parser.add_subparsers(dest="command", required=True)  # usage lists every command
     _add_train(sub)
     _add_sample(sub)
     _add_demo(sub)
+    _add_train_features(sub)
+    _add_eval(sub)
+    _add_train_autoencoder(sub)
+    _add_train_classifier(sub)
     return parser
 
 
@@ -210,6 +245,11 @@ def _add_train(sub) -> None:
     tr.add_argument("--sample-steps", type=COUNT, default=50, help="DDIM steps of the final samples.png, >= 1")
     tr.add_argument("--allow-data-change", action="store_true", help="resume the run in --out on data "
                     "other than it was trained on (refused otherwise)")
+    tr.add_argument("--latent", default=None, metavar="AE_CHECKPOINT",
+                    help="latent diffusion: train on the latents of this autoencoder (a train-autoencoder "
+                         "run or a diffusers AutoencoderKL folder); default UNet: reference.latent_unet_config")
+    tr.add_argument("--latent-cache", default=None, help="safetensors file of the encoded latents "
+                    "(default RUN/latents.safetensors; reused when the weights and data match)")
     tr.add_argument("--device", default="auto", help="auto, cpu or cuda[:k]")
     tr.add_argument("--no-progress", action="store_true")
     _add_stream(tr)
@@ -256,6 +296,10 @@ def _add_sample(sub) -> None:
     sa.add_argument("--gif", default=None, help="also write the reverse process as a GIF here")
     sa.add_argument("--gif-frames", type=COUNT, default=50, help="frames of the GIF, >= 1")
     sa.add_argument("--device", default="auto", help="auto, cpu or cuda[:k]")
+    sa.add_argument("--classifier", default=None, help="classifier guidance with this noise-aware classifier "
+                    "(a run or checkpoint of train-classifier; its EMA weights); needs --class")
+    sa.add_argument("--classifier-scale", type=NONNEG, default=1.0, help="classifier guidance scale s >= 0 "
+                    "(Dhariwal & Nichol 2021), with --classifier")
     sa.set_defaults(func=cmd_sample)
 
 
@@ -271,6 +315,122 @@ def _add_demo(sub) -> None:
     de.add_argument("--device", default="auto", help="auto, cpu or cuda[:k]")
     de.add_argument("--no-progress", action="store_true")
     de.set_defaults(func=cmd_demo)
+
+
+def cmd_train_autoencoder(args) -> int:
+    training = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size), ("lr", args.lr),
+                                  ("warmup_steps", args.warmup), ("lr_schedule", args.lr_schedule),
+                                  ("ema_decay", args.ema_decay), ("grad_clip", args.grad_clip),
+                                  ("seed", args.seed)) if v is not None}
+    train_autoencoder_run(args.out, data=args.data, preset=args.config,
+                          hflip=None if args.hflip is None else args.hflip == "on", training=training,
+                          kl_weight=args.kl_weight, checkpoint_every=args.checkpoint_every,
+                          device=resolve_device(args.device), progress=not args.no_progress,
+                          allow_data_change=args.allow_data_change)
+    return 0
+
+
+def _add_train_autoencoder(sub) -> None:
+    ae = sub.add_parser("train-autoencoder", help="train (or resume) the KL autoencoder of latent diffusion")
+    ae.add_argument("--data", default="digits", help="as train's --data")
+    ae.add_argument("--config", choices=AUTOENCODER_PRESETS, default=None,
+                    help="autoencoder preset (default: digits for --data digits, else mnist)")
+    ae.add_argument("--out", required=True, help="run directory (resumed when it holds a checkpoint)")
+    ae.add_argument("--steps", type=COUNT, default=None, help=">= 1 (default 10000)")
+    ae.add_argument("--batch-size", type=COUNT, default=None, help=">= 1")
+    ae.add_argument("--lr", type=POSITIVE, default=None, help="> 0")
+    ae.add_argument("--warmup", type=COUNT0, default=None, help=">= 0")
+    ae.add_argument("--lr-schedule", choices=("constant", "cosine"), default=None)
+    ae.add_argument("--ema-decay", type=RATE, default=None, help="in [0, 1)")
+    ae.add_argument("--grad-clip", type=POSITIVE, default=None, help="> 0 (default 1.0)")
+    ae.add_argument("--kl-weight", type=NONNEG, default=None,
+                    help="beta of the KL term, >= 0 (default 1e-6; loss = mean MSE + beta mean_n KL_n)")
+    ae.add_argument("--hflip", choices=("on", "off"), default=None)
+    ae.add_argument("--seed", type=SEED, default=None, help="in [0, 2^64)")
+    ae.add_argument("--checkpoint-every", type=COUNT, default=1000, help=">= 1")
+    ae.add_argument("--allow-data-change", action="store_true")
+    ae.add_argument("--device", default="auto", help="auto, cpu or cuda[:k]")
+    ae.add_argument("--no-progress", action="store_true")
+    ae.set_defaults(func=cmd_train_autoencoder)
+
+
+def _add_train_classifier(sub) -> None:
+    tc = sub.add_parser("train-classifier", help="train (or resume) a noise-aware classifier p(y | x_t, t) "
+                        "for classifier guidance; writes checkpoints and accuracy_vs_t.png to --out")
+    tc.add_argument("--data", default="digits", help="labelled data: 'digits' (default), an image folder, "
+                    ".npy/.npz with labels, or IDX")
+    tc.add_argument("--config", choices=CONFIG_PRESETS, default=None, help="UNet preset whose down path and "
+                    "middle block the classifier uses (default digits8)")
+    tc.add_argument("--out", required=True, help="run directory (resumed when it holds a checkpoint)")
+    tc.add_argument("--steps", type=COUNT, default=None, help="train until this step, >= 1 (default 10000)")
+    tc.add_argument("--batch-size", type=COUNT, default=None, help="global batch, >= 1")
+    tc.add_argument("--lr", type=POSITIVE, default=None, help="learning rate, > 0")
+    tc.add_argument("--warmup", type=COUNT0, default=None, help="linear LR warmup steps, >= 0")
+    tc.add_argument("--weight-decay", type=NONNEG, default=None, help=">= 0")
+    tc.add_argument("--grad-clip", type=POSITIVE, default=None, help="max gradient norm, > 0 (default 1.0)")
+    tc.add_argument("--ema-decay", type=RATE, default=None, help="in [0, 1)")
+    tc.add_argument("--schedule", choices=reference.SCHEDULE_KINDS, default=None, help="beta schedule (default linear)")
+    tc.add_argument("--timesteps", type=COUNT, default=None, help="T, >= 1 (default 1000); the denoiser's")
+    tc.add_argument("--seed", type=SEED, default=None, help="in [0, 2^64)")
+    tc.add_argument("--holdout", type=_real(0.0, 1.0, lo_open=True), default=0.1,
+                    help="fraction of the data held out for accuracy_vs_t, in (0, 1)")
+    tc.add_argument("--from-denoiser", default=None, help="start the encoder from this trained denoiser "
+                    "(a train run or checkpoint of the same --config layout)")
+    tc.add_argument("--checkpoint-every", type=COUNT, default=1000, help="steps between checkpoints, >= 1")
+    tc.add_argument("--allow-data-change", action="store_true")
+    tc.add_argument("--device", default="auto", help="auto, cpu or cuda[:k]")
+    tc.add_argument("--no-progress", action="store_true")
+    tc.set_defaults(func=cmd_train_classifier)
+
+
+def cmd_train_features(args) -> int:
+    train_features_run(args.data, args.out)
+    return 0
+
+
+def _add_train_features(sub) -> None:
+    tf = sub.add_parser("train-features", help="train the in-project feature network (FD-<data>, hit "
+                        "rate) of digits or mnist; prints its held-out accuracy")
+    tf.add_argument("--data", choices=reference.FEATURE_NET_DATA, required=True)
+    tf.add_argument("--out", required=True, help="weights file (.safetensors; metadata also in OUT.json)")
+    tf.set_defaults(func=cmd_train_features)
+
+
+def cmd_eval(args) -> int:
+    eval_run(args.checkpoint, args.samples, data=args.data, features=args.features, out=args.out,
+             sampler=args.sampler, steps=args.steps, n=args.n, class_id=args.class_id, guidance=args.guidance,
+             eta=args.eta, seed=args.seed, ema=args.ema, clip=args.clip, bpd=args.bpd, k=args.k,
+             device=resolve_device(args.device))
+    return 0
+
+
+def _add_eval(sub) -> None:
+    ev = sub.add_parser("eval", help="sample quality of a checkpoint or of samples on disk, each figure "
+                        "beside its real-data floor; writes OUT/eval.json and OUT/report.png")
+    ev.add_argument("--checkpoint", default=None, help="a run or checkpoint directory to sample from")
+    ev.add_argument("--samples", default=None, help="or: a folder of PNGs / an .npz ('images' in [-1, 1] "
+                    "or uint8, optional 'labels')")
+    ev.add_argument("--data", default="digits", help="reference data: digits (default), mnist, or a "
+                    "folder/.npz/IDX path (then --features)")
+    ev.add_argument("--features", default=None, help="feature-net weights from train-features (default: "
+                    "the cached net of --data, trained on first use)")
+    ev.add_argument("--out", default="eval", help="output directory (default eval)")
+    ev.add_argument("--sampler", choices=SAMPLERS, default="ddim")
+    ev.add_argument("--steps", type=COUNT, default=None, help="sampler steps in [1, T] (default: the sampler's)")
+    ev.add_argument("--n", "--num-samples", dest="n", type=COUNT, default=1000,
+                    help="samples to draw, >= 1 (balanced over classes; per class with --class all)")
+    ev.add_argument("--class", dest="class_id", type=_class_spec, default=None,
+                    help="class id K, or 'all' (default: balanced over the model's classes)")
+    ev.add_argument("--guidance", type=GUIDANCE, default=1.0, help="classifier-free guidance w >= 0")
+    ev.add_argument("--eta", type=_real(0.0, 1.0, hi_open=False), default=0.0, help="DDIM eta in [0, 1]")
+    ev.add_argument("--seed", type=SEED, default=0, help="sampling noise and the real halves' draw")
+    ev.add_argument("--ema", action="store_true", help="use the EMA weights")
+    ev.add_argument("--clip", action="store_true", help="clip the predicted x0 to [-1, 1] at every step")
+    ev.add_argument("--bpd", type=COUNT0, default=64, help="real images for bits/dim of a learned-variance "
+                    "model, >= 0 (0: skip)")
+    ev.add_argument("--k", type=COUNT, default=3, help="neighbours of precision/recall, density/coverage")
+    ev.add_argument("--device", default="auto", help="auto, cpu or cuda[:k]")
+    ev.set_defaults(func=cmd_eval)
 
 
 # user errors: one line, status 2. NonFiniteLossError is not one (the run diverged, status 1)

@@ -104,7 +104,7 @@ def _split(model_output: torch.Tensor, channels: int, variance: str):
     """(mean part, v or None) with the reference's checks (reference.split_model_output)."""
     if variance not in reference.VARIANCE_KINDS:
         raise ValueError(f"variance must be one of {reference.VARIANCE_KINDS}, got {variance!r}")
-    reference.split_model_output(np.empty((1, model_output.shape[1], 1)), channels, variance)  # the shape checks
+    reference.split_model_output(np.zeros((1, model_output.shape[1], 1)), channels, variance)  # the shape checks (zeros: np.empty may hold NaN and fail the finite check)
     if variance == "learned":
         return model_output[:, :channels], model_output[:, channels:]
     return model_output, None

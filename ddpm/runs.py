@@ -21,6 +21,7 @@ unless the caller allows the change (`--allow-data-change`).
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from pathlib import Path
@@ -30,6 +31,7 @@ import torch
 import reference
 
 from .checkpoint import Checkpoint, CheckpointError, latest_checkpoint, load_checkpoint, remove_leftovers
+from .classifier_io import check_classifier_fits, load_classifier
 from .data import ImageDataset
 from .distributed import (
     DistributedContext,
@@ -40,6 +42,7 @@ from .distributed import (
     shutdown_distributed,
     split_counts,
 )
+from .latent import check_latent_fit, decode_latent_samples, run_autoencoder
 from .preflight import UsageError, check_data_fits, check_output_dir, check_output_file, data_changes
 from .runs_streaming import attach_run_cache, run_data, stream_options
 from .train import TrainConfig, Trainer
@@ -209,6 +212,9 @@ def ema_model(trainer: Trainer) -> UNet:
 def load_model(checkpoint_path, *, ema: bool, device: torch.device):
     """(UNet in eval mode on device, its reference schedule, the Checkpoint) from a checkpoint."""
     ckpt = load_checkpoint(checkpoint_path, map_location="cpu", trainer_state=False)
+    if ckpt.model_kind != "unet":
+        raise UsageError(f"--checkpoint {checkpoint_path} holds a {ckpt.model_kind}, not a denoiser "
+                         "(a classifier goes to --classifier)")
     model = UNet(ckpt.unet_config)
     model.load_state_dict(ckpt.state_dict(ema=ema))
     return model.to(device).eval(), ckpt.schedule, ckpt
@@ -229,7 +235,8 @@ def _sampling_variance(cfg: reference.UNetConfig) -> str:
 
 def draw(model, schedule, y: torch.Tensor | None, n: int, ctx: DistributedContext, *,
          sampler: str = "ddim", num_steps: int | None = 50, guidance_scale: float = 1.0,
-         eta: float = 0.0, seed: int = 0, gif_frames: int = 0, clip=None):
+         eta: float = 0.0, seed: int = 0, gif_frames: int = 0, clip=None, classifier=None,
+         classifier_scale: float = 1.0):
     """n samples (N, C, H, W) on every rank, split over ranks by global index; with gif_frames
     > 0 also up to that many snapshots of x_t along the reverse process (list of tensors).
 
@@ -250,7 +257,9 @@ def draw(model, schedule, y: torch.Tensor | None, n: int, ctx: DistributedContex
         images = sample_distributed(model, shape, schedule, ctx, y=y, sampler=sampler,
                                     num_steps=num_steps, guidance_scale=guidance_scale, eta=eta,
                                     seed=seed, clip=clip, callback=callback,
-                                    variance=_sampling_variance(cfg))
+                                    variance=_sampling_variance(cfg), **(
+                                        {} if classifier is None else
+                                        {"classifier": classifier, "classifier_scale": classifier_scale}))
     counts = split_counts(n, ctx.world_size)
     if gif_frames > 0 and counts[ctx.rank] == 0:
         # a rank without samples must still join one all-gather per frame the others send
@@ -406,9 +415,12 @@ def _sample_steps(ckpt: Checkpoint, sampler: str, steps: int | None, guidance: f
 def sample_run(checkpoint, out="samples.png", *, sampler: str = "ddim", steps: int | None = None,
                n: int = 64, class_id: str | None = None, guidance: float = 1.0, eta: float = 0.0,
                seed: int = 0, ema: bool = False, clip: bool = False, nrow: int | None = None,
-               gif=None, gif_frames: int = 50, device=None, echo=_echo) -> list[Path]:
+               gif=None, gif_frames: int = 50, device=None, classifier=None, classifier_scale: float = 1.0,
+               echo=_echo) -> list[Path]:
     """`python -m ddpm sample`: a grid PNG (and a GIF of the reverse process) from a checkpoint;
-    returns the paths written (on rank 0; [] on the others). Arguments as the CLI's flags."""
+    returns the paths written (on rank 0; [] on the others). Arguments as the CLI's flags;
+    classifier: a classifier checkpoint (`python -m ddpm train-classifier`) for classifier
+    guidance with classifier_scale (Dhariwal & Nichol 2021; its EMA weights)."""
     if n < 1:
         raise UsageError(f"--n must be >= 1, got {n}")
     if gif is not None and gif_frames < 1:
@@ -421,10 +433,30 @@ def sample_run(checkpoint, out="samples.png", *, sampler: str = "ddim", steps: i
     try:
         model, schedule, ckpt = load_model(checkpoint, ema=ema, device=ctx.device)
         steps = _sample_steps(ckpt, sampler, steps, guidance, class_id, eta)
-        y, total, rows = class_labels(class_id, n, ckpt.unet_config.num_classes)
+        num_classes, guide = ckpt.unet_config.num_classes, {}
+        if classifier is not None:
+            if not (math.isfinite(classifier_scale) and classifier_scale >= 0):
+                raise UsageError(f"--classifier-scale must be finite and >= 0, got {classifier_scale}")
+            classifier_model, classifier_ckpt = load_classifier(classifier, device=ctx.device)
+            check_classifier_fits(classifier_ckpt, ckpt, class_id, classifier)
+            if sampler == "ddpm" and _sampling_variance(ckpt.unet_config) == "learned":
+                raise UsageError("--classifier with --sampler ddpm needs a fixed variance; this model "
+                                 "learned its variance (use --sampler ddim or dpm_solver++)")
+            num_classes = classifier_ckpt.unet_config.num_classes
+            guide = {"classifier": classifier_model, "classifier_scale": classifier_scale}
+        elif classifier_scale != 1.0:
+            raise UsageError("--classifier-scale needs --classifier")
+        y, total, rows = class_labels(class_id, n, num_classes)
+        autoencoder = run_autoencoder(_run_dir(ckpt))  # a latent run (ddpm.latent): decode its samples
+        if autoencoder is not None:
+            check_latent_fit(ckpt.unet_config, autoencoder.config, f"the denoiser in {ckpt.path}")
         images, frames = draw(model, schedule, y, total, ctx, sampler=sampler, num_steps=steps,
                               guidance_scale=guidance, eta=eta, seed=seed,
-                              gif_frames=gif_frames if gif else 0, clip=(-1.0, 1.0) if clip else None)
+                              gif_frames=gif_frames if gif else 0, clip=(-1.0, 1.0) if clip else None,
+                              **guide)
+        if autoencoder is not None:
+            images = decode_latent_samples(autoencoder, images, str(ckpt.path))
+            frames = [decode_latent_samples(autoencoder, f, str(ckpt.path)) for f in frames]
         written = []
         if ctx.is_main:
             written = save_pictures(out, images, frames, rows or nrow, gif)

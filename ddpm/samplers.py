@@ -37,6 +37,7 @@ from kernels.validate import check_finite_number
 from reference._validate import check_class_labels, check_seed
 from reference.noise import SAMPLER_INIT_STREAM
 from reference.sampling import READS_VARIANCE
+from reference.classifier_guidance import check_classifier_guidance, guidance_rows
 from reference.sampling_plan import NO_NOISE, SAMPLERS, sampling_plan
 from reference.schedules import check_schedule
 
@@ -139,7 +140,7 @@ class Sampler:
                  eta: float = 0.0, spacing: str | None = None, seed: int = 0, samples=None, y=None,
                  guidance_scale: float = 1.0, clip=None, prediction: str = "epsilon",
                  variance: str = "fixed_small", device=None, dtype: torch.dtype = torch.float32,
-                 backend: str = "auto"):
+                 backend: str = "auto", classifier=None, classifier_scale=1.0):
         if not callable(model):
             raise TypeError(f"model must be callable as model(x, t[, y]), got {type(model).__name__}")
         self.plan = sampling_plan(check_schedule(schedule), sampler, num_steps, spacing, eta,
@@ -155,6 +156,7 @@ class Sampler:
         self.y, self.y_model = _model_labels(model, y, self.shape[0], self.guidance_scale, self.device)
         self.guided = self.guidance_scale != 1.0
         self._load_plan()
+        self._load_classifier(classifier, classifier_scale, y)
         self._x0_last = None  # DPM-Solver++(2M): the previous step's x0_hat
 
     # the plan's options, as the loop reads them
@@ -183,31 +185,66 @@ class Sampler:
         batch = 2 * self.shape[0] if self.guided else self.shape[0]
         self.model_t = torch.as_tensor(self.timesteps, device=self.device).reshape(-1, 1).expand(-1, batch)
 
+    def _load_classifier(self, classifier, classifier_scale, y) -> None:
+        """Classifier guidance (Dhariwal & Nichol 2021; reference.classifier_guidance): the checks
+        and the (K, N, 3) float64 rows (the plan's columns times each sample's scale), once."""
+        self.classifier = classifier
+        self._guidance_rows = self._class_ids = None
+        if classifier is not None and getattr(self.model, "null_class", None) is None and not self.guided:
+            self.y_model = None  # an unconditional model: y is the classifier's class only
+        if classifier is None:
+            if not isinstance(classifier_scale, (int, float)) or classifier_scale != 1.0:
+                raise ValueError("classifier_scale needs a classifier (classifier=...)")
+            return
+        config = getattr(classifier, "config", None)
+        if not callable(getattr(classifier, "log_prob_gradient", None)) or config is None:
+            raise TypeError(f"classifier must be a ddpm.Classifier (log_prob_gradient and a config), "
+                            f"got {type(classifier).__name__}")
+        y_host = None if y is None else self.y.cpu().numpy()
+        y_host, scale = check_classifier_guidance(config, self.shape, y_host, classifier_scale,
+                                                  model_num_classes=getattr(self.model, "null_class", None))
+        self._class_ids = torch.as_tensor(y_host, device=self.device)
+        self._guidance_rows = torch.as_tensor(guidance_rows(self.plan, scale), dtype=torch.float64,
+                                              device=self.device)
+
+    def classifier_gradient(self, x: torch.Tensor, k: int) -> torch.Tensor | None:
+        """grad_x log p_phi(y | x_t, t) at step k's x and model t (autograd), or None unguided."""
+        if self.classifier is None:
+            return None
+        _, grad = self.classifier.log_prob_gradient(x, self.model_t[k][: x.shape[0]], self._class_ids)
+        return grad
+
     # ------------------------------------------------------------------ the step rules
 
-    def _dpm_solver_pp_2m(self, x: torch.Tensor, cond, uncond, k: int) -> torch.Tensor:
-        """`reference.dpm_solver_pp_2m_update` in tensor math (no fused kernel)."""
+    def _dpm_solver_pp_2m(self, x: torch.Tensor, cond, uncond, k: int, grad=None) -> torch.Tensor:
+        """`reference.dpm_solver_pp_2m_update` in tensor math (no fused kernel); with classifier
+        guidance x0_hat += a0 g before the clip (Alg. 2's eps shift)."""
         if uncond is not None:  # the CFG combine in the update's precision, as the fused kernel
             cond, uncond = cond.to(self._compute_dtype), uncond.to(self._compute_dtype)
             cond = uncond + self.guidance_scale * (cond - uncond)
         c = self._state_coefficients[k]
         xc = x.to(self._compute_dtype)
         x0 = c[0] * xc + c[1] * cond.to(self._compute_dtype)
+        if grad is not None:
+            a0 = self._guidance_rows[k, :, 0].to(self._compute_dtype).reshape((-1,) + (1,) * (x.dim() - 1))
+            x0 = x0 + a0 * grad.to(self._compute_dtype)
         if self.clip is not None:
             x0 = torch.clamp(x0, self.clip[0], self.clip[1])
         D = c[2] * x0 - c[3] * self._x0_last if self._second_order[k] else x0
         self._x0_last = x0
         return (c[4] * xc - c[5] * D).to(x.dtype)
 
-    def _sampler_step(self, x: torch.Tensor, cond, uncond, k: int) -> torch.Tensor:
-        """DDPM Alg. 2 / DDIM Eq. 12: one fused `kernels.sampler_step` (noise drawn in-kernel)."""
+    def _sampler_step(self, x: torch.Tensor, cond, uncond, k: int, grad=None) -> torch.Tensor:
+        """DDPM Alg. 2 / DDIM Eq. 12: one fused `kernels.sampler_step` (noise drawn in-kernel),
+        with the classifier-guidance term (Alg. 1 / Alg. 2 of Dhariwal & Nichol) in the same pass."""
         stream = self._streams[k]
         noisy = stream != NO_NOISE
         return kernels.sampler_step(
             x, cond, self.coefficients[k], model_output_uncond=uncond,
             guidance_scale=self.guidance_scale, clip=self.clip,
             seed=self.seed if noisy else None, samples=self.samples if noisy else None,
-            stream=stream if noisy else 0, backend=self.backend)
+            stream=stream if noisy else 0, backend=self.backend, classifier_grad=grad,
+            classifier_coefficients=None if grad is None else self._guidance_rows[k])
 
     def _learned_variance_step(self, x: torch.Tensor, cond, uncond, k: int) -> torch.Tensor:
         """DDPM Alg. 2 with the learned variance (Improved DDPM Eq. 15): one fused
@@ -284,7 +321,9 @@ class Sampler:
         Steps run in order k = 0..K-1 after `reset()` (a DPM-Solver++ step reads step k-1's x0_hat).
         """
         cond, uncond = self.model_output(x, k)
-        return self._RULES[self._kinds[k]](self, x, cond, uncond, k)
+        if self.classifier is None:
+            return self._RULES[self._kinds[k]](self, x, cond, uncond, k)
+        return self._RULES[self._kinds[k]](self, x, cond, uncond, k, self.classifier_gradient(x, k))
 
     def loop(self, x: torch.Tensor, callback: Callback | None = None) -> torch.Tensor:
         """Every step from x = x_T (a `dtype` tensor on `device`, not validated) to x_0.
@@ -340,7 +379,7 @@ def sample(model, shape, schedule, *, sampler: str = "ddim", num_steps: int | No
            guidance_scale: float = 1.0, clip=None, prediction: str = "epsilon",
            variance: str = "fixed_small", device=None, dtype: torch.dtype = torch.float32,
            x_T: torch.Tensor | None = None, callback: Callback | None = None,
-           backend: str = "auto") -> torch.Tensor:
+           backend: str = "auto", classifier=None, classifier_scale=1.0) -> torch.Tensor:
     """Draw samples x_0 of `shape` (N, C, H, W) from a diffusion model.
 
     model: `model(x, t)` or, with `y`, `model(x, t, y)` -> output shaped like x (eps, x0 or v per
@@ -362,11 +401,16 @@ def sample(model, shape, schedule, *, sampler: str = "ddim", num_steps: int | No
     device/dtype: of the sampler's state (default: the model's device; float32).
     x_T: start here instead of the stream's x_T. callback(step, t, x) after every step.
     backend: kernels backend ("auto" | "triton" | "cupy" | "torch").
+    classifier, classifier_scale: classifier guidance (Dhariwal & Nichol 2021) towards the classes
+        `y` with a noise-aware `ddpm.Classifier`: scale s >= 0 (a number or (N,)); ddpm shifts the
+        step's mean by s Sigma grad log p(y | x_t) (Alg. 1), ddim and dpm_solver++ shift eps_hat by
+        -s sqrt(1 - alpha_bar_t) grad (Alg. 2); composes with guidance_scale (CFG) when the model
+        is class-conditional. The gradient comes from autograd; the term joins the fused step.
     Returns x_0, (N, C, H, W) in `dtype`. Runs under torch.no_grad(); a model in training mode
     is switched to eval() for the run and back afterwards.
     """
     runner = Sampler(model, shape, schedule, sampler=sampler, num_steps=num_steps, eta=eta,
                      spacing=spacing, seed=seed, samples=samples, y=y, guidance_scale=guidance_scale,
                      clip=clip, prediction=prediction, variance=variance, device=device, dtype=dtype,
-                     backend=backend)
+                     backend=backend, classifier=classifier, classifier_scale=classifier_scale)
     return runner.run(x_T=x_T, callback=callback)

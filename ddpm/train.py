@@ -219,6 +219,8 @@ class Trainer:
     (in_channels, image_size, image_size), labels when the model is class-conditional.
     """
 
+    MODEL_KIND = "unet"  # what its checkpoints hold (ddpm.checkpoint.MODEL_KINDS)
+
     def __init__(self, model: nn.Module, schedule, config: TrainConfig, dataset: ImageDataset, *,
                  ctx: DistributedContext | None = None):
         if not isinstance(model, nn.Module):
@@ -527,7 +529,7 @@ class Trainer:
                                           "class_names": self.dataset.class_names,
                                           "fingerprint": self.dataset.fingerprint(),
                                           **({} if self.feed is None else {"loader": self.dataset.options.record()})},
-                                    step=self.step)
+                                    step=self.step, model=self.MODEL_KIND)
             path = save_checkpoint(run_dir, self.step, model_state=self.model.state_dict(),
                                    ema_state=self.ema.state_dict(), config=cfg,
                                    trainer_state=self.trainer_state(), keep_last=keep_last)
@@ -538,6 +540,9 @@ class Trainer:
         """Restore everything from a checkpoint (or a run/checkpoint directory) of this model."""
         if not isinstance(checkpoint, Checkpoint):
             checkpoint = load_checkpoint(checkpoint, map_location="cpu")
+        if checkpoint.model_kind != self.MODEL_KIND:
+            raise CheckpointError(f"checkpoint {checkpoint.path} holds a {checkpoint.model_kind}, this "
+                                  f"trainer trains a {self.MODEL_KIND}")
         checkpoint.check_compatible(self.unet_config, self.schedule)
         state = checkpoint.trainer_state
         if state is None:

@@ -47,24 +47,25 @@ class ResnetBlock(nn.Module):
     """norm1+SiLU -> conv1 -> (+ time_emb_proj(SiLU(temb))) norm2+SiLU -> dropout -> conv2, + skip.
 
     x (N, in_channels, H, W), temb_act = SiLU(temb) (N, temb_channels) -> (N, out_channels, H, W).
+    temb_channels None: no time embedding (the autoencoder's blocks); forward takes temb_act=None.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, temb_channels: int, groups: int,
+    def __init__(self, in_channels: int, out_channels: int, temb_channels: int | None, groups: int,
                  eps: float, dropout: float):
         super().__init__()
         self.norm1 = kernels.GroupNormSiLU(in_channels, groups, eps=eps, activation=True)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.time_emb_proj = nn.Linear(temb_channels, out_channels)
+        self.time_emb_proj = nn.Linear(temb_channels, out_channels) if temb_channels is not None else None
         self.norm2 = kernels.GroupNormSiLU(out_channels, groups, eps=eps, activation=True)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         self.conv_shortcut = (nn.Conv2d(in_channels, out_channels, 1)
                               if in_channels != out_channels else None)
 
-    def forward(self, x: torch.Tensor, temb_act: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, temb_act: torch.Tensor | None) -> torch.Tensor:
         h = self.conv1(self.norm1(x))
         # The time embedding is added to conv1's output before norm2: passed as norm2's shift.
-        h = self.norm2(h, shift=self.time_emb_proj(temb_act))
+        h = self.norm2(h, shift=None if self.time_emb_proj is None else self.time_emb_proj(temb_act))
         h = self.conv2(self.dropout(h))
         skip = x if self.conv_shortcut is None else self.conv_shortcut(x)
         return skip + h

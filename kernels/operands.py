@@ -89,6 +89,19 @@ def sampler_step_operands(x_t, model_output, model_output_uncond, noise, coeffic
                                coefficients, mode, _geometry(x_t, layout, seed, stream))
 
 
+def classifier_operands(ops: SamplerStepOperands, classifier_grad, classifier_coefficients):
+    """(gradient in x_t's layout, (N, 3) float64 rows with unit column stride) of classifier
+    guidance for kernels.sampler_step, or (None, None) without it."""
+    if classifier_grad is None:
+        return None, None
+    layout = dense_layout(ops.x_t) or "contiguous"
+    grad = same_layout_or_copy(classifier_grad, layout)
+    coefficients = classifier_coefficients
+    if coefficients.stride(1) != 1 or coefficients.stride(0) not in (0, 3):
+        coefficients = coefficients.contiguous()  # (N, 3) floats: tiny
+    return grad, coefficients
+
+
 def learned_variance_step_operands(x_t, model_output, noise, coefficients, seed, stream,
                                    out) -> SamplerStepOperands:
     """The operands of kernels.learned_variance_step: as `sampler_step_operands`, with the

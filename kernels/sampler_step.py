@@ -8,6 +8,9 @@ The rule, with per-sample float64 coefficients c (columns reference.STEP_COEFFIC
     x0_hat  = clip(x0_hat, lo, hi)             (optional)
     x_prev  = c4 x0_hat + c5 x_t + c6 eps_hat + c7 z    (noise term only where sigma = c7 != 0)
 
+    optional classifier guidance (a gradient g and per-sample (a0, a1, a2), scale included):
+    x0_hat += a0 g and eps_hat += a1 g before the clip, x_prev += a2 g before the noise term
+
 c comes from reference.ddpm_coefficients (DDPM Alg. 2, Eqs. 6-7) or reference.ddim_coefficients
 (DDIM Eq. 12). Every backend evaluates the rule in float64 registers from the stored inputs and
 rounds once to x_t.dtype: with eps-prediction near t = T, c0 and c1 reach ~1/sqrt(alpha_bar)
@@ -37,7 +40,8 @@ def sampler_step(x_t: torch.Tensor, model_output: torch.Tensor, coefficients, *,
                  model_output_uncond: torch.Tensor | None = None, guidance_scale: float = 1.0,
                  clip: tuple[float, float] | None = None, noise: torch.Tensor | None = None,
                  seed: int | None = None, samples=None, stream: int = 0,
-                 out: torch.Tensor | None = None, backend: str = "auto") -> torch.Tensor:
+                 out: torch.Tensor | None = None, backend: str = "auto",
+                 classifier_grad: torch.Tensor | None = None, classifier_coefficients=None) -> torch.Tensor:
     """x_prev from x_t and the model output: one DDPM (Alg. 2) or DDIM (Eq. 12) step.
 
     x_t, model_output (the conditional output under guidance), model_output_uncond, noise, out:
@@ -52,6 +56,10 @@ def sampler_step(x_t: torch.Tensor, model_output: torch.Tensor, coefficients, *,
         (samples defaults to arange(N); the sampler's step k uses stream k + 1). Needed only
         where sigma != 0;
     out: optional output (may alias x_t, for an in-place update); returned.
+    classifier_grad: (N, ...) like x_t, grad_x log p(y | x_t, t), with classifier_coefficients
+        (3,) or (N, 3) float (a0, a1, a2) already times the per-sample scale: classifier guidance
+        (reference.classifier_guidance): x0_hat += a0 g, eps_hat += a1 g before the clip,
+        x_prev += a2 g before the noise term (the gradient read as float32, math in float64).
     Host-resident coefficients are checked (finite; a noise source where sigma != 0) before
     launch; CUDA coefficients are not read back: a sample whose sigma != 0 without a noise
     source gets NaN (set DDPM_KERNELS_SYNC_CHECKS=1 to check them on the host instead).
@@ -66,6 +74,16 @@ def sampler_step(x_t: torch.Tensor, model_output: torch.Tensor, coefficients, *,
         raise ValueError(f"guidance_scale={guidance_scale} needs model_output_uncond (classifier-free "
                          f"guidance combines the conditional and unconditional outputs)")
     clip = check_clip(clip)
+    if classifier_grad is not None:
+        check_like(classifier_grad, "classifier_grad", x_t)
+        if classifier_coefficients is None:
+            raise ValueError("classifier_grad needs classifier_coefficients, (3,) or (N, 3)")
+        try:
+            classifier_coefficients = check_coefficients(classifier_coefficients, batch, x_t.device, width=3)
+        except (TypeError, ValueError) as err:  # the same checks, named for this argument
+            raise type(err)(str(err).replace("coefficients", "classifier_coefficients", 1)) from None
+    elif classifier_coefficients is not None:
+        raise ValueError("classifier_coefficients given without classifier_grad")
     if not isinstance(coefficients, torch.Tensor) or coefficients.device.type == "cpu":
         # host values: checked (finite, noise source where sigma != 0) before the one copy over
         coefficients = check_coefficients(coefficients, batch, torch.device("cpu"))
@@ -86,7 +104,7 @@ def sampler_step(x_t: torch.Tensor, model_output: torch.Tensor, coefficients, *,
             samples_t = torch.arange(batch, dtype=torch.int64, device=x_t.device)
         result = torch_ops.sampler_step(x_t, model_output, coefficients, model_output_uncond,
                                         guidance_scale, clip, noise, seed, samples_t, stream_v,
-                                        host_sigma_nonzero)
+                                        host_sigma_nonzero, classifier_grad, classifier_coefficients)
         if out is None:
             return result
         return out.copy_(result)
@@ -96,6 +114,6 @@ def sampler_step(x_t: torch.Tensor, model_output: torch.Tensor, coefficients, *,
         from .cupy.sampler_step import sampler_step as fused
     with device_guard(x_t.device):
         return fused(x_t, model_output, coefficients, model_output_uncond, guidance_scale, clip,
-                     noise, seed, samples_t, stream_v, out)
+                     noise, seed, samples_t, stream_v, out, classifier_grad, classifier_coefficients)
 
 

@@ -129,22 +129,29 @@ def q_sample(x0, t, sqrt_alpha_bar, sqrt_one_minus_alpha_bar, noise, seed, sampl
     return x_t.to(x0.dtype), noise
 
 
-def _step_mean(col, xt, out, clip):
+def _step_mean(col, xt, out, clip, grad=None, grad_col=None):
     """The noise-free part of reference.sampler_step (columns 0..6, shared by both step ops):
-    x0_hat, eps_hat from (x_t, out), x0_hat clipped, then the posterior/DDIM mean."""
+    x0_hat, eps_hat from (x_t, out) [+ the classifier-guidance terms a0 g, a1 g], x0_hat
+    clipped, then the posterior/DDIM mean [+ a2 g]."""
     x0 = col[0] * xt + col[1] * out
     eps = col[2] * xt + col[3] * out
+    if grad is not None:
+        x0 = x0 + grad_col[0] * grad
+        eps = eps + grad_col[1] * grad
     if clip is not None:
         x0 = torch.clamp(x0, clip[0], clip[1])
-    return col[4] * x0 + col[5] * xt + col[6] * eps
+    mean = col[4] * x0 + col[5] * xt + col[6] * eps
+    return mean if grad is None else mean + grad_col[2] * grad
 
 
 def sampler_step(x_t, model_output, coefficients, model_output_uncond, guidance_scale, clip,
-                 noise, seed, samples, stream, host_sigma_nonzero):
+                 noise, seed, samples, stream, host_sigma_nonzero, classifier_grad=None,
+                 classifier_coefficients=None):
     """reference.sampler_step in float64 (the reference's operation order), rounded once.
 
     coefficients: (N, 8) float64 on x_t's device. host_sigma_nonzero: None when the coefficients
     live on a device (then samples with sigma != 0 and no noise source become NaN).
+    classifier_grad (N, ...) with classifier_coefficients (N, 3) float64: classifier guidance.
     """
     compute = torch.float64
     ndim = x_t.dim()
@@ -158,7 +165,11 @@ def sampler_step(x_t, model_output, coefficients, model_output_uncond, guidance_
         out = uncond + guidance_scale * (out - uncond)
     out = out.to(compute)
     xt = x_t.to(compute)
-    x_prev = _step_mean(col, xt, out, clip)
+    grad = grad_col = None
+    if classifier_grad is not None:
+        grad = classifier_grad.to(compute)  # stored values, exactly (the kernels read them so)
+        grad_col = [_per_sample(classifier_coefficients[:, k].to(compute), ndim) for k in range(3)]
+    x_prev = _step_mean(col, xt, out, clip, grad, grad_col)
     has_noise = _per_sample(coefficients[:, 7] != 0, ndim)
     if noise is not None or seed is not None:
         if host_sigma_nonzero is None or host_sigma_nonzero:

@@ -93,4 +93,43 @@ from .vlb import (
     vlb_terms,
     vlb_terms_backward,
 )
+from .autoencoder_config import (  # latent diffusion (issue 14)
+    AUTOENCODER_STREAM_BASE,
+    AutoencoderConfig,
+    autoencoder_parameter_shapes,
+    autoencoder_stream,
+    latent_scaling_factor,
+    latent_unet_config,
+    scale_latents,
+    unscale_latents,
+)
+from .autoencoder import AutoencoderKL, autoencoder_loss, autoencoder_loss_backward
+from .eval_metrics import (  # sample-quality figures on features (issue 16)
+    density_coverage,
+    frechet_distance,
+    frechet_distance_features,
+    gaussian_statistics,
+    inception_score,
+    memorisation,
+    precision_recall,
+    real_halves,
+)
+from .feature_nets import FEATURE_NET_DATA, FEATURE_NET_PRESETS, feature_net_preset, feature_net_split
+from .classifier import (  # classifier guidance (issue 12)
+    ACCURACY_STREAM_BASE,
+    Classifier,
+    accuracy_timesteps,
+    holdout_split,
+    classifier_parameter_shapes,
+    classifier_train_step,
+    cross_entropy,
+    cross_entropy_backward,
+)
+from .classifier_guidance import (
+    GUIDANCE_COEFFICIENTS,
+    GUIDED_STEP_KINDS,
+    check_classifier_guidance,
+    classifier_guidance_coefficients,
+    guidance_rows,
+)
 from .crops import AUGMENT_COUNTER_WORD, center_crop_box, random_crop_boxes  # data augmentation (issue 18)

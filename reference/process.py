@@ -244,12 +244,16 @@ def dynamic_threshold(x0: np.ndarray, percentile: float = 0.995, max_value: floa
 
 def sampler_step(x_t: np.ndarray, model_output: np.ndarray, coefficients: np.ndarray,
                    noise: np.ndarray | None = None, clip=None,
-                   threshold: float | None = None) -> np.ndarray:
+                   threshold: float | None = None, *, classifier_grad: np.ndarray | None = None,
+                   classifier_coefficients=None) -> np.ndarray:
     """The elementwise update shared by DDPM and DDIM steps (see module docstring).
 
     coefficients: (8,) or (N, 8) float64 from ddpm_coefficients / ddim_coefficients.
     The noise term is skipped for samples whose sigma is 0, so noise may be None there.
     threshold: a percentile for dynamic thresholding of x0_hat (instead of or after `clip`).
+    classifier_grad (N, ...) with classifier_coefficients (3,) or (N, 3) = (a0, a1, a2) times
+    the scale: classifier guidance (reference.classifier_guidance): x0_hat += a0 g and
+    eps_hat += a1 g before clipping, x_prev += a2 g before the noise term.
     """
     x_t = check_float_array(x_t, "x_t")
     model_output = check_float_array(model_output, "model_output")
@@ -265,13 +269,19 @@ def sampler_step(x_t: np.ndarray, model_output: np.ndarray, coefficients: np.nda
     # float32 only when every array given is float32 (noise counts even where it is not used)
     dtype = result_dtype(x_t, model_output, *([noise] if isinstance(noise, np.ndarray) else []))
     col = [per_sample(c[:, k], x_t.ndim) for k in range(8)]
+    grad, a = _classifier_term(x_t, classifier_grad, classifier_coefficients)
     x0 = col[0] * x_t + col[1] * model_output
     eps = col[2] * x_t + col[3] * model_output
+    if grad is not None:
+        x0 = x0 + a[0] * grad
+        eps = eps + a[1] * grad
     if clip is not None:
         x0 = np.clip(x0, clip[0], clip[1])
     if threshold is not None:
         x0 = dynamic_threshold(x0, threshold)
     x_prev = col[4] * x0 + col[5] * x_t + col[6] * eps
+    if grad is not None:
+        x_prev = x_prev + a[2] * grad
     has_noise = c[:, 7] != 0
     if np.any(has_noise):
         if noise is None:
@@ -281,6 +291,25 @@ def sampler_step(x_t: np.ndarray, model_output: np.ndarray, coefficients: np.nda
         term = col[7] * noise
         x_prev = x_prev + np.where(per_sample(has_noise, x_t.ndim), term, 0.0)
     return x_prev.astype(dtype)
+
+
+def _classifier_term(x_t, classifier_grad, classifier_coefficients):
+    """(grad, [a0, a1, a2] per sample) of classifier guidance, or (None, None) without it."""
+    if classifier_grad is None:
+        if classifier_coefficients is not None:
+            raise ValueError("classifier_coefficients given without classifier_grad")
+        return None, None
+    grad = check_float_array(classifier_grad, "classifier_grad")
+    check_same_shape(x_t, grad, "x_t", "classifier_grad")
+    if classifier_coefficients is None:
+        raise ValueError("classifier_grad needs classifier_coefficients (3,) or (N, 3)")
+    a = np.asarray(classifier_coefficients, dtype=np.float64)
+    if a.shape == (3,):
+        a = np.broadcast_to(a, (x_t.shape[0], 3))
+    if a.shape != (x_t.shape[0], 3) or not np.all(np.isfinite(a)):
+        raise ValueError(f"classifier_coefficients must be finite with shape (3,) or ({x_t.shape[0]}, 3), "
+                         f"got {a.shape}")
+    return grad.astype(np.float64), [per_sample(a[:, k], x_t.ndim) for k in range(3)]
 
 
 def ddpm_step(x_t, t, model_output, schedule: Schedule, noise=None, prediction: str = "epsilon",
@@ -382,12 +411,15 @@ def dpm_solver_pp_2m_step(x_t, t, t_prev, model_output, schedule: Schedule, hist
     return x_prev, (x0, t)
 
 
-def dpm_solver_pp_2m_update(x_t, model_output, coefficients, x0_last=None, clip=None):
+def dpm_solver_pp_2m_update(x_t, model_output, coefficients, x0_last=None, clip=None, *,
+                            classifier_grad=None, classifier_coefficients=None):
     """The elementwise DPM-Solver++(2M) update with given coefficients (Lu et al. 2022, Alg. 2).
 
     x_t, model_output, x0_last: (N, ...); coefficients: (7,) or (N, 7) float64 rows of
     `dpm_solver_pp_coefficients` (columns DPM_SOLVER_COEFFICIENTS); x0_last: the previous step's
     x0_hat, None at the first step (only read where c6 marks a second-order step).
+    classifier_grad / classifier_coefficients: classifier guidance as in `sampler_step`
+    (x0_hat += a0 g before clipping; a1 and a2 are not read: the update has no eps_hat).
     Returns (x_prev, x0_hat), both (N, ...): x0_hat is the next step's x0_last.
     """
     x_t = check_float_array(x_t, "x_t")
@@ -406,7 +438,10 @@ def dpm_solver_pp_2m_update(x_t, model_output, coefficients, x0_last=None, clip=
         raise ValueError("x0_last (the previous step's x0_hat) is required by a second-order step")
     dtype = result_dtype(x_t, model_output, x0_last)
     col = [per_sample(c[:, k], x_t.ndim) for k in range(7)]
+    grad, a = _classifier_term(x_t, classifier_grad, classifier_coefficients)
     x0 = col[0] * x_t + col[1] * model_output
+    if grad is not None:
+        x0 = x0 + a[0] * grad
     if clip is not None:
         x0 = np.clip(x0, clip[0], clip[1])
     D = x0 if x0_last is None else np.where(col[6] != 0, col[2] * x0 - col[3] * x0_last, x0)

@@ -18,6 +18,7 @@ import numpy as np
 
 from ._validate import check_float_array, check_samples
 from .learned_variance_step import learned_variance_step, split_learned_output
+from .classifier_guidance import check_classifier_guidance, guidance_rows
 from .noise import SAMPLER_INIT_STREAM, normal
 from .process import classifier_free_guidance, dpm_solver_pp_2m_update, sampler_step
 from .sampling_plan import NO_NOISE, SamplingPlan, sampling_plan
@@ -88,6 +89,23 @@ def _learned_variance_rule(x, model_output, coefficients, noise, clip, carry):
     return learned_variance_step(x, model_output, coefficients, noise, clip), carry
 
 
+def _guided_sampler_step_rule(x, model_output, coefficients, noise, clip, carry, grad, grad_row):
+    """`_sampler_step_rule` with classifier guidance (Dhariwal & Nichol 2021, Alg. 1 / Alg. 2)."""
+    return sampler_step(x, model_output, coefficients, noise, clip, classifier_grad=grad,
+                        classifier_coefficients=grad_row), carry
+
+
+def _guided_dpm_solver_pp_2m_rule(x, model_output, coefficients, noise, clip, x0_last, grad, grad_row):
+    """`_dpm_solver_pp_2m_rule` with classifier guidance (Alg. 2's eps shift, as an x0_hat shift)."""
+    return dpm_solver_pp_2m_update(x, model_output, coefficients, x0_last, clip, classifier_grad=grad,
+                                   classifier_coefficients=grad_row)
+
+
+# the kinds with a classifier-guidance term (reference.classifier_guidance.GUIDED_STEP_KINDS):
+# rule(..., carry, grad, grad_row) with grad_row (N, 3) = the step's columns times the scales
+GUIDED_STEP_RULES = {"sampler_step": _guided_sampler_step_rule,
+                     "dpm_solver_pp_2m": _guided_dpm_solver_pp_2m_rule}
+
 # step kind -> rule(x, model_output, coefficients, noise, clip, carry) -> (x_next, carry);
 # a new sampler whose update is none of these adds a kind here, not a loop
 STEP_RULES = {"sampler_step": _sampler_step_rule, "dpm_solver_pp_2m": _dpm_solver_pp_2m_rule,
@@ -112,7 +130,8 @@ def _model_output_for_step(out, shape, plan: SamplingPlan, k: int):
 
 
 def sample_plan(model: Model, shape, plan: SamplingPlan, seed: int, samples=None, *, x_T=None,
-                dtype=np.float64, callback=None) -> np.ndarray:
+                dtype=np.float64, callback=None, classifier=None, classifier_scale=1.0,
+                y=None) -> np.ndarray:
     """Run `plan` (from `sampling_plan`): one model call and one update per step.
 
     model(x_t, t) -> output of x_t's shape (N, ...), t (N,) int64; shape (N, ...); seed and the
@@ -120,18 +139,36 @@ def sample_plan(model: Model, shape, plan: SamplingPlan, seed: int, samples=None
     k's z from plan.noise_streams[k]). Returns x_0, (N, ...) in `dtype`; callback(k, t, x) is
     called after every step. With plan.learned_variance the model returns (N, 2C, ...): ddpm
     steps read all of it, the others its first C channels.
+
+    Classifier guidance (Dhariwal & Nichol 2021; reference.classifier_guidance): a classifier
+    with `.config` (its UNetConfig) and `.log_prob_gradient(x, t, y)` -> (log p, grad_x log p)
+    (a reference.Classifier), the classes `y` ((N,) or one id) and `classifier_scale` s (a
+    number or (N,)); each step adds s times its gradient term at x_t, after the model call.
     """
     if not isinstance(plan, SamplingPlan):
         raise TypeError(f"plan must be a reference.SamplingPlan (from sampling_plan), got {type(plan).__name__}")
     shape, s, x = _start(model, shape, plan.schedule, seed, samples, x_T, dtype)
+    rows = None
+    if classifier is not None:
+        y, scale = check_classifier_guidance(classifier.config, shape, y, classifier_scale)
+        rows = guidance_rows(plan, scale)  # (K, N, 3)
+    elif y is not None:
+        raise ValueError("y is the class of classifier guidance: pass classifier= with it (the model's "
+                         "own labels go into the model, e.g. reference.guided)")
     carry = None  # what one step hands the next (DPM-Solver++: x0_hat)
     for k, t in enumerate(plan.timesteps):
-        out = model(x, np.full(shape[0], t, dtype=np.int64))
+        t_batch = np.full(shape[0], t, dtype=np.int64)
+        out = model(x, t_batch)
         out = _model_output_for_step(out, shape, plan, k)
         stream = int(plan.noise_streams[k])
         noise = None if stream == NO_NOISE else normal(seed, s, stream, shape[1:]).astype(dtype)
-        rule = STEP_RULES[plan.step_kinds[k]]
-        x, carry = rule(x, out, plan.coefficients[k], noise, plan.clip, carry)
+        if rows is None:
+            rule = STEP_RULES[plan.step_kinds[k]]
+            x, carry = rule(x, out, plan.coefficients[k], noise, plan.clip, carry)
+        else:
+            _, grad = classifier.log_prob_gradient(x, t_batch, y)  # at x_t, the model's t
+            rule = GUIDED_STEP_RULES[plan.step_kinds[k]]
+            x, carry = rule(x, out, plan.coefficients[k], noise, plan.clip, carry, grad, rows[k])
         x = x.astype(dtype, copy=False)  # a float64 model output would promote a float32 run
         if callback is not None:
             callback(k, int(t), x)
@@ -141,34 +178,41 @@ def sample_plan(model: Model, shape, plan: SamplingPlan, seed: int, samples=None
 def sample_ddpm(model: Model, shape, schedule: Schedule, seed: int, samples=None, *,
                 x_T=None, num_steps: int | None = None, spacing: str | None = None,
                 prediction: str = "epsilon", variance: str = "fixed_small", clip=None,
-                dtype=np.float64, callback=None):
+                dtype=np.float64, callback=None, classifier=None, classifier_scale=1.0, y=None):
     """Ancestral sampling, DDPM Alg. 2; with num_steps < T on the respaced schedule (Improved DDPM Sec. 4).
+    classifier / classifier_scale / y: classifier guidance (Alg. 1 of Dhariwal & Nichol 2021;
+    the other loops: Alg. 2), see `sample_plan`.
 
     num_steps None: all T; spacing None: "leading" (see `sampling_plan`). Returns x_0 of the
     given shape. callback(step, t, x) is called after every step.
     """
     plan = sampling_plan(schedule, "ddpm", num_steps, spacing, prediction=prediction,
                          variance=variance, clip=clip)
-    return sample_plan(model, shape, plan, seed, samples, x_T=x_T, dtype=dtype, callback=callback)
+    return sample_plan(model, shape, plan, seed, samples, x_T=x_T, dtype=dtype, callback=callback,
+                       classifier=classifier, classifier_scale=classifier_scale, y=y)
 
 
 def sample_ddim(model: Model, shape, schedule: Schedule, seed: int, samples=None, *,
                 num_steps: int | None = None, eta: float = 0.0, spacing: str | None = None,
-                x_T=None, prediction: str = "epsilon", clip=None, dtype=np.float64, callback=None):
+                x_T=None, prediction: str = "epsilon", clip=None, dtype=np.float64, callback=None,
+                classifier=None, classifier_scale=1.0, y=None):
     """DDIM sampling over a descending timestep subset (Song et al. 2021, Eq. 12).
 
     num_steps None: min(50, T); spacing None: "leading" (see `sampling_plan`)."""
     plan = sampling_plan(schedule, "ddim", num_steps, spacing, eta, prediction, clip=clip)
-    return sample_plan(model, shape, plan, seed, samples, x_T=x_T, dtype=dtype, callback=callback)
+    return sample_plan(model, shape, plan, seed, samples, x_T=x_T, dtype=dtype, callback=callback,
+                       classifier=classifier, classifier_scale=classifier_scale, y=y)
 
 
 def sample_dpm_solver_pp(model: Model, shape, schedule: Schedule, seed: int, samples=None, *,
                          num_steps: int | None = None, spacing: str | None = None, x_T=None,
-                         prediction: str = "epsilon", clip=None, dtype=np.float64, callback=None):
+                         prediction: str = "epsilon", clip=None, dtype=np.float64, callback=None,
+                         classifier=None, classifier_scale=1.0, y=None):
     """DPM-Solver++(2M) sampling (Lu et al. 2022, Alg. 2), first order at the first and last step.
 
     num_steps None: min(20, T). Default spacing "trailing": with "leading"/"linspace" the last
     second-order step goes into t = 0 over a log-SNR step ~10x the previous one and its
     extrapolation costs quality."""
     plan = sampling_plan(schedule, "dpm_solver++", num_steps, spacing, prediction=prediction, clip=clip)
-    return sample_plan(model, shape, plan, seed, samples, x_T=x_T, dtype=dtype, callback=callback)
+    return sample_plan(model, shape, plan, seed, samples, x_T=x_T, dtype=dtype, callback=callback,
+                       classifier=classifier, classifier_scale=classifier_scale, y=y)

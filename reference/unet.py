@@ -87,11 +87,14 @@ def resnet_block(x: np.ndarray, temb_silu: np.ndarray, params: Mapping[str, np.n
     """ResnetBlock2D: x (N, C_in, H, W), temb_silu = SiLU(temb) (N, E) -> (N, C_out, H, W).
 
     params by local name (norm1.*, conv1.*, time_emb_proj.*, norm2.*, conv2.*, conv_shortcut.*
-    when C_in != C_out). Returns (out, cache).
+    when C_in != C_out). temb_silu None: a block without time embedding (no time_emb_proj, as
+    diffusers' ResnetBlock2D with temb_channels=None in the autoencoder). Returns (out, cache).
     """
     h1, norm1_cache = group_norm_silu(x, params["norm1.weight"], params["norm1.bias"], groups, eps)
     h2, conv1_cache = conv2d(h1, params["conv1.weight"], params["conv1.bias"], 1, 1)
-    temb_proj, proj_cache = linear(temb_silu, params["time_emb_proj.weight"], params["time_emb_proj.bias"])
+    temb_proj = proj_cache = None
+    if temb_silu is not None:
+        temb_proj, proj_cache = linear(temb_silu, params["time_emb_proj.weight"], params["time_emb_proj.bias"])
     h3, norm2_cache = group_norm_silu(h2, params["norm2.weight"], params["norm2.bias"], groups, eps,
                                       shift=temb_proj)                         # GNSiLU(h2 + temb_proj)
     h4, dropout_cache = dropout(h3, dropout_mask, p)
@@ -105,14 +108,16 @@ def resnet_block(x: np.ndarray, temb_silu: np.ndarray, params: Mapping[str, np.n
 
 
 def resnet_block_backward(dout: np.ndarray, cache):
-    """dout (N, C_out, H, W) -> dx (N, C_in, H, W), dtemb_silu (N, E), grads {local name: array}."""
+    """dout (N, C_out, H, W) -> dx (N, C_in, H, W), dtemb_silu (N, E) (None without temb), grads."""
     norm1_cache, conv1_cache, proj_cache, norm2_cache, dropout_cache, conv2_cache, shortcut_cache = cache
     g = {}
     dh4, g["conv2.weight"], g["conv2.bias"] = conv2d_backward(dout, conv2_cache)
     dh3 = dropout_backward(dh4, dropout_cache)
     dh2, g["norm2.weight"], g["norm2.bias"] = group_norm_silu_backward(dh3, norm2_cache)
-    dtemb_proj = dh2.sum(axis=(2, 3))                                          # the shift is broadcast over H, W
-    dtemb_silu, g["time_emb_proj.weight"], g["time_emb_proj.bias"] = linear_backward(dtemb_proj, proj_cache)
+    dtemb_silu = None
+    if proj_cache is not None:
+        dtemb_proj = dh2.sum(axis=(2, 3))                                      # the shift is broadcast over H, W
+        dtemb_silu, g["time_emb_proj.weight"], g["time_emb_proj.bias"] = linear_backward(dtemb_proj, proj_cache)
     dh1, g["conv1.weight"], g["conv1.bias"] = conv2d_backward(dh2, conv1_cache)
     dx, g["norm1.weight"], g["norm1.bias"] = group_norm_silu_backward(dh1, norm1_cache)
     if shortcut_cache is None:

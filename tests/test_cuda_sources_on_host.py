@@ -391,3 +391,23 @@ def test_cuda_sources_compile_with_nvcc(name, tmp_path):
                                  f"-DNORMAL_FP64={fp64}", str(path), "-o", str(tmp_path / f"{name}.cubin")],
                                 capture_output=True, text=True)
         assert result.returncode == 0, f"{arch} STORAGE_ID={storage} NORMAL_FP64={fp64}:\n{result.stderr}"
+
+
+def test_host_sampler_step_with_classifier_guidance_matches_reference(host_cupy):
+    """The guidance term (gradient + per-sample rows, issue 12) in the CUDA C, bit for bit."""
+    x_t, out, z, grad = (torch.randn(3, 2, 4, 5) for _ in range(4))
+    for sampler in ("ddpm", "ddim"):
+        plan = reference.sampling_plan(SCHEDULE, sampler, 10, eta=0.5 if sampler == "ddim" else 0.0)
+        rows = reference.guidance_rows(plan, np.array([0.0, 1.0, 6.0]))[4]
+        c = np.broadcast_to(plan.coefficients[4], (3, 8)).copy()
+        got = cupy_sampler_step.sampler_step(x_t, out, torch.tensor(c), None, 1.0, (-1.0, 1.0), z, None,
+                                             None, 0, None, grad, torch.tensor(rows))
+        expected = reference.sampler_step(x_t.numpy(), out.numpy(), c, z.numpy(), (-1.0, 1.0),
+                                          classifier_grad=grad.numpy(), classifier_coefficients=rows)
+        np.testing.assert_array_equal(got.numpy(), expected)
+    shared = torch.tensor(rows[2]).reshape(1, 3).expand(3, 3)  # one row for all: stride 0
+    got = cupy_sampler_step.sampler_step(x_t, out, torch.tensor(c), None, 1.0, None, z, None, None, 0, None,
+                                         grad, shared)
+    expected = reference.sampler_step(x_t.numpy(), out.numpy(), c, z.numpy(), classifier_grad=grad.numpy(),
+                                      classifier_coefficients=rows[2])
+    np.testing.assert_array_equal(got.numpy(), expected)

@@ -235,6 +235,18 @@ def _launches(full: bool = True):
     out.append(("sampler_step draw bfloat16 cfg+clip channels_last", lambda: step(
         torch.bfloat16, True, True, (-1.0, 1.0), 2)))
 
+    # sampler_step with classifier guidance: a gradient and (N, 3) float64 rows (issue 12)
+    def guided_step(dtype=f32, cl=False, clip=None, noise_mode=2, shared=False):
+        x = image(dtype, cl)
+        rows = torch.zeros(1, 3, dtype=f64).expand(3, 3) if shared else torch.zeros(3, 3, dtype=f64)
+        sampler_step.sampler_step(x, torch.zeros_like(x), coeffs(False), None, 1.0, clip,
+                                  torch.zeros_like(x) if noise_mode == 1 else None,
+                                  7 if noise_mode == 2 else None, None, 3, None, torch.zeros_like(x), rows)
+
+    out.append(("sampler_step float32 classifier-guidance", lambda: guided_step(noise_mode=1)))
+    out.append(("sampler_step draw bfloat16 classifier-guidance+clip channels_last", lambda: guided_step(
+        torch.bfloat16, True, (-1.0, 1.0), 2, True)))
+
     # learned_variance_step: coefficients (N, 10) float64, a (N, 2C, ...) model output
     def learned(dtype=f32, cl=False, clip=None, noise_mode=2, has_samples=False, has_stream=False,
                 shared=False):
