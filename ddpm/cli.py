@@ -38,6 +38,7 @@ from .runs_eval import eval_run, train_features_run
 from .runs_latent import AUTOENCODER_PRESETS, train_autoencoder_run, train_latent_run
 from .runs_classifier import train_classifier_run
 from .samplers import SAMPLERS
+from .streaming import BAD_IMAGE_POLICIES, RESIZE_POLICIES
 from .train import NonFiniteLossError
 
 __all__ = ["main", "build_parser"]
@@ -122,6 +123,8 @@ def _training_args(args) -> dict:
 
 
 def cmd_train(args) -> int:
+    if args.latent is not None and args.stream:  # the latent run encodes its data once (--latent-cache)
+        raise UsageError("--stream applies to pixel-space training, not with --latent")
     if args.latent is not None:  # latent diffusion (ddpm.runs_latent)
         train_latent_run(args.out, latent=args.latent, latent_cache=args.latent_cache, data=args.data,
                          preset=args.config, unconditional=args.unconditional, schedule=args.schedule,
@@ -141,8 +144,14 @@ def cmd_train(args) -> int:
               checkpoint_every=args.checkpoint_every, samples=args.samples, guidance=args.guidance,
               sample_steps=args.sample_steps, device=resolve_device(args.device),
               progress=not args.no_progress, allow_data_change=args.allow_data_change, **score,
-              arch=args.arch)
+              arch=args.arch, stream=_stream_args(args))
     return 0
+
+
+def _stream_args(args) -> dict:
+    """--stream and its flags (ddpm.runs_streaming.stream_options decides what they mean)."""
+    return {"stream": args.stream, "workers": args.workers, "prefetch": args.prefetch, "resize": args.resize,
+            "crop_scale": args.crop_scale, "cache": args.cache, "bad_images": args.bad_images}
 
 
 def cmd_sample(args) -> int:
@@ -256,7 +265,24 @@ def _add_train(sub) -> None:
     tr.add_argument("--sigma-max", type=POSITIVE, default=None, help="largest VE level, > 0 (default 10)")
     tr.add_argument("--sigma-min", type=POSITIVE, default=None, help="smallest VE level, > 0 (default 0.01)")
     tr.add_argument("--levels", type=_integer(2), default=None, help="number of VE levels, >= 2 (default 100)")
+    _add_stream(tr)
     tr.set_defaults(func=cmd_train)
+
+
+def _add_stream(tr) -> None:
+    """Streamed data (ddpm.streaming): decode per item in DataLoader workers."""
+    tr.add_argument("--stream", action="store_true", help="read and decode the data per item through "
+                    "DataLoader workers instead of loading it whole")
+    tr.add_argument("--workers", type=COUNT0, default=None, help="DataLoader worker processes, >= 0 (default 2)")
+    tr.add_argument("--prefetch", type=COUNT, default=None, help="batches each worker keeps ready, >= 1 (default 2)")
+    tr.add_argument("--resize", choices=RESIZE_POLICIES, default=None,
+                    help="none (default; one image size), center (centre crop + Lanczos), random (random crop + Lanczos)")
+    tr.add_argument("--crop-scale", type=_real(0.0, 1.0, lo_open=True, hi_open=False), default=None,
+                    help="smallest area fraction of a random crop, in (0, 1] (default 0.64)")
+    tr.add_argument("--cache", action="store_true", help="decode once into RUN/data-cache/images.npy "
+                    "(uint8, memory-mapped) and read that")
+    tr.add_argument("--bad-images", choices=BAD_IMAGE_POLICIES, default=None,
+                    help="stop (default): an unreadable image ends the run; skip: report it and go on")
 
 
 def _add_sample(sub) -> None:

@@ -43,6 +43,11 @@ __all__ = [
     "read_idx",
     "prepare_images",
     "IMAGE_EXTENSIONS",
+    "fingerprint_picks",
+    "data_fingerprint",
+    "list_image_files",
+    "read_array_file",
+    "read_image_file",
 ]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -109,19 +114,31 @@ class ImageDataset:
         """What identifies this data for a resumed run: the count, the image shape, a SHA-256 of
         a fixed sample of items (FINGERPRINT_ITEMS spread evenly over the dataset, quantised to
         8 bits so that a last-bit difference of a resize does not count) and of all labels."""
-        n = len(self)
-        picks = np.unique(np.linspace(0, n - 1, min(n, FINGERPRINT_ITEMS)).round().astype(np.int64))
-        pixels = ((self.images[torch.from_numpy(picks)].double() + 1.0) * 127.5).round().to(torch.uint8)
-        items = hashlib.sha256(picks.astype("<i8").tobytes() + pixels.numpy().tobytes()).hexdigest()
-        labels = (None if self.labels is None
-                  else hashlib.sha256(self.labels.numpy().astype("<i8").tobytes()).hexdigest())
-        return {"count": n, "shape": list(self.image_shape), "items_sha256": items,
-                "labels_sha256": labels, "num_classes": self.num_classes}
+        picks = fingerprint_picks(len(self))
+        return data_fingerprint(len(self), picks, self.images[torch.from_numpy(picks)], self.labels, self.image_shape,
+                                self.num_classes)
 
     def describe(self) -> str:
         c, h, w = self.image_shape
         classes = f", {self.num_classes} classes" if self.num_classes else ", unlabelled"
         return f"{self.source}: {len(self)} images {c}x{h}x{w}{classes}"
+
+
+def fingerprint_picks(n: int) -> np.ndarray:
+    """The dataset indices a fingerprint hashes: FINGERPRINT_ITEMS spread evenly over n."""
+    return np.unique(np.linspace(0, n - 1, min(n, FINGERPRINT_ITEMS)).round().astype(np.int64))
+
+
+def data_fingerprint(n: int, picks: np.ndarray, images: torch.Tensor, labels: torch.Tensor | None,
+                     shape, num_classes: int | None) -> dict:
+    """`ImageDataset.fingerprint` of any n-item dataset: `images` (len(picks), C, H, W) in [-1, 1]
+    are the items at `picks` (quantised to 8 bits before hashing); labels (n,) int64 or None."""
+    pixels = ((images.double() + 1.0) * 127.5).round().to(torch.uint8)
+    items = hashlib.sha256(picks.astype("<i8").tobytes() + pixels.numpy().tobytes()).hexdigest()
+    label_hash = (None if labels is None
+                  else hashlib.sha256(labels.numpy().astype("<i8").tobytes()).hexdigest())
+    return {"count": int(n), "shape": list(shape), "items_sha256": items, "labels_sha256": label_hash,
+            "num_classes": num_classes}
 
 
 # ----------------------------------------------------------------------------- data order
@@ -358,28 +375,32 @@ def load_idx_dataset(images_path, image_size: int, channels: int, labels_path=No
     return ImageDataset(x, labels, num_classes, names, f"IDX {images_path}", hflip=False)
 
 
+def read_array_file(path, mmap: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """(images, labels or None) of a .npy (images only; memory-mapped with mmap=True) or a .npz
+    with "images" (or "x") and optional "labels" (or "y"), as stored (not yet fitted)."""
+    path = Path(path)
+    try:
+        loaded = np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+        raise DataError(f"cannot read array file {path}: {_one_line(err)}") from None
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        return loaded, None
+    with loaded:
+        keys = set(loaded.files)
+        image_key = next((k for k in ("images", "x", "arr_0") if k in keys), None)
+        if image_key is None:
+            raise DataError(f"{path}: an .npz needs an 'images' (or 'x') array, found {sorted(keys)}")
+        try:
+            label_key = next((k for k in ("labels", "y", "arr_1") if k in keys), None)
+            return loaded[image_key], (None if label_key is None else loaded[label_key])
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+            raise DataError(f"cannot read array file {path}: {_one_line(err)}") from None
+
+
 def load_array_file(path, image_size: int, channels: int, *, hflip: bool | None = None) -> ImageDataset:
     """A .npy of images, or a .npz with "images" (or "x") and optional "labels" (or "y")."""
     path = Path(path)
-    try:
-        loaded = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
-        raise DataError(f"cannot read array file {path}: {_one_line(err)}") from None
-    labels = None
-    if isinstance(loaded, np.lib.npyio.NpzFile):
-        with loaded:
-            keys = set(loaded.files)
-            image_key = next((k for k in ("images", "x", "arr_0") if k in keys), None)
-            if image_key is None:
-                raise DataError(f"{path}: an .npz needs an 'images' (or 'x') array, found {sorted(keys)}")
-            try:
-                images = loaded[image_key]
-                label_key = next((k for k in ("labels", "y", "arr_1") if k in keys), None)
-                labels = None if label_key is None else loaded[label_key]
-            except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
-                raise DataError(f"cannot read array file {path}: {_one_line(err)}") from None
-    else:
-        images = loaded
+    images, labels = read_array_file(path)
     x = prepare_images(images, image_size, channels, name=str(path))
     y = num_classes = names = None
     if labels is not None:
@@ -433,12 +454,12 @@ def pillow_pixels(img, channels: int, file) -> tuple[np.ndarray, float]:
                     f"convert it to RGB or L")
 
 
-def load_image_folder(path, image_size: int, channels: int, *, hflip: bool = True) -> ImageDataset:
-    """Images under `path` (Pillow). With subfolders, class = subfolder name (sorted) and every
-    image must sit in one; without, the images are unlabelled. Each file's mode is read as
-    `pillow_pixels` says. A corrupt or unsupported file raises DataError naming it."""
-    from PIL import Image, UnidentifiedImageError
+def list_image_files(path) -> tuple[list[tuple[int, Path]], list[str] | None]:
+    """The images under an image folder, sorted: ([(class id, file)], class names or None).
 
+    With subfolders, class = subfolder name (sorted) and every image must sit in one; without,
+    the images are unlabelled (class names None). An empty class folder, loose images beside
+    class folders, or no images at all is a DataError naming the folder."""
     root = Path(path)
     if not root.is_dir():
         raise DataError(f"image folder {root} does not exist or is not a directory")
@@ -458,23 +479,43 @@ def load_image_folder(path, image_size: int, channels: int, *, hflip: bool = Tru
     files = [(k, f) for k, (_, fs) in enumerate(groups) for f in fs]
     if not files:
         raise DataError(f"image folder {root} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+    return files, ([name for name, _ in groups] if subdirs else None)
+
+
+# what Pillow raises on a file it cannot decode (zlib: corrupt PNG data; SyntaxError: bad headers)
+PILLOW_READ_ERRORS = (OSError, ValueError, SyntaxError, EOFError, zlib.error)
+
+
+def read_image_file(file, channels: int) -> tuple[np.ndarray, float]:
+    """One image file -> `pillow_pixels` (array (C, H, W), white value); a file that cannot be
+    read is a DataError naming it (one line)."""
+    from PIL import Image
+
+    try:
+        with Image.open(file) as img:
+            return pillow_pixels(img, channels, file)
+    except DataError:
+        raise
+    except (Image.DecompressionBombError,) + PILLOW_READ_ERRORS as err:  # Unidentified: an OSError
+        raise DataError(f"cannot read image {file}: {_one_line(err)}") from None
+
+
+def load_image_folder(path, image_size: int, channels: int, *, hflip: bool = True) -> ImageDataset:
+    """Images under `path` (Pillow), listed by `list_image_files` (class = subfolder name), all
+    decoded into memory (ddpm.streaming reads them per item instead). Each file's mode is read
+    as `pillow_pixels` says. A corrupt or unsupported file raises DataError naming it."""
+    root = Path(path)
+    files, class_names = list_image_files(root)
     tensors, labels = [], []
     for label, file in files:
-        try:
-            with Image.open(file) as img:
-                array, hi = pillow_pixels(img, channels, file)
-        except DataError:
-            raise
-        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError,
-                EOFError, zlib.error) as err:
-            raise DataError(f"cannot read image {file}: {_one_line(err)}") from None
+        array, hi = read_image_file(file, channels)
         tensors.append(prepare_images(array[None], image_size, channels, value_range=(0, hi),
                                       layout="NCHW", name=str(file)))
         labels.append(label)
     x = torch.cat(tensors)
-    if subdirs:
-        return ImageDataset(x, torch.tensor(labels, dtype=torch.int64), len(groups),
-                            [name for name, _ in groups], f"folder {root}", hflip=hflip)
+    if class_names is not None:
+        return ImageDataset(x, torch.tensor(labels, dtype=torch.int64), len(class_names),
+                            class_names, f"folder {root}", hflip=hflip)
     return ImageDataset(x, None, None, None, f"folder {root}", hflip=hflip)
 
 

@@ -104,4 +104,6 @@ def data_changes(saved_config: dict, fingerprint: dict) -> list[str]:
     for key, what in (("items_sha256", "the images differ"), ("labels_sha256", "the labels differ")):
         if key in saved and saved[key] != fingerprint[key]:
             changes.append(what)
+    if "items_sha256" in saved and saved.get("resize", "none") != fingerprint.get("resize", "none"):
+        changes.append(f"resize: saved {saved.get('resize', 'none')!r}, given {fingerprint.get('resize', 'none')!r}")
     return changes

@@ -32,7 +32,7 @@ import reference
 
 from .checkpoint import Checkpoint, CheckpointError, latest_checkpoint, load_checkpoint, remove_leftovers
 from .classifier_io import check_classifier_fits, load_classifier
-from .data import ImageDataset, load_dataset
+from .data import ImageDataset
 from .distributed import (
     DistributedContext,
     all_gather_rows,
@@ -45,6 +45,7 @@ from .distributed import (
 from .latent import check_latent_fit, decode_latent_samples, run_autoencoder
 from .preflight import UsageError, check_data_fits, check_output_dir, check_output_file, data_changes
 from .runs_score import check_score_sampling, sampler_for, score_schedule
+from .runs_streaming import attach_run_cache, run_data, stream_options
 from .train import TrainConfig, Trainer
 from .unet import UNet
 from .models import DEFAULT_PRESETS, build_model, preset_arch
@@ -395,7 +396,7 @@ def train_run(out, *, data: str = "digits", preset: str | None = None, unconditi
               guidance: float = 2.0, sample_steps: int = 50, device=None, progress: bool = True,
               allow_data_change: bool = False, echo=_echo, objective: str | None = None,
               levels: dict | None = None,
-              arch: str | None = None) -> Trainer:
+              arch: str | None = None, stream: dict | None = None) -> Trainer:
     """`python -m ddpm train`: train (or resume, see `check_resume`) the run in `out`, then write
     loss_curve.png and samples.png there. Arguments as the CLI's flags; `training` holds the
     TrainConfig fields given (left out: the saved value, or the default for a new run). Every
@@ -411,12 +412,15 @@ def train_run(out, *, data: str = "digits", preset: str | None = None, unconditi
             shape_from = ckpt.unet_config
         else:
             shape_from = model_config(preset or "digits8", None)
-        dataset = load_dataset(data, shape_from.image_size, shape_from.in_channels, hflip=hflip)
+        # streamed (--stream and its flags, ddpm.runs_streaming) or loaded whole
+        dataset = run_data(data, shape_from.image_size, shape_from.in_channels, hflip=hflip,
+                           options=stream_options(stream, ckpt, out))
         config, sched, train_config = _resolve_run(ckpt, dataset, preset=preset, unconditional=unconditional,
                                                    schedule=schedule, timesteps=timesteps,
                                                    training=dict(training or {}),
                                                    allow_data_change=allow_data_change, ve_schedule=ve)
         check_data_fits(dataset, config)
+        attach_run_cache(dataset, ctx, echo)
         trainer = new_trainer(config, sched, train_config, dataset, ctx)
         resume(trainer, ckpt, echo)
         if ctx.is_main:

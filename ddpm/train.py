@@ -52,6 +52,7 @@ from .distributed import (DistributedContext, all_gather_rows, all_reduce_mean, 
                           single_process, wrap_model)
 from .ema import EMA
 from .losses import VariationalTables, variational_loss
+from .streaming import StreamingDataset
 
 __all__ = ["TrainConfig", "Trainer", "StepResult", "NonFiniteLossError"]
 
@@ -213,7 +214,8 @@ class Trainer:
     """Trains `model` (a ddpm.UNet, or any module with `.config` and forward(x, t, y)) on `dataset`.
 
     model: moved to ctx.device and wrapped in DDP when world_size > 1; schedule: a
-    reference.Schedule or ddpm.TorchSchedule; dataset: images matching the model's
+    reference.Schedule or ddpm.TorchSchedule; dataset: an ImageDataset (in memory) or a
+    ddpm.streaming.StreamingDataset (decoded per item by DataLoader workers), images matching the model's
     (in_channels, image_size, image_size), labels when the model is class-conditional.
     """
 
@@ -225,8 +227,8 @@ class Trainer:
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
         if not isinstance(config, TrainConfig):
             raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
-        if not isinstance(dataset, ImageDataset):
-            raise TypeError(f"dataset must be an ImageDataset, got {type(dataset).__name__}")
+        if not isinstance(dataset, (ImageDataset, StreamingDataset)):
+            raise TypeError(f"dataset must be an ImageDataset or StreamingDataset, got {type(dataset).__name__}")
         self.ctx = ctx or single_process()
         self.config = config
         self.schedule = _reference_schedule(schedule)
@@ -273,6 +275,9 @@ class Trainer:
         self._step_t = self._step_terms = None
         self.generator = torch.Generator().manual_seed(config.seed)
         self.sampler = EpochSampler(len(dataset), config.seed)
+        # streamed data: a DataLoader replays the sampler's order (ddpm.streaming)
+        self.feed = dataset.feed(config.seed, config.batch_size, self.ctx) \
+            if isinstance(dataset, StreamingDataset) else None
         self.step = 0              # steps attempted (the noise stream index)
         self.optimizer_steps = 0   # steps applied
         self.skipped_steps = 0
@@ -402,6 +407,7 @@ class Trainer:
     def _draw_batch(self):
         """Global-batch draws (identical on every rank), then this rank's slice, on the device."""
         cfg, B = self.config, self.config.batch_size
+        start = self.sampler.position
         indices = torch.from_numpy(self.sampler.next(B))
         # The reference decides t and the dropped labels from (seed, global batch position, step)
         # only, so every rank and a resumed run draw the same; B words on the host, then one copy.
@@ -415,7 +421,7 @@ class Trainer:
         mine = rank_slice(B, self.ctx)
         device = self.ctx.device
         idx = indices[mine]
-        x0 = self.dataset.images[idx]
+        x0 = self.dataset.images[idx] if self.feed is None else self.feed.take(start, idx.numpy())
         if self.dataset.hflip:
             x0 = torch.where(flip[mine].view(-1, 1, 1, 1), x0.flip(-1), x0)
         y = None
@@ -423,7 +429,7 @@ class Trainer:
             y = torch.where(label_drop[mine], self.unet_config.num_classes, self.dataset.labels[idx])
             y = y.to(device)
         samples = torch.arange(B, dtype=torch.int64)[mine].to(device)
-        return x0.to(device), t[mine].to(device), y, samples
+        return x0.to(device, non_blocking=True), t[mine].to(device), y, samples
 
     def _grad_norm(self) -> torch.Tensor:
         params = [p for p in self.model.parameters() if p.grad is not None]
@@ -507,6 +513,8 @@ class Trainer:
                     self.save(run_dir, keep_last=keep_last)
         finally:
             bar.close()
+            if self.feed is not None:  # stop the DataLoader workers (restarted where the next call begins)
+                self.feed.close()
         if run_dir is not None:
             self.save(run_dir, keep_last=keep_last)
         elapsed = time.perf_counter() - start
@@ -539,7 +547,8 @@ class Trainer:
             cfg = checkpoint_config(self.unet_config, self.schedule, training=self.config.to_dict(),
                                     data={"source": self.dataset.source, "size": len(self.dataset),
                                           "class_names": self.dataset.class_names,
-                                          "fingerprint": self.dataset.fingerprint()},
+                                          "fingerprint": self.dataset.fingerprint(),
+                                          **({} if self.feed is None else {"loader": self.dataset.options.record()})},
                                     step=self.step, model=self.MODEL_KIND)
             path = save_checkpoint(run_dir, self.step, model_state=self.model.state_dict(),
                                    ema_state=self.ema.state_dict(), config=cfg,

@@ -144,3 +144,4 @@ from .layer_norm_modulate import layer_norm_modulate, layer_norm_modulate_backwa
 from .dit_config import DIT_PRESETS, DiTConfig, dit_count_parameters, dit_parameter_shapes
 from .dit import DiT
 from .model_configs import ARCHS, MODEL_CONFIGS, arch_of, model_parameter_shapes
+from .crops import AUGMENT_COUNTER_WORD, center_crop_box, random_crop_boxes  # data augmentation (issue 18)
