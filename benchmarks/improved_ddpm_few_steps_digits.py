@@ -111,8 +111,9 @@ def markdown_table(rows: list) -> str:
             rc, _ = _mean_std([r["recall"] for r in group])
             s, _ = _mean_std([r["sample_seconds"] for r in group])
             ratio, _ = _mean_std([r["fd"] / r["fd_floor"] for r in group])
-            lines.append(f"| {label} | {K} | {group[0]['n']} | {fd:.3f} ± {fd_sd:.3f} ({floor:.3f}) | {ratio:.2f} | "
-                         f"{hit:.3f} ± {hit_sd:.3f} | "
+            spread = (lambda sd: f" ± {sd:.3f}") if len(group) > 1 else (lambda sd: "")  # over seeds
+            lines.append(f"| {label} | {K} | {group[0]['n']} | {fd:.3f}{spread(fd_sd)} ({floor:.3f}) | {ratio:.2f} | "
+                         f"{hit:.3f}{spread(hit_sd)} | "
                          f"{p:.3f} | {rc:.3f} | {s:.0f} |")
     return "\n".join(lines)
 
