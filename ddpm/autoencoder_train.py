@@ -78,6 +78,7 @@ class AutoencoderTrainer(Trainer):
         self.importance = None
         self.generator = torch.Generator().manual_seed(config.seed)
         self.sampler = EpochSampler(len(dataset), config.seed)
+        self.feed = None  # in-memory data only: this _draw_batch indexes dataset.images (no --stream)
         self.step = self.optimizer_steps = self.skipped_steps = self.consecutive_nonfinite = 0
         self.history: dict[str, list[float]] = {"step": [], "loss": [], "grad_norm": [], "lr": [],
                                                 "reconstruction": [], "kl": []}

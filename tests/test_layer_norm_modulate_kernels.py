@@ -51,7 +51,11 @@ def check_case(inputs, y, grads, dtype, label=""):
     atol, rtol = TOLERANCES[dtype]
     assert y.dtype == dtype and tuple(y.shape) == x.shape
     assert_close(y, want, atol=atol, rtol=rtol, name=f"{label}y")
-    assert_close(grads[0], dx, atol=atol * (1 + np.abs(dy).max()), rtol=rtol, name=f"{label}dx")
+    # dx = rstd (...): the storage dtype's round-off of x_hat is amplified by rstd, which is large
+    # for rows of nearly equal features (e.g. D = 2), so the bound scales with it
+    rstd_max = float(np.max(cache[1]))
+    assert_close(grads[0], dx, atol=atol * (1 + np.abs(dy).max()) * max(1.0, rstd_max), rtol=rtol,
+                 name=f"{label}dx")
     length = x.shape[1]
     sum_atol = atol * (1.0 + np.abs(dy).max() * max(1.0, np.abs(cache[0]).max()) * math.sqrt(length))
     assert_close(grads[1], dshift, atol=sum_atol, rtol=rtol, name=f"{label}dshift")

@@ -83,9 +83,10 @@ def _check_mode() -> None:
 
 def _kernel_modules():
     from . import group_norm_silu, learned_variance_step, normal, philox, q_sample, sampler_step
-    from . import langevin_step
+    from . import langevin_step, layer_norm_modulate
 
-    return group_norm_silu, learned_variance_step, normal, philox, q_sample, sampler_step, langevin_step
+    return (group_norm_silu, learned_variance_step, normal, philox, q_sample, sampler_step, langevin_step,
+            layer_norm_modulate)
 
 
 @contextlib.contextmanager
