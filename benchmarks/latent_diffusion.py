@@ -8,8 +8,9 @@ equal CPU training time, and the cost of one sampling step.
 Data: MNIST's 10k test split from ../shared/data/mnist; the first 9,000 images train everything,
 the last 1,000 are held out (the split of ddpm.feature_net / ddpm.evaluate). Budgets are CPU
 seconds of this process (time.process_time, one torch thread), so a loaded machine slows the
-wall clock but not the comparison. Both DDPMs: class-conditional, label dropout 0.1, batch 64,
-AdamW lr 5e-4 with 100 warmup steps, EMA 0.999, linear T=1000; samples: DDIM 20 steps,
+wall clock but not the comparison. Pixel DDPM: the mnist_small UNet (280,881 parameters); latent
+DDPM: reference.latent_unet_config(4, 7). Both DDPMs: class-conditional, label dropout 0.1, batch 32,
+AdamW lr 1e-3 with 200 warmup steps, EMA 0.999, linear T=1000; samples: DDIM 20 steps,
 guidance 2, 20 per class, the same noise-stream seed.
 """
 
@@ -61,7 +62,8 @@ def _train_for(trainer, cpu_seconds: float, log_every: int = 50) -> dict:
 
 
 def _ddpm_config(steps: int) -> ddpm.TrainConfig:
-    return ddpm.TrainConfig(steps=steps, batch_size=64, lr=5e-4, warmup_steps=100, ema_decay=0.999,
+    # the settings of the full-size MNIST run (benchmarks/results/mnist-full-size.md)
+    return ddpm.TrainConfig(steps=steps, batch_size=32, lr=1e-3, warmup_steps=200, ema_decay=0.999,
                             label_dropout=0.1, seed=0)
 
 
@@ -112,7 +114,7 @@ def phase_pixel(work: Path, budget: float) -> None:
     train, _ = _mnist()
     schedule = reference.make_schedule("linear", 1000)
     torch.manual_seed(0)
-    unet = ddpm.UNet(reference.UNetConfig.mnist(num_classes=10))
+    unet = ddpm.UNet(reference.UNetConfig.mnist_small(num_classes=10))  # 280,881 parameters
     trainer = ddpm.Trainer(unet, schedule, _ddpm_config(10**6), train)
     stats = _train_for(trainer, budget)
     trainer.save(work / "pixel")
@@ -133,7 +135,7 @@ def _save_samples(work: Path, name: str, images, y, stats) -> None:
 def step_costs(repeats: int = 2) -> dict:
     """CPU seconds of one guided DDIM step (UNet forward on 2 x 64 rows) per space, and one decode of 64."""
     out = {}
-    for name, cfg in (("pixel", reference.UNetConfig.mnist(num_classes=10)),
+    for name, cfg in (("pixel", reference.UNetConfig.mnist_small(num_classes=10)),
                       ("latent", reference.latent_unet_config(4, 7, num_classes=10))):
         model = ddpm.UNet(cfg).eval()
         x = torch.randn(128, cfg.in_channels, cfg.image_size, cfg.image_size)

@@ -167,9 +167,10 @@ def _fd_over_draws(feats_real, feats_s, n: int, seed: int, draws: int, first_fd:
     fd, fd_floor = [first_fd], [first_floor]
     for draw in range(1, draws):
         a, b = eval_metrics.real_halves(feats_real.shape[0], n, seed, draw)
+        subset = eval_metrics.sample_subset(feats_s.shape[0], b.size, seed, draw)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            fd.append(eval_metrics.frechet_distance_features(feats_real[a], feats_s))
+            fd.append(eval_metrics.frechet_distance_features(feats_real[a], feats_s[subset]))
             fd_floor.append(eval_metrics.frechet_distance_features(feats_real[a], feats_real[b]))
     return fd, fd_floor
 
@@ -192,9 +193,14 @@ def quality_with_details(images, data="digits", labels=None, seed: int = 0, feat
         raise EvaluationError(f"data has {len(real)} real images; two halves of more than k = {k} need "
                               f"at least {2 * (k + 1)}")
     index_a, index_b = eval_metrics.real_halves(len(real), n, seed)
+    # like for like: with halves smaller than n, each figure compares a subset of the samples
+    # as large as the floor half B (reference.sample_subset), a fresh one per FD draw
+    subset = eval_metrics.sample_subset(n, index_b.size, seed)
     if index_a.size < n:
         warnings.warn(f"data has {len(real)} real images: the reference and floor halves hold "
-                      f"{index_a.size} each, fewer than the {n} samples", RuntimeWarning, stacklevel=2)
+                      f"{index_a.size} each, so FD, precision, recall, density and coverage use "
+                      f"{index_a.size} of the {n} samples (hit rate and memorisation use all)",
+                      RuntimeWarning, stacklevel=2)
     name = f"FD-{data}" if isinstance(data, str) and data in reference.FEATURE_NET_DATA else "FD"
     if min(n, index_a.size) <= net.feature_dim:
         warnings.warn(f"images: {min(n, index_a.size)} samples for the {net.feature_dim}-dimensional "
@@ -203,7 +209,7 @@ def quality_with_details(images, data="digits", labels=None, seed: int = 0, feat
     feats_s, probs_s = net.embed(x)
     feats_real, probs_real = net.embed(real.images)
     feats_a, feats_b, probs_b = feats_real[index_a], feats_real[index_b], probs_real[index_b]
-    sample_fig, floor_fig = _manifold_figures(feats_a, feats_s, k), _manifold_figures(feats_a, feats_b, k)
+    sample_fig, floor_fig = _manifold_figures(feats_a, feats_s[subset], k), _manifold_figures(feats_a, feats_b, k)
     fd, fd_floor = _fd_over_draws(feats_real, feats_s, n, seed, fd_draws, sample_fig["fd"], floor_fig["fd"])
     sample_fig["fd"], floor_fig["fd"] = float(np.mean(fd)), float(np.mean(fd_floor))
     is_mean, _ = eval_metrics.inception_score(probs_s)
@@ -214,7 +220,8 @@ def quality_with_details(images, data="digits", labels=None, seed: int = 0, feat
     pixels = lambda t: t.reshape(t.shape[0], -1).double().numpy()  # noqa: E731
     memo = eval_metrics.memorisation(pixels(x), pixels(real.images[pool_index]), pixels(real.images[index_b]))
     result = {"data": data if isinstance(data, str) else "custom", "fd_name": name, "n": n,
-              "n_reference": int(index_a.size), "k": k, "feature_dim": net.feature_dim, "fd_draws": fd_draws,
+              "n_reference": int(index_a.size), "n_compared": int(subset.size), "k": k,
+              "feature_dim": net.feature_dim, "fd_draws": fd_draws,
               "fd_sd": float(np.std(fd)), "fd_floor_sd": float(np.std(fd_floor)),
               "feature_net_accuracy": net.meta.get("held_out_accuracy")}
     for key in sample_fig:
@@ -245,6 +252,8 @@ def sample_quality(images, data="digits", labels=None, seed: int = 0, features=N
     Returns a JSON-ready dict: fd, precision, recall, density, coverage, inception_score and
     hit_rate (None without labels), each with "<key>_floor"; hit_rate_per_class; memorisation
     (ratio ~1 without copying, close_fraction ~0.01); fd_name (e.g. "FD-digits"), n,
-    n_reference, k, feature_dim, feature_net_accuracy, data.
+    n_reference, n_compared (the samples FD and the manifold figures use: min(n, n_reference), so
+    that each figure and its floor compare equally many images), k, feature_dim,
+    feature_net_accuracy, data.
     """
     return quality_with_details(images, data, labels, seed, features, k=k, fd_draws=fd_draws)[0]

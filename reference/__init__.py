@@ -113,6 +113,7 @@ from .eval_metrics import (  # sample-quality figures on features (issue 16)
     memorisation,
     precision_recall,
     real_halves,
+    sample_subset,
 )
 from .feature_nets import FEATURE_NET_DATA, FEATURE_NET_PRESETS, feature_net_preset, feature_net_split
 from .classifier import (  # classifier guidance (issue 12)

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+import reference
+
 import reference.feature_nets as feature_nets
 from ddpm import feature_net as fn
 from ddpm.evaluate import EvaluationError, quality_with_details, sample_quality
@@ -83,8 +85,33 @@ def test_few_samples_warn_with_the_numbers(digits_net, digits):
     with pytest.warns(RuntimeWarning, match="50 samples for the 64-dimensional features of FD-digits"):
         result = sample_quality(digits.images[:50], "digits", features=digits_net)
     assert np.isfinite(result["fd"])
-    with pytest.warns(RuntimeWarning, match="1797 real images: the reference and floor halves hold 898 each"):
-        sample_quality(digits.images[:1000], "digits", features=digits_net)
+    with pytest.warns(RuntimeWarning, match="1797 real images: the reference and floor halves hold 898 each, "
+                      "so FD, precision, recall, density and coverage use 898 of the 1000 samples"):
+        result = sample_quality(digits.images[:1000], "digits", features=digits_net)
+    assert (result["n"], result["n_reference"], result["n_compared"]) == (1000, 898, 898)
+
+
+def test_more_samples_than_a_half_are_compared_like_for_like(digits_net, digits):
+    """With halves smaller than the samples, the figures use a subset as large as the floor half:
+    real digits passed as samples then land at the floor instead of below it (FD's small-set
+    bias would otherwise favour the larger sample set)."""
+    half = 898
+    a, b = reference.real_halves(len(digits), 1797, seed=0)
+    assert a.size == b.size == half
+    subset = reference.sample_subset(1797, half, seed=0)
+    np.testing.assert_array_equal(subset, np.sort(subset))
+    assert len(set(subset.tolist())) == half and subset.max() < 1797
+    np.testing.assert_array_equal(reference.sample_subset(10, 20), np.arange(10))
+    assert not np.array_equal(reference.sample_subset(100, 10, 0, 0), reference.sample_subset(100, 10, 0, 1))
+    with pytest.warns(RuntimeWarning, match="use 898 of the 1797 samples"):
+        result = sample_quality(digits.images, "digits", features=digits_net, fd_draws=2)
+    # the first draw's figure compares A with the subset, the floor compares A with B
+    feats, _ = digits_net.embed(digits.images)
+    expected = reference.frechet_distance_features(feats[a], feats[subset])
+    draw1_a, _ = reference.real_halves(len(digits), 1797, 0, 1)
+    expected_1 = reference.frechet_distance_features(feats[draw1_a], feats[reference.sample_subset(1797, half, 0, 1)])
+    assert result["fd"] == pytest.approx((expected + expected_1) / 2, rel=1e-9)
+    assert result["n_compared"] == half
 
 
 def test_feature_net_file_round_trip_and_bad_files(digits_net, digits, tmp_path):
