@@ -9,7 +9,6 @@ import pytest
 import torch
 
 import reference
-
 import reference.feature_nets as feature_nets
 from ddpm import feature_net as fn
 from ddpm.evaluate import EvaluationError, quality_with_details, sample_quality
