@@ -10,7 +10,7 @@ the last 1,000 are held out (the split of ddpm.feature_net / ddpm.evaluate). Bud
 seconds of this process (time.process_time, one torch thread), so a loaded machine slows the
 wall clock but not the comparison. Pixel DDPM: the mnist_small UNet (280,881 parameters); latent
 DDPM: reference.latent_unet_config(4, 7). Both DDPMs: class-conditional, label dropout 0.1, batch 32,
-AdamW lr 1e-3 with 200 warmup steps, EMA 0.999, linear T=1000; samples: DDIM 20 steps,
+AdamW lr 1e-3 with 200 warmup steps, EMA 0.999, linear T=1000; samples: DDIM 50 steps,
 guidance 2, 20 per class, the same noise-stream seed.
 """
 
@@ -71,7 +71,8 @@ def _sample(trainer, schedule) -> tuple[torch.Tensor, torch.Tensor, float]:
     model = ddpm.runs.ema_model(trainer)
     y = torch.arange(10).repeat_interleave(PER_CLASS)
     start = time.process_time()
-    out, _ = draw(model, schedule, y, len(y), single_process(), sampler="ddim", num_steps=20, guidance_scale=2.0, seed=0)
+    # the sampling of benchmarks.dit_vs_unet (DDIM 50, w = 2, seed 1), so its MNIST UNet can be the pixel row
+    out, _ = draw(model, schedule, y, len(y), single_process(), sampler="ddim", num_steps=50, guidance_scale=2.0, seed=1)
     return out, y, time.process_time() - start
 
 
@@ -123,6 +124,18 @@ def phase_pixel(work: Path, budget: float) -> None:
     _save_samples(work, "pixel", images, y, {"pixel_ddpm": stats})
 
 
+def phase_pixel_from(work: Path, run: Path) -> None:
+    """The pixel row from `python -m benchmarks.dit_vs_unet --arch unet --data mnist` (RUN = its --out):
+    the same data, UNet (mnist_small), training settings, CPU budget and sampling as phase_pixel,
+    so one training run serves the DiT and the latent comparisons."""
+    stats = json.loads((run / "mnist-unet.json").read_text())
+    saved = torch.load(run / "mnist-unet-samples.pt")
+    pixel = {"steps": stats["steps"], "cpu_s": stats["train_cpu_s"], "wall_s": stats["train_wall_s"],
+             "final_loss_mean_50": stats["final_loss_mean_last_100"], "loss_window": 100,
+             "sample_cpu_s": stats["sample_cpu_s"], "parameters": stats["parameters"], "source": str(run)}
+    _save_samples(work, "pixel", saved["images"], saved["labels"], {"pixel_ddpm": pixel})
+
+
 def _save_samples(work: Path, name: str, images, y, stats) -> None:
     images = images.clamp(-1, 1)
     np.savez_compressed(work / f"{name}_samples.npz", images=((images + 1) * 127.5).round().byte().numpy(), labels=y.numpy())
@@ -160,7 +173,9 @@ def step_costs(repeats: int = 2) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--phase", choices=("latent", "pixel", "report"), required=True)
+    parser.add_argument("--phase", choices=("latent", "pixel", "pixel-from", "report"), required=True)
+    parser.add_argument("--from", dest="pixel_run", type=Path, default=None,
+                        help="pixel-from: the --out folder of benchmarks.dit_vs_unet --arch unet --data mnist")
     parser.add_argument("--work", default="/tmp/latent-diffusion-evidence")
     parser.add_argument("--budget", type=float, default=360.0, help="CPU seconds of DDPM training")
     parser.add_argument("--ae-budget", type=float, default=240.0, help="CPU seconds of autoencoder training")
@@ -175,6 +190,10 @@ def main() -> None:
         phase_latent(work, args.budget, args.ae_budget)
     elif args.phase == "pixel":
         phase_pixel(work, args.budget)
+    elif args.phase == "pixel-from":
+        if args.pixel_run is None:
+            parser.error("--phase pixel-from needs --from DIR")
+        phase_pixel_from(work, args.pixel_run)
     else:
         from benchmarks.latent_diffusion_report import report
         report(work, step_costs())
