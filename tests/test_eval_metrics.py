@@ -63,6 +63,10 @@ def test_frechet_distance_rejects_bad_statistics():
         em.frechet_distance(np.zeros(2), np.eye(2), np.array([0.0, np.nan]), np.eye(2))
     with pytest.raises(ValueError, match="y contains NaN or inf \\(rows \\[1\\]\\)"):
         em.frechet_distance_features(np.zeros((3, 2)), np.array([[0, 0], [np.inf, 0], [1, 1.0]]))
+    # sigma1 with a negative eigenvalue (not a covariance): sqrtm(sigma1 sigma2) = diag(1, i), an
+    # imaginary part far above round-off, is refused rather than silently dropped
+    with pytest.raises(ValueError, match="imaginary component 1"):
+        em.frechet_distance(np.zeros(2), np.diag([1.0, -1.0]), np.zeros(2), np.eye(2))
 
 
 # ----------------------------------------------------------------------------- k-NN figures

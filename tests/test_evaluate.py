@@ -44,6 +44,10 @@ def test_real_digits_near_floor_and_noise_far(digits_net, digits):
     assert fake["fd"] > 10 * fake["fd_floor"] and fake["fd_floor"] == real["fd_floor"]
     assert fake["precision"] < 0.1 and fake["coverage"] < 0.1 and fake["hit_rate"] < 0.35
     assert fake["memorisation"]["ratio"] > 1.5 and fake["inception_score"] < real["inception_score"]
+    # a collapsed generator (10 real digits, each 40 times): its samples lie in the real manifold
+    # (precision), its own manifold (balls of radius 0 around duplicates) holds almost no real digit
+    collapsed = sample_quality(digits.images[perm[:10]].repeat(40, 1, 1, 1), "digits", seed=1, features=digits_net)
+    assert collapsed["precision"] >= 0.5 and collapsed["recall"] <= 10 / 400
 
 
 def test_copies_of_training_images_are_flagged(digits_net, digits):
