@@ -74,8 +74,21 @@ void normals_scalar(const Row& row, uint32_t j, int count, float* z) {
 
 #if DDPM_X86
 // ---- AVX2 -------------------------------------------------------------------------------------
-extern "C" __m256d Sleef_logd4_u10(__m256d);  // exported by libtorch_cpu
-extern "C" __m256d Sleef_cosd4_u10(__m256d);
+// SLEEF's float64 log and cos with at most 3.5 ulp error, exported by libtorch_cpu
+#ifndef SLEEF_LOG
+#define SLEEF_LOG Sleef_logd4_u35
+#define SLEEF_COS Sleef_cosd4_u35
+#endif
+extern "C" __m256d SLEEF_LOG(__m256d);
+extern "C" __m256d SLEEF_COS(__m256d);
+
+// Rounding to float32 hides float64 errors unless the value lies near a float32 rounding
+// boundary. SLEEF's z = sqrt(-2 log u1) cos(theta) is within (1.75 + 0.5 + 3.5 + 0.5) ulp =
+// 6.25 * 2**-52 (relative) of the exact value of the same expression, the C library's (the
+// reference's) within 2.5 * 2**-52: together < 2**-48.8. Where z (1 - 2**-47) and z (1 + 2**-47)
+// round to the same float32, so do both; elsewhere (about 1 in 10**7) the lane is recomputed with
+// the C library's log and cos, as the reference computes it.
+double rounding_margin = 1.0 / 140737488355328.0;  // 2**-47 (tests widen it: ddpm_set_rounding_margin)
 
 constexpr int VECS = BLOCK / 8;
 
@@ -87,28 +100,43 @@ __attribute__((target("avx2"))) inline void mulhilo8(__m256i a, __m256i c, __m25
     hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
 }
 
-// the four words of counters j .. j + 31; four independent vectors keep the multipliers busy
+// the words of counters j .. j + 31 (all four, or words 0 and 1 only: the last round then skips
+// the product that feeds words 2 and 3); four independent vectors keep the multipliers busy
+template <bool ALL_WORDS>
 __attribute__((target("avx2"))) inline void philox_block(const Row& row, uint32_t j, __m256i c[4][VECS]) {
     const __m256i A = _mm256_set1_epi32((int)ROUND_A), B = _mm256_set1_epi32((int)ROUND_B);
     const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    for (int v = 0; v < VECS; ++v) {
-        c[0][v] = _mm256_add_epi32(_mm256_set1_epi32((int)(j + 8u * v)), lane);
-        c[1][v] = _mm256_setzero_si256();
-        c[2][v] = _mm256_set1_epi32((int)row.sample);
-        c[3][v] = _mm256_set1_epi32((int)row.stream);
-    }
     uint32_t k0 = row.key0, k1 = row.key1;
-    for (int round = 0; round < 10; ++round) {
+    // round 1: c1 = 0, c2 = sample and c3 = stream are the same in every lane, so B * c2 is one
+    // scalar product
+    const uint64_t prod_b = (uint64_t)ROUND_B * row.sample;
+    const __m256i first_c0 = _mm256_set1_epi32((int)((uint32_t)(prod_b >> 32) ^ k0));
+    const __m256i first_c1 = _mm256_set1_epi32((int)(uint32_t)prod_b);
+    const __m256i first_k1 = _mm256_set1_epi32((int)(row.stream ^ k1));
+    for (int v = 0; v < VECS; ++v) {
+        __m256i hi_a, lo_a;
+        mulhilo8(A, _mm256_add_epi32(_mm256_set1_epi32((int)(j + 8u * v)), lane), hi_a, lo_a);
+        c[0][v] = first_c0;
+        c[1][v] = first_c1;
+        c[2][v] = _mm256_xor_si256(hi_a, first_k1);
+        c[3][v] = lo_a;
+    }
+    k0 += KEY_A;
+    k1 += KEY_B;
+    for (int round = 1; round < 10; ++round) {
         const __m256i K0 = _mm256_set1_epi32((int)k0), K1 = _mm256_set1_epi32((int)k1);
+        const bool last = round == 9;
 #pragma GCC unroll 4
         for (int v = 0; v < VECS; ++v) {
             __m256i hi_a, lo_a, hi_b, lo_b;
             mulhilo8(B, c[2][v], hi_b, lo_b);
-            mulhilo8(A, c[0][v], hi_a, lo_a);
+            if (ALL_WORDS || !last) {
+                mulhilo8(A, c[0][v], hi_a, lo_a);
+                c[2][v] = _mm256_xor_si256(_mm256_xor_si256(hi_a, c[3][v]), K1);
+                c[3][v] = lo_a;
+            }
             c[0][v] = _mm256_xor_si256(_mm256_xor_si256(hi_b, c[1][v]), K0);
-            c[2][v] = _mm256_xor_si256(_mm256_xor_si256(hi_a, c[3][v]), K1);
             c[1][v] = lo_b;
-            c[3][v] = lo_a;
         }
         k0 += KEY_A;
         k1 += KEY_B;
@@ -123,15 +151,29 @@ __attribute__((target("avx2"))) inline __m256 uniform8(__m256i word) {
 // r cos(theta) of 4 pairs in float64, rounded to float32  (reference.pair_uniform_to_normal)
 __attribute__((target("avx2"))) inline __m128 box_muller4(__m128 u1, __m128 u2) {
     const __m256d r = _mm256_sqrt_pd(_mm256_mul_pd(
-        _mm256_set1_pd(-2.0), Sleef_logd4_u10(_mm256_cvtps_pd(_mm_max_ps(_mm_set1_ps(1.0e-7f), u1)))));
-    const __m256d cos_theta = Sleef_cosd4_u10(_mm256_mul_pd(_mm256_set1_pd(TWO_PI), _mm256_cvtps_pd(u2)));
-    return _mm256_cvtpd_ps(_mm256_mul_pd(r, cos_theta));
+        _mm256_set1_pd(-2.0), SLEEF_LOG(_mm256_cvtps_pd(_mm_max_ps(_mm_set1_ps(1.0e-7f), u1)))));
+    const __m256d cos_theta = SLEEF_COS(_mm256_mul_pd(_mm256_set1_pd(TWO_PI), _mm256_cvtps_pd(u2)));
+    const __m256d z = _mm256_mul_pd(r, cos_theta);
+    const __m128 below = _mm256_cvtpd_ps(_mm256_mul_pd(z, _mm256_set1_pd(1.0 - rounding_margin)));
+    const __m128 above = _mm256_cvtpd_ps(_mm256_mul_pd(z, _mm256_set1_pd(1.0 + rounding_margin)));
+    __m128 rounded = _mm256_cvtpd_ps(z);
+    const int near_boundary = _mm_movemask_ps(_mm_cmpneq_ps(below, above));
+    if (near_boundary) {  // rare: the C library's float64, as the reference
+        alignas(16) float a[4], b[4], out[4];
+        _mm_store_ps(a, u1);
+        _mm_store_ps(b, u2);
+        _mm_store_ps(out, rounded);
+        for (int l = 0; l < 4; ++l)
+            if (near_boundary & (1 << l)) out[l] = box_muller_scalar(a[l], b[l]);
+        rounded = _mm_load_ps(out);
+    }
+    return rounded;
 }
 
 __attribute__((target("avx2"))) void normals_avx2(const Row& row, uint32_t j, int count, float* z) {
     alignas(32) float block[BLOCK];
     __m256i c[4][VECS];
-    philox_block(row, j, c);
+    philox_block<false>(row, j, c);
     for (int v = 0; v < VECS; ++v) {
         const __m256 u1 = uniform8(c[0][v]), u2 = uniform8(c[1][v]);
         _mm_store_ps(block + 8 * v, box_muller4(_mm256_castps256_ps128(u1), _mm256_castps256_ps128(u2)));
@@ -143,7 +185,7 @@ __attribute__((target("avx2"))) void normals_avx2(const Row& row, uint32_t j, in
 __attribute__((target("avx2"))) void words_avx2(const Row& row, uint32_t j, int count, uint32_t* out) {
     alignas(32) uint32_t words[4][BLOCK];
     __m256i c[4][VECS];
-    philox_block(row, j, c);
+    philox_block<true>(row, j, c);
     for (int k = 0; k < 4; ++k)
         for (int v = 0; v < VECS; ++v) _mm256_store_si256((__m256i*)(words[k] + 8 * v), c[k][v]);
     for (int l = 0; l < count; ++l)
@@ -197,6 +239,18 @@ void parallel_blocks(const int64_t* samples, const int64_t* streams, int64_t row
 extern "C" {
 
 int ddpm_cpu_has_avx2() { return cpu_has_avx2() ? 1 : 0; }
+
+// the relative margin of the float32 rounding check (box_muller4); returns the previous one.
+// Tests widen it so that most lanes take the C library's recomputation.
+double ddpm_set_rounding_margin(double margin) {
+#if DDPM_X86
+    const double previous = rounding_margin;
+    rounding_margin = margin;
+    return previous;
+#else
+    return margin;
+#endif
+}
 
 // out: (rows, numel, 4) uint32, the Philox words of counters (j, 0, samples[r], streams[r])
 void ddpm_philox_words(uint64_t seed, const int64_t* samples, const int64_t* streams, int64_t rows,

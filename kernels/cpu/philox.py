@@ -28,6 +28,7 @@ _P = ctypes.c_void_p
 _I64 = ctypes.c_int64
 _SIGNATURES = {
     "ddpm_cpu_has_avx2": ([], ctypes.c_int),
+    "ddpm_set_rounding_margin": ([ctypes.c_double], ctypes.c_double),
     "ddpm_philox_words": ([ctypes.c_uint64, _P, _P, _I64, _I64, _P, ctypes.c_int, ctypes.c_int], None),
     "ddpm_normal": ([ctypes.c_uint64, _P, _P, _I64, _I64, _P, ctypes.c_int, ctypes.c_int], None),
     "ddpm_q_sample": ([ctypes.c_uint64, _P, _P, _I64, _I64, _P, _P, _P, _P, _P, ctypes.c_int, ctypes.c_int],
