@@ -33,18 +33,29 @@ from .harness import Report, Row
 __all__ = ["run_noise_rows", "interleaved"]
 
 
-def interleaved(fns: dict[str, Callable[[], object]], repeat: int, warmup: int = 2) -> dict[str, float]:
-    """Median seconds per call of each fn, calling them in turn `repeat` times."""
+def interleaved(fns: dict[str, Callable[[], object]], repeat: int, warmup: int = 2,
+                cpu_times: dict[str, float] | None = None) -> dict[str, float]:
+    """Median wall seconds per call of each fn, calling them in turn `repeat` times; with
+    `cpu_times`, also the median process CPU seconds per call (all threads: the work done,
+    which a loaded machine inflates less than the wall time)."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
+    cpu: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeat):
         for name, fn in fns.items():
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
+    if cpu_times is not None:
+        cpu_times.update({name: statistics.median(ts) for name, ts in cpu.items()})
     return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def _cpu_note(cpu_times: dict[str, float]) -> str:
+    return "CPU time per call: " + ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in cpu_times.items())
 
 
 def _pure_torch(fn: Callable[[], object]) -> Callable[[], object]:
@@ -70,7 +81,11 @@ def _native_note() -> str:
 
 
 def _q_sample_row(report: Report, shape: tuple[int, ...], repeat: int, slow_repeat: int) -> None:
-    from diffusers import DDPMScheduler
+    try:
+        from diffusers import DDPMScheduler
+    except ImportError:
+        report.skip("cpu q_sample", "diffusers is not installed (the peer)")
+        return
 
     schedule = reference.make_schedule("linear", 1000)
     sqrt_ab = torch.tensor(np.sqrt(schedule.alpha_bars), dtype=torch.float32)
@@ -93,11 +108,12 @@ def _q_sample_row(report: Report, shape: tuple[int, ...], repeat: int, slow_repe
            "ours-noise-given": lambda: kernels.q_sample(x0, t, sqrt_ab, sqrt_1mab, given, backend="torch")}
     row = Row("cpu", "q_sample", dict(shape="x".join(map(str, shape)), dtype="fp32",
                                       threads=torch.get_num_threads()), items=shape[0])
-    row.times.update(interleaved(fns, repeat))
+    cpu_times: dict[str, float] = {}
+    row.times.update(interleaved(fns, repeat, cpu_times=cpu_times))
     # the fallback is ~40x slower: fewer calls, interleaved with ours again
     slow = interleaved({"ours": ours, "ours-pure-torch": _pure_torch(ours)}, slow_repeat, warmup=1)
     row.times["ours-pure-torch"] = slow["ours-pure-torch"]
-    row.notes = f"{_native_note()}; median of {repeat} ({slow_repeat} for pure-torch)"
+    row.notes = f"{_native_note()}; median of {repeat} ({slow_repeat} for pure-torch); {_cpu_note(cpu_times)}"
     report.add(row)
 
 
@@ -109,12 +125,15 @@ def _normal_row(report: Report, shape: tuple[int, ...], repeat: int, slow_repeat
 
     row = Row("cpu", "normal", dict(shape="x".join(map(str, shape)), dtype="fp32",
                                     threads=torch.get_num_threads()), items=shape[0])
-    row.times.update(interleaved({"ours": ours, "torch.randn": lambda: torch.randn(shape)}, repeat))
+    cpu_times: dict[str, float] = {}
+    row.times.update(interleaved({"ours": ours, "torch.randn": lambda: torch.randn(shape)}, repeat,
+                                 cpu_times=cpu_times))
     slow = interleaved({"ours-pure-torch": _pure_torch(ours),
                         "numpy-reference": lambda: reference.normal(7, np.arange(shape[0]), 3, shape[1:])},
                        slow_repeat, warmup=1)
     row.times.update(slow)
-    row.notes = f"{_native_note()}; median of {repeat} ({slow_repeat} for pure-torch/reference)"
+    row.notes = (f"{_native_note()}; median of {repeat} ({slow_repeat} for pure-torch/reference); "
+                 f"{_cpu_note(cpu_times)}")
     report.add(row)
 
 

@@ -97,6 +97,8 @@ def load_library(name: str, source: str, flags: list[str], libraries: list[str] 
     built or loaded, and None without a warning when DDPM_KERNELS_CPU_NATIVE=0."""
     if not native_enabled():
         return None
+    if name in _LOADED:  # the common case, without the lock
+        return _LOADED[name]
     with _LOCK:
         if name in _LOADED:
             return _LOADED[name]

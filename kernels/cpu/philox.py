@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .build import NATIVE_ENV, load_library
+from .build import NATIVE_ENV, load_library, native_enabled
 
 __all__ = ["library", "uses_avx2", "philox_words", "normal", "q_sample"]
 
@@ -36,9 +36,16 @@ _SIGNATURES = {
 }
 
 
+_SOURCE: list[str] = []  # philox.cpp's text, read once
+
+
 def library() -> ctypes.CDLL | None:
     """The compiled library (built on first use), or None (see the module docstring)."""
-    lib = load_library("philox", SOURCE_PATH.read_text(), FLAGS, LIBRARIES)
+    if not native_enabled():
+        return None
+    if not _SOURCE:
+        _SOURCE.append(SOURCE_PATH.read_text())
+    lib = load_library("philox", _SOURCE[0], FLAGS, LIBRARIES)
     if lib is not None and not getattr(lib, "_ddpm_typed", False):
         for name, (args, result) in _SIGNATURES.items():
             fn = getattr(lib, name)
@@ -56,7 +63,9 @@ def uses_avx2(lib: ctypes.CDLL) -> bool:
 
 def _rows(samples: torch.Tensor, stream) -> tuple[torch.Tensor, torch.Tensor]:
     """samples and per-row streams as contiguous int64 CPU tensors (values already validated)."""
-    samples = samples.reshape(-1).to(torch.int64).contiguous()
+    if samples.dtype != torch.int64 or not samples.is_contiguous():
+        samples = samples.to(torch.int64).contiguous()
+    samples = samples.reshape(-1)
     if isinstance(stream, torch.Tensor):
         streams = stream.reshape(-1).to(torch.int64).expand(samples.numel()).contiguous()
     else:
