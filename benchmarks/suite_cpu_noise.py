@@ -113,7 +113,9 @@ def _q_sample_row(report: Report, shape: tuple[int, ...], repeat: int, slow_repe
     # the fallback is ~40x slower: fewer calls, interleaved with ours again
     slow = interleaved({"ours": ours, "ours-pure-torch": _pure_torch(ours)}, slow_repeat, warmup=1)
     row.times["ours-pure-torch"] = slow["ours-pure-torch"]
-    row.notes = f"{_native_note()}; median of {repeat} ({slow_repeat} for pure-torch); {_cpu_note(cpu_times)}"
+    ratio = row.times["ours"] / row.times["randn+add_noise"]
+    row.notes = (f"ours / randn+add_noise = {ratio:.2f}x (issue 17 goal: <= 1.5x); {_native_note()}; "
+                 f"median of {repeat} ({slow_repeat} for pure-torch); {_cpu_note(cpu_times)}")
     report.add(row)
 
 
@@ -132,8 +134,9 @@ def _normal_row(report: Report, shape: tuple[int, ...], repeat: int, slow_repeat
                         "numpy-reference": lambda: reference.normal(7, np.arange(shape[0]), 3, shape[1:])},
                        slow_repeat, warmup=1)
     row.times.update(slow)
-    row.notes = (f"{_native_note()}; median of {repeat} ({slow_repeat} for pure-torch/reference); "
-                 f"{_cpu_note(cpu_times)}")
+    ratio = row.times["ours"] / row.times["torch.randn"]
+    row.notes = (f"ours / torch.randn = {ratio:.2f}x; {_native_note()}; median of {repeat} "
+                 f"({slow_repeat} for pure-torch/reference); {_cpu_note(cpu_times)}")
     report.add(row)
 
 
