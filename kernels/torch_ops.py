@@ -7,7 +7,10 @@ with it to the last bit or so:
 - `philox_words` / `normal`: reference.philox_words / reference.normal, bit-for-bit on the CPU.
   The 32-bit Philox words are computed in int64 tensors masked to 32 bits (torch has no full
   uint32 arithmetic); the uniform is Triton's uint_to_uniform_float in float32; Box-Muller is
-  evaluated in float64 and rounded once to float32, exactly as the reference does.
+  evaluated in float64 and rounded once to float32, exactly as the reference does. On CPU
+  tensors `normal` and `q_sample`'s drawn noise run compiled (kernels/cpu: the same numbers,
+  6-7x faster on one thread, benchmarks/results/cpu-q-sample.md); this pure-torch code is the
+  fallback without a C++ compiler (and the CUDA path).
 - `q_sample`: reference.q_sample (DDPM Eq. 4).
 - `sampler_step`: reference.sampler_step (+ reference.classifier_free_guidance first).
 - `learned_variance_step`: reference.learned_variance_step (Improved DDPM Eq. 15).
