@@ -109,3 +109,7 @@ def run(report: Report, *, device: str, quick: bool, dtypes, compile_peers: bool
     rep = dict(repeat=3 if quick else 10)
     _mlp_rows(report, quick, rep)
     _unet_rows(report, quick, rep)
+    # issue 17b: the noise stream on the CPU, rows `q_sample` and `normal` (suite_cpu_noise.py)
+    from .suite_cpu_noise import run_noise_rows
+
+    run_noise_rows(report, quick)

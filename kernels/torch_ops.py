@@ -7,7 +7,10 @@ with it to the last bit or so:
 - `philox_words` / `normal`: reference.philox_words / reference.normal, bit-for-bit on the CPU.
   The 32-bit Philox words are computed in int64 tensors masked to 32 bits (torch has no full
   uint32 arithmetic); the uniform is Triton's uint_to_uniform_float in float32; Box-Muller is
-  evaluated in float64 and rounded once to float32, exactly as the reference does.
+  evaluated in float64 and rounded once to float32, exactly as the reference does. On CPU
+  tensors `normal` and `q_sample`'s drawn noise run compiled (kernels/cpu: the same numbers,
+  6-7x faster on one thread, benchmarks/results/cpu-q-sample.md); this pure-torch code is the
+  fallback without a C++ compiler (and the CUDA path).
 - `q_sample`: reference.q_sample (DDPM Eq. 4).
 - `sampler_step`: reference.sampler_step (+ reference.classifier_free_guidance first).
 - `learned_variance_step`: reference.learned_variance_step (Improved DDPM Eq. 15).
@@ -21,6 +24,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from .cpu import philox as cpu_philox
 
 __all__ = ["philox_words", "normal", "q_sample", "sampler_step", "learned_variance_step",
            "group_norm_silu", "langevin_step"]
@@ -37,25 +42,69 @@ TWO_PI = 6.283185307179586
 def _mulhilo32(a: int, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """High and low 32-bit words of the 64-bit product a * b (a < 2**32, b in [0, 2**32) int64).
 
-    b is split into 16-bit halves so that no partial product exceeds 2**49 (int64-safe).
+    The int64 product wraps modulo 2**64 (two's complement, on every torch device), so its 64
+    bits are the unsigned product's: hi = bits 32..63 (masked after the arithmetic shift),
+    lo = bits 0..31. The Random123 known answers (0xFFFFFFFF words) and the bit-exact tests check it.
     """
-    p_lo = a * (b & 0xFFFF)                     # < 2**48
-    p_hi = a * (b >> 16)                        # < 2**48, weight 2**16
-    low_sum = p_lo + ((p_hi & 0xFFFF) << 16)    # < 2**49
-    hi = (p_hi >> 16) + (low_sum >> 32)
-    return hi, low_sum & _MASK32
+    prod = b * a
+    return (prod >> 32) & _MASK32, prod & _MASK32
 
 
-def philox4x32(c0, c1, c2, c3, seed: int, rounds: int = 10):
-    """Philox4x32-R (Salmon et al. 2011) on int64 tensors holding uint32 words; key from seed."""
+def philox4x32(c0, c1, c2, c3, seed: int, rounds: int = 10, words: int = 4):
+    """Philox4x32-R (Salmon et al. 2011) on int64 tensors holding uint32 words; key from seed.
+
+    The words broadcast against each other (a counter word that is the same along a dimension
+    can have size 1 there). words=2 returns (c0, c1) only, skipping the last round's other product.
+    From the third round on, when all four words are full-size, the rounds run in place in two
+    product buffers: a fresh 8-byte-per-element tensor per operation costs more in page faults
+    than the operation itself.
+    """
     k0, k1 = seed & _MASK32, (seed >> 32) & _MASK32
-    for _ in range(rounds):
-        hi_b, lo_b = _mulhilo32(PHILOX_ROUND_B, c2)
-        hi_a, lo_a = _mulhilo32(PHILOX_ROUND_A, c0)
-        c0, c1, c2, c3 = hi_b ^ c1 ^ k0, lo_b, hi_a ^ c3 ^ k1, lo_a
+    state = [c0, c1, c2, c3]
+    buffers = None
+    for round_index in range(rounds):
+        last = words == 2 and round_index == rounds - 1
+        if buffers is None and round_index >= 2 and not last:
+            state = [w.contiguous() for w in torch.broadcast_tensors(*state)]
+            buffers = (torch.empty_like(state[0]), torch.empty_like(state[0]))
+        if buffers is not None and not last:
+            _round_in_place(state, buffers, k0, k1)
+        else:
+            hi_b, lo_b = _mulhilo32(PHILOX_ROUND_B, state[2])
+            if last:
+                return hi_b ^ state[1] ^ k0, lo_b
+            hi_a, lo_a = _mulhilo32(PHILOX_ROUND_A, state[0])
+            state = [hi_b ^ state[1] ^ k0, lo_b, hi_a ^ state[3] ^ k1, lo_a]
         k0 = (k0 + PHILOX_KEY_A) & _MASK32
         k1 = (k1 + PHILOX_KEY_B) & _MASK32
-    return c0, c1, c2, c3
+    return tuple(state) if words == 4 else tuple(state[:2])
+
+
+def _round_in_place(state: list, buffers: tuple, k0: int, k1: int) -> None:
+    """One Philox round on full-size contiguous words, no allocation (see _mulhilo32)."""
+    c0, c1, c2, c3 = state
+    prod_a, prod_b = buffers
+    torch.mul(c0, PHILOX_ROUND_A, out=prod_a)
+    torch.mul(c2, PHILOX_ROUND_B, out=prod_b)
+    torch.bitwise_right_shift(prod_b, 32, out=c0)
+    c0.bitwise_xor_(c1).bitwise_xor_(k0).bitwise_and_(_MASK32)   # hi(B c2) ^ c1 ^ k0
+    torch.bitwise_and(prod_b, _MASK32, out=c1)                    # lo(B c2)
+    torch.bitwise_right_shift(prod_a, 32, out=c2)
+    c2.bitwise_xor_(c3).bitwise_xor_(k1).bitwise_and_(_MASK32)   # hi(A c0) ^ c3 ^ k1
+    torch.bitwise_and(prod_a, _MASK32, out=c3)                    # lo(A c0)
+
+
+def _counters(samples: torch.Tensor, stream, numel: int):
+    """Counter words (j, 0, samples[n], stream[n]) as broadcastable int64: (1, numel), (1, 1),
+    (N, 1), (N, 1); round 1 then multiplies N samples, not N * numel copies of them."""
+    n, device = samples.numel(), samples.device
+    j = torch.arange(numel, dtype=torch.int64, device=device).reshape(1, numel)
+    i = samples.reshape(n, 1).to(torch.int64)
+    if isinstance(stream, torch.Tensor):
+        s = stream.reshape(-1, 1).to(torch.int64).expand(n, 1)
+    else:
+        s = torch.full((n, 1), int(stream), dtype=torch.int64, device=device)
+    return j, torch.zeros((1, 1), dtype=torch.int64, device=device), i, s
 
 
 def philox_words(seed: int, samples: torch.Tensor, stream, numel: int) -> torch.Tensor:
@@ -63,21 +112,13 @@ def philox_words(seed: int, samples: torch.Tensor, stream, numel: int) -> torch.
 
     samples: (N,) int64; stream: int or (N,) int64. Returns int64 (N, numel, 4) in [0, 2**32).
     """
-    device = samples.device
-    n = samples.numel()
-    j = torch.arange(numel, dtype=torch.int64, device=device).expand(n, numel)
-    i = samples.reshape(n, 1).to(torch.int64).expand(n, numel)
-    if isinstance(stream, torch.Tensor):
-        s = stream.reshape(n, 1).to(torch.int64).expand(n, numel)
-    else:
-        s = torch.full((n, numel), int(stream), dtype=torch.int64, device=device)
-    zero = torch.zeros((n, numel), dtype=torch.int64, device=device)
-    return torch.stack(philox4x32(j, zero, i, s, seed), dim=-1)
+    words = philox4x32(*_counters(samples, stream, numel), seed)
+    return torch.stack(torch.broadcast_tensors(*words), dim=-1).expand(samples.numel(), numel, 4)
 
 
 def uint_to_uniform_float(words: torch.Tensor) -> torch.Tensor:
     """Triton's uint32 -> float32 uniform in [0, 1): as int32, negatives folded (~x), times scale."""
-    folded = torch.where(words >= 2**31, _MASK32 - words, words)  # ~x of the int32 reading
+    folded = torch.where(words >= 2**31, words ^ _MASK32, words)  # ~x of the int32 reading
     return folded.to(torch.float32) * torch.tensor(UNIFORM_SCALE, dtype=torch.float32, device=words.device)
 
 
@@ -95,9 +136,12 @@ def normal(seed: int, samples: torch.Tensor, stream, shape: tuple[int, ...],
     numel = 1
     for d in shape:
         numel *= d
-    words = philox_words(seed, samples, stream, numel)
-    z = pair_uniform_to_normal(uint_to_uniform_float(words[..., 0]), uint_to_uniform_float(words[..., 1]))
-    return z.reshape((samples.numel(),) + tuple(shape)).to(dtype)
+    compiled = cpu_philox.normal(seed, samples, stream, numel)  # CPU tensors: the same numbers, faster
+    if compiled is not None:
+        return compiled.reshape((samples.numel(),) + tuple(shape)).to(dtype)
+    word0, word1 = philox4x32(*_counters(samples, stream, numel), seed, words=2)
+    z = pair_uniform_to_normal(uint_to_uniform_float(word0), uint_to_uniform_float(word1))
+    return z.expand(samples.numel(), numel).reshape((samples.numel(),) + tuple(shape)).to(dtype)
 
 
 def _per_sample(values: torch.Tensor, ndim: int) -> torch.Tensor:
@@ -121,6 +165,10 @@ def q_sample(x0, t, sqrt_alpha_bar, sqrt_one_minus_alpha_bar, noise, seed, sampl
     compute = torch.float64 if x0.dtype == torch.float64 else torch.float32
     a = _per_sample(_gather_guarded(sqrt_alpha_bar, t, compute), x0.dim())
     s = _per_sample(_gather_guarded(sqrt_one_minus_alpha_bar, t, compute), x0.dim())
+    if noise is None and compute == torch.float32:
+        fused = cpu_philox.q_sample(x0, a, s, seed, samples, stream)  # one pass on the CPU
+        if fused is not None:
+            return fused
     if noise is None:
         eps = normal(seed, samples, stream, tuple(x0.shape[1:]))
         noise = eps.to(x0.dtype)
