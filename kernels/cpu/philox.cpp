@@ -5,10 +5,11 @@
 //   float64 and rounded once to float32, as reference.pair_uniform_to_normal does.
 //
 // Two instruction sets, chosen at run time (no -mavx2 on the command line: the library loads on
-// any x86-64 CPU): AVX2 (8 counters per vector, 4 vectors in flight; float64 log/cos from
-// torch's own SLEEF, the functions torch.log/torch.cos use on float64 CPU tensors) and plain C++
-// (std::log/std::cos, the C library NumPy uses). The integer words and uniforms are exact in
-// both; the normals round the same float64 expression the reference rounds.
+// any x86-64 CPU): AVX2 (8 counters per vector, 4 vectors in flight; float64 log/cos from the
+// SLEEF inside libtorch_cpu, 3.5-ulp variants, with a check that the float32 rounding is the C
+// library's: box_muller4) and plain C++ (std::log/std::cos, the C library NumPy uses). The
+// integer words and uniforms are exact in both; the normals round the same float64 expression
+// the reference rounds, to the same float32.
 //
 // Built with -ffp-contract=off: x_t = a * x0 + s * eps must round like torch's separate mul/add.
 #include <algorithm>
