@@ -2,8 +2,8 @@
 catch each. Every listed mutation must be caught (exit status 1 otherwise).
 
     python -m tests.mutation              # baseline, then every mutation (~15 min on 2 cores for the
-                                          # first 18; the 25 of the new model families add ~32 min,
-                                          # measured on 2 shared cores at load average ~14)
+                                          # first 18; the 25 of the new model families add ~47 min,
+                                          # measured with baseline on 2 shared cores, load ~13)
     python -m tests.mutation --check      # only check that every anchor still matches (seconds)
     python -m tests.mutation --list       # the mutations and the tests that should catch them
     python -m tests.mutation --only dpm-solver-bf16,ema-before-step [--no-baseline]
