@@ -1,7 +1,8 @@
 """CPU suite: the NumPy reference vs torch on the CPU, forward + backward of the same model.
 
 Rows: the toy MLP eps-model (reference.MLP vs the same network in torch, weights copied by name)
-and small UNets (reference.UNet vs ddpm.UNet, weights copied by name), float64 and float32.
+and small UNets (reference.UNet vs ddpm.UNet, weights copied by name), float64 and float32;
+then benchmarks/cpu_vs_diffusers.py: our training step and DDIM-50 against diffusers (issue 17).
 """
 
 from __future__ import annotations
@@ -113,3 +114,8 @@ def run(report: Report, *, device: str, quick: bool, dtypes, compile_peers: bool
     from .suite_cpu_noise import run_noise_rows
 
     run_noise_rows(report, quick)
+
+    # issue 17: training step and DDIM-50 against diffusers (suite label "cpu-vs-diffusers")
+    from . import cpu_vs_diffusers
+
+    cpu_vs_diffusers.run(report, quick=quick, compile_peers=compile_peers)

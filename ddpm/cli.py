@@ -115,6 +115,10 @@ def _training_args(args) -> dict:
         "min_snr_gamma": args.min_snr_gamma, "label_dropout": args.label_dropout, "seed": args.seed,
         "variance": args.variance, "loss": args.loss, "vlb_weight": args.vlb_weight,
         "timestep_sampling": args.timestep_sampling,
+        # issue 17: CPU/GPU speed options (flags: given means True)
+        "channels_last": True if getattr(args, "channels_last", False) else None,
+        "compile": True if getattr(args, "compile", False) else None,
+        "mixed_precision": getattr(args, "mixed_precision", None),
     }
     given = {k: v for k, v in given.items() if v is not None}
     if args.no_grad_clip:  # None is "not given" above, so the explicit "no clipping" comes last
@@ -228,6 +232,11 @@ def _add_train(sub) -> None:
     tr.add_argument("--grad-clip", type=POSITIVE, default=None, help="max gradient norm, > 0 (default 1.0)")
     tr.add_argument("--no-grad-clip", action="store_true")
     tr.add_argument("--ema-decay", type=RATE, default=None, help="in [0, 1)")
+    tr.add_argument("--channels-last", action="store_true", help="run the model in channels_last")
+    tr.add_argument("--compile", action="store_true",
+                    help="torch.compile the model (inductor; on the CPU needs a C++ compiler)")
+    tr.add_argument("--mixed-precision", choices=("auto", "bf16", "no"), default=None,
+                    help="bf16 autocast: auto = on CUDA; bf16 also on CPUs with native bf16 (detected)")
     tr.add_argument("--prediction", choices=reference.PREDICTIONS, default=None)
     tr.add_argument("--min-snr-gamma", type=POSITIVE, default=None, help="> 0")
     tr.add_argument("--variance", choices=reference.VARIANCE_KINDS, default=None,

@@ -29,13 +29,17 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from .cpu_speed import check_compiler, cpu_bf16_support
 from .samplers import Sampler
+
+log = logging.getLogger("ddpm.fast_sampler")
 
 __all__ = ["FastSampler"]
 
@@ -65,6 +69,10 @@ class FastSampler:
         backend: kernels backend for the fused update ("auto" = triton on CUDA).
         max_graphs: how many captured graphs (batch sizes / seeds) to keep; the least recently
             used is dropped first.
+        compile: run the model copy through torch.compile (inductor; on the CPU its C++ code
+            generation, which needs a C++ compiler: checked here). The CPU mode: without CUDA the
+            loop runs eagerly, so this (with channels_last, and dtype=torch.bfloat16 on CPUs with
+            native bf16, see ddpm.cpu_speed) is what makes it faster than `ddpm.sample` there.
 
     Call: `fast(n, seed=0, samples=None, y=None) -> x_0 (n, C, H, W)` in `dtype`.
     """
@@ -74,7 +82,7 @@ class FastSampler:
                  guidance_scale: float = 1.0, clip=None, prediction: str = "epsilon",
                  variance: str = "fixed_small", dtype: torch.dtype | None = None,
                  channels_last: bool | None = None, cuda_graph: bool = True, device=None,
-                 backend: str = "auto", max_graphs: int = 4):
+                 backend: str = "auto", max_graphs: int = 4, compile: bool = False):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if device is None:
@@ -102,6 +110,17 @@ class FastSampler:
         fast = copy.deepcopy(model).to(device=self.device, dtype=self.dtype).eval()
         if self.channels_last:
             fast = fast.to(memory_format=torch.channels_last)
+        if not isinstance(compile, bool):
+            raise TypeError(f"compile must be a bool, got {compile!r}")
+        self.compiled = compile
+        if compile:  # the CPU mode's model: inductor (C++ on the CPU), compiled at the first call
+            if self.device.type == "cpu":
+                check_compiler("FastSampler(compile=True)")
+            fast = torch.compile(fast)
+        if self.device.type == "cpu" and self.dtype == torch.bfloat16:
+            supported, why = cpu_bf16_support()
+            if not supported:
+                log.warning("FastSampler dtype=bfloat16 on the CPU runs emulated: %s", why)
         self.model = fast
         if isinstance(max_graphs, bool) or not isinstance(max_graphs, int) or max_graphs < 1:
             raise ValueError(f"max_graphs must be a positive int, got {max_graphs!r}")

@@ -10,7 +10,9 @@ reference's x is our h). The fused backends (triton, cupy) run the forward as a 
 two-stage reduction (per-chunk Welford partials, combined in a fixed order) and a normalising
 pass; the backward recomputes x_hat and the activation from x (only mean and rstd are saved)
 and reduces the weight/bias gradients in two deterministic stages, never with atomics.
-The torch backend writes the reference's formulas with torch ops and plain autograd.
+The torch backend writes the reference's formulas with torch ops: in float64 op by op with plain
+autograd (double backward works), in float32/bfloat16/float16 as one autograd.Function with the
+backward written out (kernels/group_norm_silu_torch.py: a few whole-tensor passes, the CPU path).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import torch_ops
+from . import group_norm_silu_torch, torch_ops
 from .dispatch import device_guard, resolve_backend
 from .validate import (
     FAST_DTYPES,
@@ -94,8 +96,10 @@ def group_norm_silu(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Te
     _check_param(weight, "weight", x, (C,), param_dtypes)
     _check_param(bias, "bias", x, (C,), param_dtypes)
     _check_param(shift, "shift", x, (x.shape[0], C), param_dtypes)
-    if name == "torch" or x.numel() == 0:
+    if x.numel() == 0 or (name == "torch" and x.dtype == torch.float64):
         return torch_ops.group_norm_silu(x, weight, bias, groups, eps, activation, shift)
+    if name == "torch":  # float32 / half types: the hand-written backward (issue 17: CPU speed)
+        return group_norm_silu_torch.group_norm_silu(x, weight, bias, groups, eps, activation, shift)
     return GroupNormSiLUFunction.apply(x, weight, bias, shift, groups, eps, activation, name)
 
 

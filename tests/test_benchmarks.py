@@ -25,7 +25,7 @@ def test_quick_run_writes_json_and_markdown(tmp_path):
         assert key in report["env"], key
     assert report["command"].startswith("python -m benchmarks --quick")
     suites = {r["suite"] for r in report["rows"]}
-    assert suites == {"kernels", "sampler", "training", "cpu"}
+    assert suites == {"kernels", "sampler", "training", "cpu", "cpu-vs-diffusers"}
     for row in report["rows"]:
         assert row["times"], row
         assert all(t > 0 for t in row["times"].values()), row
