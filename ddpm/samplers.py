@@ -252,11 +252,12 @@ class Sampler:
             stream=stream if noisy else 0, backend=self.backend, classifier_grad=grad,
             classifier_coefficients=None if grad is None else self._guidance_rows[k])
 
-    def _learned_variance_step(self, x: torch.Tensor, cond, uncond, k: int) -> torch.Tensor:
+    def _learned_variance_step(self, x: torch.Tensor, cond, uncond, k: int, grad=None) -> torch.Tensor:
         """DDPM Alg. 2 with the learned variance (Improved DDPM Eq. 15): one fused
         `kernels.learned_variance_step` on the model's 2C channels. Under guidance the combine
         uncond + w (cond - uncond) runs first over all 2C channels (v included), as
-        `reference.guided` does, in the storage precision (float32 at least)."""
+        `reference.guided` does, in the storage precision (float32 at least). Classifier guidance
+        (Alg. 1 of Dhariwal & Nichol, Sigma the learned per-element variance) joins the pass."""
         if uncond is not None:
             storage = torch.float64 if x.dtype == torch.float64 else torch.float32
             cond, uncond = cond.to(storage), uncond.to(storage)
@@ -266,7 +267,8 @@ class Sampler:
         return kernels.learned_variance_step(
             x, cond, self.coefficients[k], clip=self.clip, seed=self.seed if noisy else None,
             samples=self.samples if noisy else None, stream=stream if noisy else 0,
-            backend=self.backend)
+            backend=self.backend, classifier_grad=grad,
+            classifier_coefficients=None if grad is None else self._guidance_rows[k])
 
     def _langevin_step(self, x: torch.Tensor, cond, uncond, k: int) -> torch.Tensor:
         """A score-sampler step (`reference.langevin_step`): ONE fused `kernels.langevin_step`

@@ -46,8 +46,8 @@ def classifier_guidance_coefficients(plan: SamplingPlan) -> np.ndarray:
         raise TypeError(f"plan must be a reference.SamplingPlan, got {type(plan).__name__}")
     unguided = sorted(set(plan.step_kinds) - set(GUIDED_STEP_KINDS))
     if unguided:
-        raise ValueError(f"classifier guidance is defined for step kinds {GUIDED_STEP_KINDS}; the "
-                         f"{plan.sampler!r} plan (variance={plan.variance!r}) has {unguided}")
+        raise ValueError(f"classifier guidance is defined for step kinds {GUIDED_STEP_KINDS} (the samplers "
+                         f"ddpm, ddim, dpm_solver++); sampler={plan.sampler!r} has steps {unguided}")
     K = plan.num_steps
     zero = np.zeros(K)
     if plan.sampler == "ddpm" and plan.learned_variance:  # Algorithm 1, Sigma from the model's v
