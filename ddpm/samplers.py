@@ -382,6 +382,8 @@ class Sampler:
         self.samples.copy_(other.samples)
         if self.y_model is not None:
             self.y_model.copy_(other.y_model)
+        if self._class_ids is not None:  # classifier guidance: the classes to guide to
+            self._class_ids.copy_(other._class_ids)
 
     def _check_x_T(self, x_T) -> torch.Tensor:
         if not isinstance(x_T, torch.Tensor):
