@@ -11,6 +11,10 @@ and the raw JSON go to --out; the classifier's held-out accuracy against t is co
 
     python -m benchmarks.classifier_guidance --denoiser runs/uncond --classifier runs/clf \
         --cfg-denoiser runs/demo --out benchmarks/results/classifier-guidance
+
+--sampler ddpm (Algorithm 1: the mean shifted by s Sigma grad; with a learned-variance denoiser,
+`--variance learned` at training, Sigma is the model's own per-element variance) and --clip (x0
+clipped to [-1, 1] at every step) select the ancestral sampler instead of DDIM.
 """
 
 from __future__ import annotations
@@ -46,6 +50,10 @@ def _parse(argv=None):
     p.add_argument("--per-class", type=int, default=20)
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sampler", choices=("ddim", "ddpm", "dpm_solver++"), default="ddim")
+    p.add_argument("--clip", action="store_true", help="clip x0_hat to [-1, 1] at every step")
+    p.add_argument("--grid-prefix", default="", help="prefix of the grid files (runs appended to one --out)")
+    p.add_argument("--label", default="classifier guidance", help="the method column of the table")
     p.add_argument("--append", action="store_true", help="add to --out's results.json (e.g. the CFG rows "
                    "of a second call) instead of replacing it")
     return p.parse_args(argv)
@@ -80,22 +88,25 @@ def main(argv=None) -> int:
     model, schedule, ckpt = load_model(args.denoiser, ema=True, device=ctx.device)
     classifier, classifier_ckpt = load_classifier(args.classifier, device=ctx.device)
     check_classifier_fits(classifier_ckpt, ckpt, "all", args.classifier)
+    cfg = ckpt.unet_config
+    variance = "learned" if cfg.out_channels == 2 * cfg.in_channels else "fixed_small"  # as ddpm.runs samples
     y = torch.arange(10).repeat_interleave(args.per_class)
     n, rows = y.numel(), min(args.per_class, 10)
     results = []
     for s in args.scales:
         start = time.perf_counter()
-        images, _ = draw(model, schedule, y if s > 0 else None, n, ctx, num_steps=args.steps, seed=args.seed,
+        images, _ = draw(model, schedule, y if s > 0 else None, n, ctx, sampler=args.sampler, num_steps=args.steps,
+                         seed=args.seed, clip=(-1.0, 1.0) if args.clip else None,
                          classifier=classifier if s > 0 else None, classifier_scale=s if s > 0 else 1.0)
-        results.append({**_score(f"classifier-s{s:g}", images, y, out, rows, time.perf_counter() - start),
-                        "method": "classifier guidance", "scale": s})
+        results.append({**_score(f"{args.grid_prefix}classifier-s{s:g}", images, y, out, rows, time.perf_counter() - start),
+                        "method": args.label, "scale": s})
         print(json.dumps(results[-1]), flush=True)
     if args.cfg_denoiser:
         cond, cond_schedule, _ = load_model(args.cfg_denoiser, ema=True, device=ctx.device)
         for w in args.cfg_scales:
             start = time.perf_counter()
-            images, _ = draw(cond, cond_schedule, y, n, ctx, num_steps=args.steps, seed=args.seed,
-                             guidance_scale=w)
+            images, _ = draw(cond, cond_schedule, y, n, ctx, sampler=args.sampler, num_steps=args.steps,
+                             seed=args.seed, clip=(-1.0, 1.0) if args.clip else None, guidance_scale=w)
             results.append({**_score(f"cfg-w{w:g}", images, y, out, rows, time.perf_counter() - start),
                             "method": "classifier-free guidance", "scale": w})
             print(json.dumps(results[-1]), flush=True)
@@ -103,7 +114,8 @@ def main(argv=None) -> int:
         shutil.copy(Path(args.classifier) / name, out / name)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     meta = {"denoiser": str(args.denoiser), "classifier": str(args.classifier), "cfg_denoiser": args.cfg_denoiser,
-            "steps": args.steps, "sampler": "ddim", "per_class": args.per_class, "seed": args.seed,
+            "steps": args.steps, "sampler": args.sampler, "clip": args.clip,
+            "variance": variance, "per_class": args.per_class, "seed": args.seed,
             "denoiser_step": ckpt.step, "classifier_step": classifier_ckpt.step, "commit": commit,
             "machine": f"{platform.processor() or platform.machine()}, torch threads 1",
             "load_average": list(__import__("os").getloadavg())}
