@@ -442,7 +442,8 @@ def sample(model, shape, schedule, *, sampler: str = "ddim", num_steps: int | No
     backend: kernels backend ("auto" | "triton" | "cupy" | "torch").
     classifier, classifier_scale: classifier guidance (Dhariwal & Nichol 2021) towards the classes
         `y` with a noise-aware `ddpm.Classifier`: scale s >= 0 (a number or (N,)); ddpm shifts the
-        step's mean by s Sigma grad log p(y | x_t) (Alg. 1), ddim and dpm_solver++ shift eps_hat by
+        step's mean by s Sigma grad log p(y | x_t) (Alg. 1; with variance="learned" Sigma is the
+        model's per-element variance), ddim and dpm_solver++ shift eps_hat by
         -s sqrt(1 - alpha_bar_t) grad (Alg. 2); composes with guidance_scale (CFG) when the model
         is class-conditional. The gradient comes from autograd; the term joins the fused step.
     The score view: sampler "langevin" | "annealed_langevin" | "pc" (Song & Ermon 2019, Song et
