@@ -19,7 +19,7 @@ import reference
 from reference import UNetConfig
 from tests.helpers import rel_error
 
-SCHEDULE = reference.make_schedule("linear", 30)
+SCHEDULE = reference.make_schedule("linear", 16)
 SHAPE = (3, 1, 4, 4)
 Y = np.array([0, 2, 1])
 SCALE = np.array([0.5, 2.0, 8.0])
