@@ -154,7 +154,8 @@ def main(argv=None) -> int:
     if args.append and (out / "results.json").exists():
         previous = json.loads((out / "results.json").read_text())
         results = previous["results"] + results
-        meta = {**meta, "earlier_calls": previous.get("earlier_calls", []) + [previous["meta"]]}
+        earlier = previous["meta"].pop("earlier_calls", []) + previous.get("earlier_calls", [])
+        meta = {**meta, "earlier_calls": earlier + [previous["meta"]]}  # every call's meta, oldest first
     (out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
     (out / "table.md").write_text(markdown_table(results))
     print(json.dumps(meta))
