@@ -13,9 +13,10 @@ c7 = log beta_t, c8 = log beta_tilde_t (clipped at t = 0), c9 = 1 where the step
 Optional classifier guidance (Dhariwal & Nichol 2021, Alg. 1 with Sigma the learned variance;
 reference.classifier_guidance), a gradient g and per-sample (a0, a1, a2), scale included:
 x0_hat += a0 g, eps_hat += a1 g before the clip, x_prev += a2 exp(log sigma^2) g before the
-noise (log sigma^2 = frac c7 + (1 - frac) c8, per element). The
-log-variance interpolation, exp, sqrt (the 0.5 in the exponent) and the noise draw happen per
-element in the same pass as the mean, in float64 registers (as `sampler_step`, for the same
+noise (log sigma^2 = frac c7 + (1 - frac) c8, per element).
+
+The log-variance interpolation, exp, sqrt (the 0.5 in the exponent) and the noise draw happen
+per element in the same pass as the mean, in float64 registers (as `sampler_step`, for the same
 cancellation reason), rounded once to x_t.dtype.
 """
 

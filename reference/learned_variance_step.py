@@ -25,7 +25,8 @@ of Eq. 15: with (a0, a1, a2) per sample (reference.classifier_guidance, scale in
     mean   += a2 Sigma g                                       (before the noise term)
 
 The ddpm plan's rows are (0, 0, s c9): Sigma is the step's variance, 0 into x_0 as for the fixed
-variances (guided-diffusion's code also shifts that last mean, by its beta_0-sized variance).
+variances here (guided-diffusion's code also shifts that last mean, by the model's variance at
+t = 0, which is of the order of beta_0 = 1e-4).
 
 Columns LEARNED_VARIANCE_COEFFICIENTS: c0..c6 are `ddpm_coefficients`' mean columns, c7 = log
 beta_t, c8 = log beta_tilde_t (clipped), c9 = 1 where the step draws z (t > 0). Respaced runs
