@@ -20,7 +20,9 @@ the weights. bf16 autocast is used on CUDA only. A step whose loss or gradient n
 is skipped (no optimizer or EMA update), counted and logged; K in a row stop training with
 `NonFiniteLossError`. Every piece of state (weights, EMA, optimizer, counters, the generator,
 the data position, the global RNGs) goes into the checkpoint, so a resumed run on the CPU is
-bit-for-bit the run that was never interrupted.
+bit-for-bit the run that was never interrupted. `TrainConfig`, the set-up every trainer shares
+(model, DDP, EMA, AdamW, data order, counters) and that state's save/restore live in
+`ddpm.train_setup` (used by this Trainer, ClassifierTrainer and AutoencoderTrainer).
 """
 
 from __future__ import annotations
