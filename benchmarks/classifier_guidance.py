@@ -11,6 +11,14 @@ and the raw JSON go to --out; the classifier's held-out accuracy against t is co
 
     python -m benchmarks.classifier_guidance --denoiser runs/uncond --classifier runs/clf \
         --cfg-denoiser runs/demo --out benchmarks/results/classifier-guidance
+
+--sampler ddpm (Algorithm 1: the mean shifted by s Sigma grad; with a learned-variance denoiser,
+`--variance learned` at training, Sigma is the model's own per-element variance) and --clip (x0
+clipped to [-1, 1] at every step) select the ancestral sampler instead of DDIM. --null-class
+samples a class-conditional denoiser trained with label dropout through its null class (its
+unconditional output; the classes go to the classifier only); --mean-part-only reads only the
+prediction half of a learned-variance denoiser, so the same model samples with the fixed
+variance beta_tilde (the Sigma of Algorithm 1 then being beta_tilde instead of the learned one).
 """
 
 from __future__ import annotations
@@ -23,7 +31,10 @@ import subprocess
 import time
 from pathlib import Path
 
+import dataclasses
+
 import torch
+from torch import nn
 
 from ddpm.classifier_io import check_classifier_fits, load_classifier
 from ddpm.distributed import single_process
@@ -32,6 +43,26 @@ from ddpm.runs import draw, load_model
 from ddpm.viz import save_grid
 
 DEFAULT_SCALES = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)
+
+
+class DenoiserView(nn.Module):
+    """model(x, t) of a trained denoiser: through its null class (null_class=True: the
+    unconditional output of a label-dropout model) and/or its prediction half only (mean_only:
+    a learned-variance model read as a fixed-variance one). Carries the config ddpm.runs.draw
+    reads (out_channels = in_channels when mean_only) and no null_class (unconditional)."""
+
+    def __init__(self, model: nn.Module, null_class: bool, mean_only: bool):
+        super().__init__()
+        self.model, self.use_null, self.mean_only = model, null_class, mean_only
+        cfg = model.config
+        self.config = dataclasses.replace(cfg, out_channels=cfg.in_channels) if mean_only else cfg
+
+    def forward(self, x, t):
+        if self.use_null:
+            out = self.model(x, t, torch.full_like(t, self.model.null_class))
+        else:
+            out = self.model(x, t)
+        return out[:, : x.shape[1]] if self.mean_only else out
 
 
 def _parse(argv=None):
@@ -46,6 +77,13 @@ def _parse(argv=None):
     p.add_argument("--per-class", type=int, default=20)
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sampler", choices=("ddim", "ddpm", "dpm_solver++"), default="ddim")
+    p.add_argument("--clip", action="store_true", help="clip x0_hat to [-1, 1] at every step")
+    p.add_argument("--grid-prefix", default="", help="prefix of the grid files (runs appended to one --out)")
+    p.add_argument("--null-class", action="store_true", help="sample a conditional --denoiser through its null class")
+    p.add_argument("--mean-part-only", action="store_true", help="a learned-variance --denoiser sampled with "
+                   "the fixed variance beta_tilde (its prediction half only)")
+    p.add_argument("--label", default="classifier guidance", help="the method column of the table")
     p.add_argument("--append", action="store_true", help="add to --out's results.json (e.g. the CFG rows "
                    "of a second call) instead of replacing it")
     return p.parse_args(argv)
@@ -79,23 +117,28 @@ def main(argv=None) -> int:
     ctx = single_process(torch.device("cpu"))
     model, schedule, ckpt = load_model(args.denoiser, ema=True, device=ctx.device)
     classifier, classifier_ckpt = load_classifier(args.classifier, device=ctx.device)
-    check_classifier_fits(classifier_ckpt, ckpt, "all", args.classifier)
+    check_classifier_fits(classifier_ckpt, ckpt, "all", args.classifier)  # (before any view)
+    if args.null_class or args.mean_part_only:
+        model = DenoiserView(model, args.null_class, args.mean_part_only)
+    cfg = model.config
+    variance = "learned" if cfg.out_channels == 2 * cfg.in_channels else "fixed_small"  # as ddpm.runs samples
     y = torch.arange(10).repeat_interleave(args.per_class)
     n, rows = y.numel(), min(args.per_class, 10)
     results = []
     for s in args.scales:
         start = time.perf_counter()
-        images, _ = draw(model, schedule, y if s > 0 else None, n, ctx, num_steps=args.steps, seed=args.seed,
+        images, _ = draw(model, schedule, y if s > 0 else None, n, ctx, sampler=args.sampler, num_steps=args.steps,
+                         seed=args.seed, clip=(-1.0, 1.0) if args.clip else None,
                          classifier=classifier if s > 0 else None, classifier_scale=s if s > 0 else 1.0)
-        results.append({**_score(f"classifier-s{s:g}", images, y, out, rows, time.perf_counter() - start),
-                        "method": "classifier guidance", "scale": s})
+        results.append({**_score(f"{args.grid_prefix}classifier-s{s:g}", images, y, out, rows, time.perf_counter() - start),
+                        "method": args.label, "scale": s})
         print(json.dumps(results[-1]), flush=True)
     if args.cfg_denoiser:
         cond, cond_schedule, _ = load_model(args.cfg_denoiser, ema=True, device=ctx.device)
         for w in args.cfg_scales:
             start = time.perf_counter()
-            images, _ = draw(cond, cond_schedule, y, n, ctx, num_steps=args.steps, seed=args.seed,
-                             guidance_scale=w)
+            images, _ = draw(cond, cond_schedule, y, n, ctx, sampler=args.sampler, num_steps=args.steps,
+                             seed=args.seed, clip=(-1.0, 1.0) if args.clip else None, guidance_scale=w)
             results.append({**_score(f"cfg-w{w:g}", images, y, out, rows, time.perf_counter() - start),
                             "method": "classifier-free guidance", "scale": w})
             print(json.dumps(results[-1]), flush=True)
@@ -103,14 +146,16 @@ def main(argv=None) -> int:
         shutil.copy(Path(args.classifier) / name, out / name)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     meta = {"denoiser": str(args.denoiser), "classifier": str(args.classifier), "cfg_denoiser": args.cfg_denoiser,
-            "steps": args.steps, "sampler": "ddim", "per_class": args.per_class, "seed": args.seed,
+            "steps": args.steps, "sampler": args.sampler, "clip": args.clip,
+            "variance": variance, "null_class": args.null_class, "per_class": args.per_class, "seed": args.seed,
             "denoiser_step": ckpt.step, "classifier_step": classifier_ckpt.step, "commit": commit,
             "machine": f"{platform.processor() or platform.machine()}, torch threads 1",
             "load_average": list(__import__("os").getloadavg())}
     if args.append and (out / "results.json").exists():
         previous = json.loads((out / "results.json").read_text())
         results = previous["results"] + results
-        meta = {**meta, "earlier_calls": previous.get("earlier_calls", []) + [previous["meta"]]}
+        earlier = previous["meta"].pop("earlier_calls", []) + previous.get("earlier_calls", [])
+        meta = {**meta, "earlier_calls": earlier + [previous["meta"]]}  # every call's meta, oldest first
     (out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
     (out / "table.md").write_text(markdown_table(results))
     print(json.dumps(meta))

@@ -162,9 +162,10 @@ def _run_sampler_step(report: Report, device, dtype_name, shape, case, backends,
 
 
 def _run_learned_variance_step(report: Report, device, dtype_name, shape, case, backends,
-                               compile_peers, rep):
+                               compile_peers, rep, classifier: bool = False):
     """`learned_variance_step`: the DDPM step with the model's per-element variance (Improved
-    DDPM Eq. 15) from a (N, 2C, ...) model output; eager peer: chunk + the same math + randn."""
+    DDPM Eq. 15) from a (N, 2C, ...) model output; eager peer: chunk + the same math + randn.
+    classifier: with the guidance term of Alg. 1 (mean += s Sigma g, Sigma the learned variance)."""
     dtype = DTYPES[dtype_name]
     schedule = reference.make_schedule("linear", 1000)
     coef_np = reference.learned_variance_coefficients(schedule, 500)[0]
@@ -173,20 +174,31 @@ def _run_learned_variance_step(report: Report, device, dtype_name, shape, case, 
     wide = (shape[0], 2 * shape[1]) + tuple(shape[2:])
     model_output = torch.randn(wide, device=device).to(dtype)
     c = [float(v) for v in coef_np]
+    # classifier guidance (issue 12b): a gradient and the rows of a learned-variance ddpm plan's
+    # step times a scale of 2, as ddpm.Sampler passes them
+    grad = torch.randn(shape, device=device).to(dtype) if classifier else None
+    plan = reference.sampling_plan(schedule, "ddpm", 50, variance="learned")
+    rows_np = reference.guidance_rows(plan, np.full(shape[0], 2.0))[25]
+    rows = torch.tensor(rows_np, dtype=torch.float64, device=device)
+    a2 = float(rows_np[0, 2])
 
     def eager():
         out, v = model_output.chunk(2, dim=1)
         x0 = (c[0] * x + c[1] * out).clamp(-1, 1)
         eps = c[2] * x + c[3] * out
         frac = (v.float() + 1) / 2
-        sigma = torch.exp(0.5 * (frac * c[7] + (1 - frac) * c[8]))
-        return (c[4] * x0 + c[5] * x + c[6] * eps + sigma * torch.randn_like(x)).to(dtype)
+        log_variance = frac * c[7] + (1 - frac) * c[8]
+        shift = a2 * torch.exp(log_variance) * grad if classifier else 0
+        return (c[4] * x0 + c[5] * x + c[6] * eps + shift
+                + torch.exp(0.5 * log_variance) * torch.randn_like(x)).to(dtype)
 
-    row = Row("kernels", case, dict(shape="x".join(map(str, shape)), dtype=dtype_name, noise="in-kernel"),
-              bytes_moved=4 * x.numel() * x.element_size())  # x_t, the 2C output, x_prev
+    row = Row("kernels", case, dict(shape="x".join(map(str, shape)), dtype=dtype_name, noise="in-kernel",
+                                    **({"classifier": True} if classifier else {})),
+              bytes_moved=(4 + int(classifier)) * x.numel() * x.element_size())  # x_t, the 2C output, [g,] x_prev
+    kw = dict(classifier_grad=grad, classifier_coefficients=rows) if classifier else {}
     for b in backends:
         row.times[b] = bench(lambda b=b: kernels.learned_variance_step(
-            x, model_output, coef, clip=(-1.0, 1.0), seed=1, stream=3, backend=b), device, **rep)
+            x, model_output, coef, clip=(-1.0, 1.0), seed=1, stream=3, backend=b, **kw), device, **rep)
     _time_peers(report, row, eager, device, compile_peers, rep)
 
 
@@ -338,6 +350,8 @@ def run(report: Report, *, device: str, quick: bool, dtypes, compile_peers: bool
                               rep, classifier=True)  # classifier guidance's gradient term (issue 12)
             _run_learned_variance_step(report, device, dtype_name, shape, "learned_variance_step",
                                        backends, compile_peers, rep)
+            _run_learned_variance_step(report, device, dtype_name, shape, "learned_variance_step",
+                                       backends, compile_peers, rep, classifier=True)  # issue 12b
             _run_langevin_step(report, device, dtype_name, shape, "langevin_step", backends, compile_peers, rep)
         for channels_last in (False, True):
             for shape in gn_shapes:

@@ -26,10 +26,10 @@ from reference.autoencoder_config import AutoencoderConfig, autoencoder_paramete
 from .autoencoder import AutoencoderKL, autoencoder_loss, posterior_noise
 from .checkpoint import (FORMAT, VERSION, CheckpointError, _read_safetensors, _read_trainer_state, _resolve,
                          _verify, save_checkpoint)
-from .data import EpochSampler, ImageDataset
-from .distributed import DistributedContext, barrier, rank_slice, single_process, wrap_model
-from .ema import EMA
+from .data import ImageDataset
+from .distributed import DistributedContext, barrier, rank_slice
 from .train import TrainConfig, Trainer
+from .train_setup import check_trainer_arguments, restore_training, setup_training
 
 __all__ = ["AutoencoderTrainer", "AutoencoderCheckpoint", "load_autoencoder_checkpoint", "KIND"]
 
@@ -45,12 +45,7 @@ class AutoencoderTrainer(Trainer):
 
     def __init__(self, model: AutoencoderKL, config: TrainConfig, dataset: ImageDataset, *,
                  kl_weight: float = 1e-6, ctx: DistributedContext | None = None):
-        if not isinstance(model, AutoencoderKL):
-            raise TypeError(f"model must be a ddpm.AutoencoderKL, got {type(model).__name__}")
-        if not isinstance(config, TrainConfig):
-            raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
-        if not isinstance(dataset, ImageDataset):
-            raise TypeError(f"dataset must be an ImageDataset, got {type(dataset).__name__}")
+        check_trainer_arguments(model, config, dataset, (ImageDataset,), AutoencoderKL)
         if not (isinstance(kl_weight, (int, float)) and kl_weight >= 0 and kl_weight != float("inf")):
             raise ValueError(f"kl_weight must be a finite number >= 0, got {kl_weight!r}")
         ae = model.config
@@ -60,29 +55,12 @@ class AutoencoderTrainer(Trainer):
         if ae.out_channels != ae.in_channels:
             raise ValueError(f"a reconstruction needs out_channels = in_channels, got {ae.out_channels} "
                              f"and {ae.in_channels}")
-        self.ctx = ctx or single_process()
-        self.config, self.kl_weight, self.ae_config = config, float(kl_weight), ae
+        self.kl_weight, self.ae_config = float(kl_weight), ae
         self.unet_config = None  # not a UNet: the Trainer's diffusion-only paths are overridden
-        self.dataset = dataset
-        rank_slice(config.batch_size, self.ctx)
-        device = self.ctx.device
-        self.model = model.to(device)
-        self.ddp_model = wrap_model(self.model, self.ctx)
-        self.ema = EMA(self.model, config.ema_decay, config.ema_warmup)
-        decay = [p for p in self.model.parameters() if p.requires_grad and p.ndim >= 2]
-        no_decay = [p for p in self.model.parameters() if p.requires_grad and p.ndim < 2]
-        self.optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": config.weight_decay},
-             {"params": no_decay, "weight_decay": 0.0}],
-            lr=config.lr_at(0), betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_eps)
+        # model, DDP, EMA, AdamW, data order, generator, counters, history (ddpm.train_setup)
+        setup_training(self, model, config, dataset, ctx, history_keys=("reconstruction", "kl"))
         self.importance = None
-        self.generator = torch.Generator().manual_seed(config.seed)
-        self.sampler = EpochSampler(len(dataset), config.seed)
         self.feed = None  # in-memory data only: this _draw_batch indexes dataset.images (no --stream)
-        self.step = self.optimizer_steps = self.skipped_steps = self.consecutive_nonfinite = 0
-        self.history: dict[str, list[float]] = {"step": [], "loss": [], "grad_norm": [], "lr": [],
-                                                "reconstruction": [], "kl": []}
-        self.use_bf16 = device.type == "cuda" and config.mixed_precision in ("auto", "bf16")
 
     def _draw_batch(self):
         """The next global batch's images (this rank's slice) and their global positions."""
@@ -99,7 +77,7 @@ class AutoencoderTrainer(Trainer):
     def compute_loss(self, x0, t, y, samples, step):
         """reconstruction + kl_weight * KL of this rank's batch through the posterior sample."""
         noise = posterior_noise(self.config.seed, samples, step, self.ae_config.latent_shape)
-        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=self.use_bf16):
+        with torch.autocast(device_type=x0.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
             x_hat, mean, logvar = self.ddp_model(x0, noise)
         loss, reconstruction, kl = autoencoder_loss(x_hat, x0, mean, logvar, self.kl_weight)
         self.history["reconstruction"].append(float(reconstruction.detach()))
@@ -129,18 +107,7 @@ class AutoencoderTrainer(Trainer):
         if checkpoint.ae_config != self.ae_config:
             raise CheckpointError(f"checkpoint {checkpoint.path} holds another autoencoder config: "
                                   f"{checkpoint.ae_config} vs {self.ae_config}")
-        state = checkpoint.trainer_state
-        self.model.load_state_dict(checkpoint.model_state)
-        self.ema.load_state_dict(checkpoint.ema_state, state["ema_num_updates"])
-        self.ema.to(self.ctx.device)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.generator.set_state(state["generator"])
-        self.sampler.load_state_dict(state["sampler"])
-        from .checkpoint import restore_rng_states
-        restore_rng_states(state["rng"])
-        for key in ("step", "optimizer_steps", "skipped_steps", "consecutive_nonfinite"):
-            setattr(self, key, int(state[key]))
-        self.history = {k: list(v) for k, v in state["history"].items()}
+        restore_training(self, checkpoint.model_state, checkpoint.ema_state, checkpoint.trainer_state)
 
     def ema_model(self) -> AutoencoderKL:
         model = AutoencoderKL(self.ae_config).to(self.ctx.device).eval()

@@ -19,6 +19,15 @@ To draw more images, keep the seed and pass the next global sample indices
 (`samples=range(k * n, (k + 1) * n)`): they live in a device buffer, so no re-capture, and
 image i is the same as in any other batching (DESIGN contract 2).
 
+Classifier guidance (`classifier=`, `classifier_scale=`; Dhariwal & Nichol 2021, as in
+`ddpm.sample`): the classifier is copied to the device in eval mode (its own dtype: the
+gradient is taken there and cast to the state's dtype) and its autograd gradient joins each
+fused step; the call's `y` are the classes to guide to, copied into the graph's label buffer
+like the model's labels. The score samplers ("langevin", "annealed_langevin", "pc", over a VP
+schedule or a reference.VESchedule) take their options (step_size, snr, ...) as keywords.
+On CUDA the guided graph also records the classifier's backward; only the eager path is
+tested here (no GPU on the machine that wrote it).
+
 Without CUDA (or with cuda_graph=False) the same prepared model runs the same loop eagerly. On
 the CPU the result is identical to `ddpm.sample(...)` with the same dtype; on CUDA the copy's
 channels_last layout (on by default there) may select other convolution algorithms than
@@ -73,6 +82,11 @@ class FastSampler:
             generation, which needs a C++ compiler: checked here). The CPU mode: without CUDA the
             loop runs eagerly, so this (with channels_last, and dtype=torch.bfloat16 on CPUs with
             native bf16, see ddpm.cpu_speed) is what makes it faster than `ddpm.sample` there.
+        classifier, classifier_scale: classifier guidance as in `ddpm.sample` (a noise-aware
+            `ddpm.Classifier`, copied; one scale s >= 0 for every call); `y` of each call then
+            names the classes to guide to.
+        **score_options: the score samplers' options (step_size, level, steps_per_level, snr,
+            corrector_steps, predictor, snr_norms, denoise), as in `ddpm.sample`.
 
     Call: `fast(n, seed=0, samples=None, y=None) -> x_0 (n, C, H, W)` in `dtype`.
     """
@@ -82,7 +96,8 @@ class FastSampler:
                  guidance_scale: float = 1.0, clip=None, prediction: str = "epsilon",
                  variance: str = "fixed_small", dtype: torch.dtype | None = None,
                  channels_last: bool | None = None, cuda_graph: bool = True, device=None,
-                 backend: str = "auto", max_graphs: int = 4, compile: bool = False):
+                 backend: str = "auto", max_graphs: int = 4, compile: bool = False,
+                 classifier: nn.Module | None = None, classifier_scale: float = 1.0, **score_options):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if device is None:
@@ -105,7 +120,12 @@ class FastSampler:
         self.schedule = schedule
         self.options = dict(sampler=sampler, num_steps=num_steps, eta=eta, spacing=spacing,
                             guidance_scale=guidance_scale, clip=clip, prediction=prediction,
-                            variance=variance, backend=backend)
+                            variance=variance, backend=backend, **score_options)
+        self.classifier = self._prepare_classifier(classifier, classifier_scale)
+        if self.classifier is not None:
+            self.options.update(classifier=self.classifier, classifier_scale=float(classifier_scale))
+        elif not isinstance(classifier_scale, (int, float)) or classifier_scale != 1.0:
+            raise ValueError("classifier_scale needs a classifier (classifier=...)")
         # A private copy in the fast dtype/layout: the caller's model is left as it was.
         fast = copy.deepcopy(model).to(device=self.device, dtype=self.dtype).eval()
         if self.channels_last:
@@ -134,9 +154,20 @@ class FastSampler:
 
     # ------------------------------------------------------------------ helpers
 
+    def _prepare_classifier(self, classifier, classifier_scale):
+        """A private eval-mode copy of the classifier on our device (None without one)."""
+        if classifier is None:
+            return None
+        if not isinstance(classifier, nn.Module) or not callable(getattr(classifier, "log_prob_gradient", None)):
+            raise TypeError(f"classifier must be a ddpm.Classifier, got {type(classifier).__name__}")
+        if isinstance(classifier_scale, bool) or not isinstance(classifier_scale, (int, float)):
+            raise TypeError(f"classifier_scale must be one number for FastSampler (each call's batch "
+                            f"size may differ), got {type(classifier_scale).__name__}")
+        return copy.deepcopy(classifier).to(device=self.device).eval()
+
     def _validation_labels(self):
         """Labels for validating the options at construction (guidance needs some)."""
-        if self.options["guidance_scale"] != 1.0:
+        if self.options["guidance_scale"] != 1.0 or self.classifier is not None:
             return torch.zeros(1, dtype=torch.int64, device=self.device)
         return None
 

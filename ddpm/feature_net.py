@@ -27,7 +27,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import reference
 from reference.feature_nets import feature_net_preset, feature_net_split, preset_fingerprint
 
 from .data import DataError, ImageDataset, load_dataset

@@ -493,11 +493,11 @@ def sample_run(checkpoint, out="samples.png", *, sampler: str = "ddim", steps: i
         if classifier is not None:
             if not (math.isfinite(classifier_scale) and classifier_scale >= 0):
                 raise UsageError(f"--classifier-scale must be finite and >= 0, got {classifier_scale}")
+            if sampler in reference.SCORE_SAMPLERS:
+                raise UsageError(f"--classifier applies to --sampler ddpm, ddim or dpm_solver++; --sampler "
+                                 f"{sampler} (a score sampler) has no classifier-guidance term")
             classifier_model, classifier_ckpt = load_classifier(classifier, device=ctx.device)
             check_classifier_fits(classifier_ckpt, ckpt, class_id, classifier)
-            if sampler == "ddpm" and _sampling_variance(ckpt.unet_config) == "learned":
-                raise UsageError("--classifier with --sampler ddpm needs a fixed variance; this model "
-                                 "learned its variance (use --sampler ddim or dpm_solver++)")
             num_classes = classifier_ckpt.unet_config.num_classes
             guide = {"classifier": classifier_model, "classifier_scale": classifier_scale}
         elif classifier_scale != 1.0:

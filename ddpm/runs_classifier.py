@@ -71,7 +71,7 @@ class ClassifierTrainer(Trainer):
         x_t, _ = kernels.q_sample(x0, t, self._sqrt_alpha_bar, self._sqrt_one_minus_alpha_bar,
                                   noise=None, seed=self.config.seed, samples=samples,
                                   stream=reference.train_stream(step))
-        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=self.use_bf16):
+        with torch.autocast(device_type=x_t.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
             logits = self.ddp_model(x_t, t)
         return F.cross_entropy(logits.float(), y)
 

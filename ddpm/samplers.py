@@ -252,11 +252,12 @@ class Sampler:
             stream=stream if noisy else 0, backend=self.backend, classifier_grad=grad,
             classifier_coefficients=None if grad is None else self._guidance_rows[k])
 
-    def _learned_variance_step(self, x: torch.Tensor, cond, uncond, k: int) -> torch.Tensor:
+    def _learned_variance_step(self, x: torch.Tensor, cond, uncond, k: int, grad=None) -> torch.Tensor:
         """DDPM Alg. 2 with the learned variance (Improved DDPM Eq. 15): one fused
         `kernels.learned_variance_step` on the model's 2C channels. Under guidance the combine
         uncond + w (cond - uncond) runs first over all 2C channels (v included), as
-        `reference.guided` does, in the storage precision (float32 at least)."""
+        `reference.guided` does, in the storage precision (float32 at least). Classifier guidance
+        (Alg. 1 of Dhariwal & Nichol, Sigma the learned per-element variance) joins the pass."""
         if uncond is not None:
             storage = torch.float64 if x.dtype == torch.float64 else torch.float32
             cond, uncond = cond.to(storage), uncond.to(storage)
@@ -266,7 +267,8 @@ class Sampler:
         return kernels.learned_variance_step(
             x, cond, self.coefficients[k], clip=self.clip, seed=self.seed if noisy else None,
             samples=self.samples if noisy else None, stream=stream if noisy else 0,
-            backend=self.backend)
+            backend=self.backend, classifier_grad=grad,
+            classifier_coefficients=None if grad is None else self._guidance_rows[k])
 
     def _langevin_step(self, x: torch.Tensor, cond, uncond, k: int) -> torch.Tensor:
         """A score-sampler step (`reference.langevin_step`): ONE fused `kernels.langevin_step`
@@ -380,6 +382,8 @@ class Sampler:
         self.samples.copy_(other.samples)
         if self.y_model is not None:
             self.y_model.copy_(other.y_model)
+        if self._class_ids is not None:  # classifier guidance: the classes to guide to
+            self._class_ids.copy_(other._class_ids)
 
     def _check_x_T(self, x_T) -> torch.Tensor:
         if not isinstance(x_T, torch.Tensor):
@@ -438,7 +442,8 @@ def sample(model, shape, schedule, *, sampler: str = "ddim", num_steps: int | No
     backend: kernels backend ("auto" | "triton" | "cupy" | "torch").
     classifier, classifier_scale: classifier guidance (Dhariwal & Nichol 2021) towards the classes
         `y` with a noise-aware `ddpm.Classifier`: scale s >= 0 (a number or (N,)); ddpm shifts the
-        step's mean by s Sigma grad log p(y | x_t) (Alg. 1), ddim and dpm_solver++ shift eps_hat by
+        step's mean by s Sigma grad log p(y | x_t) (Alg. 1; with variance="learned" Sigma is the
+        model's per-element variance), ddim and dpm_solver++ shift eps_hat by
         -s sqrt(1 - alpha_bar_t) grad (Alg. 2); composes with guidance_scale (CFG) when the model
         is class-conditional. The gradient comes from autograd; the term joins the fused step.
     The score view: sampler "langevin" | "annealed_langevin" | "pc" (Song & Ermon 2019, Song et

@@ -20,7 +20,9 @@ the weights. bf16 autocast is used on CUDA (and, asked for, on CPUs with native 
 is skipped (no optimizer or EMA update), counted and logged; K in a row stop training with
 `NonFiniteLossError`. Every piece of state (weights, EMA, optimizer, counters, the generator,
 the data position, the global RNGs) goes into the checkpoint, so a resumed run on the CPU is
-bit-for-bit the run that was never interrupted.
+bit-for-bit the run that was never interrupted. `TrainConfig`, the set-up every trainer shares
+(model, DDP, EMA, AdamW, data order, counters) and that state's save/restore live in
+`ddpm.train_setup` (used by this Trainer, ClassifierTrainer and AutoencoderTrainer).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -41,28 +43,19 @@ import reference
 from .checkpoint import (
     Checkpoint,
     CheckpointError,
-    capture_rng_states,
     checkpoint_config,
     load_checkpoint,
-    restore_rng_states,
     save_checkpoint,
 )
-from .cpu_speed import adamw_kernel_options, check_compiler, cpu_bf16_support
-from .data import EpochSampler, ImageDataset
-from .distributed import (DistributedContext, all_gather_rows, all_reduce_mean, barrier, rank_slice,
-                          single_process, wrap_model)
-from .ema import EMA
+from .data import ImageDataset
+from .distributed import DistributedContext, all_gather_rows, all_reduce_mean, barrier, rank_slice
 from .losses import VariationalTables, variational_loss
 from .streaming import StreamingDataset
+from .train_setup import TrainConfig, check_trainer_arguments, restore_training, setup_training, training_state
 
 __all__ = ["TrainConfig", "Trainer", "StepResult", "NonFiniteLossError"]
 
 log = logging.getLogger("ddpm.train")
-
-LR_SCHEDULES = ("constant", "cosine")
-MIXED_PRECISION = ("auto", "bf16", "no")
-TIMESTEP_SAMPLING = ("uniform", "importance")
-
 
 def _mix_seed(seed: int, step: int, rank: int) -> int:
     """A 63-bit seed from (seed, step, rank): splitmix64 finalisers chained over the three."""
@@ -82,121 +75,6 @@ def _tensors(state: dict) -> dict:
 
 class NonFiniteLossError(RuntimeError):
     """Raised after `max_consecutive_nonfinite` steps in a row had a NaN/inf loss or gradient."""
-
-
-@dataclass
-class TrainConfig:
-    """Optimisation settings. batch_size is the GLOBAL batch (split evenly over ranks).
-
-    lr is reached linearly over `warmup_steps` optimizer steps (DDPM: 2e-4 and 5000), then held
-    ("constant") or decayed to 0 at `steps` ("cosine"). grad_clip: max global L2 norm, None for
-    none (DDPM: 1.0). ema_decay / ema_warmup: see ddpm.ema. weight_decay applies to weights with
-    >= 2 dimensions only. label_dropout: probability of replacing a class label by the null class.
-    min_snr_gamma: None for the plain objective.
-    Improved DDPM (Nichol & Dhariwal 2021): variance "learned" (the model has 2 x in_channels
-    outputs, Eq. 15) or "fixed_small" / "fixed_large"; loss "simple" | "hybrid" (L_simple +
-    vlb_weight L_vlb, Sec. 3.1) | "vlb"; timestep_sampling "importance" (vlb only, Sec. 3.3)
-    keeps the last importance_history values of L_t per t.
-    Speed (issue 17): channels_last runs the model in that memory format; compile wraps it in
-    torch.compile (inductor; on the CPU its C++ backend); mixed_precision "bf16" autocasts on CUDA
-    and on CPUs with native bf16 (ddpm.cpu_speed.cpu_bf16_support), else warns and stays float32.
-    """
-
-    steps: int = 10_000
-    batch_size: int = 128
-    lr: float = 2e-4
-    warmup_steps: int = 0
-    lr_schedule: str = "constant"
-    weight_decay: float = 0.0
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_eps: float = 1e-8
-    grad_clip: float | None = 1.0
-    ema_decay: float = 0.9999
-    ema_warmup: bool = True
-    prediction: str = "epsilon"
-    min_snr_gamma: float | None = None
-    label_dropout: float = 0.1
-    seed: int = 0
-    max_consecutive_nonfinite: int = 10
-    mixed_precision: str = "auto"
-    variance: str = "fixed_small"
-    loss: str = "simple"
-    vlb_weight: float = 0.001
-    timestep_sampling: str = "uniform"
-    importance_history: int = 10
-    channels_last: bool = False
-    compile: bool = False
-
-    def __post_init__(self):
-        def positive_int(name):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
-
-        for name in ("steps", "batch_size", "max_consecutive_nonfinite", "importance_history"):
-            positive_int(name)
-        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
-            raise ValueError(f"warmup_steps must be a non-negative int, got {self.warmup_steps!r}")
-        self.seed = reference.check_seed(self.seed)  # the noise stream's range: [0, 2**64)
-        for name, lo, hi in (("lr", 0.0, math.inf), ("adam_eps", 0.0, math.inf)):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and lo < v < hi):
-                raise ValueError(f"{name} must be a positive finite number, got {v!r}")
-        for name in ("weight_decay",):
-            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
-        for name in ("adam_beta1", "adam_beta2", "ema_decay", "label_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"{name} must lie in [0, 1), got {getattr(self, name)!r}")
-        if self.grad_clip is not None and not (math.isfinite(self.grad_clip) and self.grad_clip > 0):
-            raise ValueError(f"grad_clip must be None or a positive number, got {self.grad_clip!r}")
-        if self.min_snr_gamma is not None and not (math.isfinite(self.min_snr_gamma) and self.min_snr_gamma > 0):
-            raise ValueError(f"min_snr_gamma must be None or a positive number, got {self.min_snr_gamma!r}")
-        if self.prediction not in reference.PREDICTIONS:
-            raise ValueError(f"prediction must be one of {reference.PREDICTIONS}, got {self.prediction!r}")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
-        if self.mixed_precision not in MIXED_PRECISION:
-            raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}")
-        for name in ("channels_last", "compile"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
-        self._check_improved_ddpm()
-
-    def _check_improved_ddpm(self) -> None:
-        reference.check_loss_variance(self.loss, self.variance)  # names loss / variance
-        if not (isinstance(self.vlb_weight, (int, float)) and math.isfinite(self.vlb_weight) and self.vlb_weight >= 0):
-            raise ValueError(f"vlb_weight must be a finite number >= 0, got {self.vlb_weight!r}")
-        if self.timestep_sampling not in TIMESTEP_SAMPLING:
-            raise ValueError(f"timestep_sampling must be one of {TIMESTEP_SAMPLING}, got {self.timestep_sampling!r}")
-        if self.timestep_sampling == "importance" and self.loss != "vlb":
-            raise ValueError(f"timestep_sampling='importance' applies to loss='vlb' (Improved DDPM Sec. 3.3), "
-                             f"got loss={self.loss!r}")
-        if self.min_snr_gamma is not None and self.loss != "simple":
-            raise ValueError(f"min_snr_gamma weights the simple loss only, got loss={self.loss!r}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown TrainConfig field(s): {sorted(unknown)}")
-        return cls(**d)
-
-    def lr_at(self, optimizer_step: int) -> float:
-        """Learning rate for the optimizer step with 0-based index `optimizer_step`."""
-        lr = self.lr
-        if self.warmup_steps and optimizer_step < self.warmup_steps:
-            return lr * (optimizer_step + 1) / self.warmup_steps
-        if self.lr_schedule == "cosine":
-            span = max(self.steps - self.warmup_steps, 1)
-            progress = min(max(optimizer_step - self.warmup_steps, 0) / span, 1.0)
-            lr *= 0.5 * (1.0 + math.cos(math.pi * progress))
-        return lr
 
 
 @dataclass
@@ -232,13 +110,7 @@ class Trainer:
 
     def __init__(self, model: nn.Module, schedule, config: TrainConfig, dataset: ImageDataset, *,
                  ctx: DistributedContext | None = None):
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-        if not isinstance(config, TrainConfig):
-            raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
-        if not isinstance(dataset, (ImageDataset, StreamingDataset)):
-            raise TypeError(f"dataset must be an ImageDataset or StreamingDataset, got {type(dataset).__name__}")
-        self.ctx = ctx or single_process()
+        check_trainer_arguments(model, config, dataset, (ImageDataset, StreamingDataset))
         self.config = config
         self.schedule = _reference_schedule(schedule)
         self.unet_config = getattr(model, "config", None)
@@ -249,26 +121,9 @@ class Trainer:
         self.score_objective = isinstance(self.schedule, reference.VESchedule)
         if self.score_objective:
             self._check_score_objective()
-        self.dataset = dataset
-        rank_slice(config.batch_size, self.ctx)  # validates that the batch splits over the ranks
-
+        # model, DDP, EMA, AdamW, data order, generator, counters, history (ddpm.train_setup)
+        setup_training(self, model, config, dataset, ctx)
         device = self.ctx.device
-        if config.compile and device.type == "cpu":
-            check_compiler("TrainConfig.compile")
-        self.model = model.to(device)
-        if config.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        self.ddp_model = wrap_model(self.model, self.ctx)
-        if config.compile:  # the forward+backward through inductor; the step's host work stays eager
-            self.ddp_model = torch.compile(self.ddp_model)
-        self.ema = EMA(self.model, config.ema_decay, config.ema_warmup)
-        decay = [p for p in self.model.parameters() if p.requires_grad and p.ndim >= 2]
-        no_decay = [p for p in self.model.parameters() if p.requires_grad and p.ndim < 2]
-        self.optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": config.weight_decay},
-             {"params": no_decay, "weight_decay": 0.0}],
-            lr=config.lr_at(0), betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_eps,
-            **adamw_kernel_options(device))
 
         # Schedule tables: the reference's float64 values, cast once (never recomputed here).
         # A VE schedule (the score view, reference/score.py): x_t = x0 + sigma_t z is q_sample with
@@ -289,23 +144,9 @@ class Trainer:
         if config.timestep_sampling == "importance":
             self.importance = reference.LossSecondMomentHistory(self.schedule.T, config.importance_history)
         self._step_t = self._step_terms = None
-        self.generator = torch.Generator().manual_seed(config.seed)
-        self.sampler = EpochSampler(len(dataset), config.seed)
         # streamed data: a DataLoader replays the sampler's order (ddpm.streaming)
         self.feed = dataset.feed(config.seed, config.batch_size, self.ctx) \
             if isinstance(dataset, StreamingDataset) else None
-        self.step = 0              # steps attempted (the noise stream index)
-        self.optimizer_steps = 0   # steps applied
-        self.skipped_steps = 0
-        self.consecutive_nonfinite = 0
-        self.history: dict[str, list[float]] = {"step": [], "loss": [], "grad_norm": [], "lr": []}
-        self.use_bf16 = device.type == "cuda" and config.mixed_precision in ("auto", "bf16")
-        if config.mixed_precision == "bf16" and device.type == "cpu":
-            self.use_bf16, why = cpu_bf16_support()
-            if not self.use_bf16:
-                log.warning("mixed_precision='bf16' ignored, training in float32: %s", why)
-        elif config.mixed_precision == "bf16" and device.type != "cuda":
-            log.warning("mixed_precision='bf16' is only used on CUDA and bf16 CPUs; training in float32 on %s", device)
 
     # ------------------------------------------------------------------ validation
     def _check_dataset(self, dataset: ImageDataset) -> None:
@@ -545,20 +386,9 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def trainer_state(self) -> dict:
-        return {
-            "step": self.step,
-            "optimizer_steps": self.optimizer_steps,
-            "skipped_steps": self.skipped_steps,
-            "consecutive_nonfinite": self.consecutive_nonfinite,
-            "optimizer": self.optimizer.state_dict(),
-            "ema_num_updates": self.ema.num_updates,
-            "generator": self.generator.get_state(),
-            "sampler": self.sampler.state_dict(),
-            "rng": capture_rng_states(),
-            "history": {k: list(v) for k, v in self.history.items()},
-            "world_size": self.ctx.world_size,
-            "importance": None if self.importance is None else _tensors(self.importance.state_dict()),
-        }
+        """The checkpoint's trainer state (ddpm.train_setup.training_state) and the L_t history."""
+        return {**training_state(self),
+                "importance": None if self.importance is None else _tensors(self.importance.state_dict())}
 
     def save(self, run_dir, keep_last: int | None = 3) -> Path | None:
         """Write a checkpoint of the current step (rank 0 only; every rank waits for it)."""
@@ -590,18 +420,7 @@ class Trainer:
         if state.get("world_size", 1) != self.ctx.world_size:
             log.info("resuming a %d-process run on %d processes (same global batch, same draws)",
                      state.get("world_size", 1), self.ctx.world_size)
-        self.model.load_state_dict(checkpoint.model_state)
-        self.ema.load_state_dict(checkpoint.ema_state, state["ema_num_updates"])
-        self.ema.to(self.ctx.device)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.generator.set_state(state["generator"])
-        self.sampler.load_state_dict(state["sampler"])
-        restore_rng_states(state["rng"])
-        self.step = int(state["step"])
-        self.optimizer_steps = int(state["optimizer_steps"])
-        self.skipped_steps = int(state["skipped_steps"])
-        self.consecutive_nonfinite = int(state["consecutive_nonfinite"])
-        self.history = {k: list(v) for k, v in state["history"].items()}
+        restore_training(self, checkpoint.model_state, checkpoint.ema_state, state)
         if self.importance is not None:
             if state.get("importance") is None:
                 raise CheckpointError(f"checkpoint {checkpoint.path} has no L_t history for "

@@ -9,9 +9,14 @@ coefficients c (columns reference.LEARNED_VARIANCE_COEFFICIENTS):
     mean    = c4 x0_hat + c5 x_t + c6 eps_hat
     x_prev  = mean + exp(0.5 (frac c7 + (1 - frac) c8)) z,  frac = (v + 1) / 2   (where c9 != 0)
 
-c7 = log beta_t, c8 = log beta_tilde_t (clipped at t = 0), c9 = 1 where the step draws z. The
-log-variance interpolation, exp, sqrt (the 0.5 in the exponent) and the noise draw happen per
-element in the same pass as the mean, in float64 registers (as `sampler_step`, for the same
+c7 = log beta_t, c8 = log beta_tilde_t (clipped at t = 0), c9 = 1 where the step draws z.
+Optional classifier guidance (Dhariwal & Nichol 2021, Alg. 1 with Sigma the learned variance;
+reference.classifier_guidance), a gradient g and per-sample (a0, a1, a2), scale included:
+x0_hat += a0 g, eps_hat += a1 g before the clip, x_prev += a2 exp(log sigma^2) g before the
+noise (log sigma^2 = frac c7 + (1 - frac) c8, per element).
+
+The log-variance interpolation, exp, sqrt (the 0.5 in the exponent) and the noise draw happen
+per element in the same pass as the mean, in float64 registers (as `sampler_step`, for the same
 cancellation reason), rounded once to x_t.dtype.
 """
 
@@ -22,6 +27,7 @@ import torch
 from . import torch_ops
 from .dispatch import device_guard, resolve_backend
 from .validate import (
+    check_classifier_guidance,
     check_clip,
     check_coefficients,
     check_float_tensor,
@@ -63,7 +69,9 @@ def _coefficients(coefficients, batch: int, device: torch.device):
 def learned_variance_step(x_t: torch.Tensor, model_output: torch.Tensor, coefficients, *,
                           clip: tuple[float, float] | None = None, noise: torch.Tensor | None = None,
                           seed: int | None = None, samples=None, stream: int = 0,
-                          out: torch.Tensor | None = None, backend: str = "auto") -> torch.Tensor:
+                          out: torch.Tensor | None = None, backend: str = "auto",
+                          classifier_grad: torch.Tensor | None = None,
+                          classifier_coefficients=None) -> torch.Tensor:
     """x_prev from x_t (N, C, ...) and the model's (N, 2C, ...) output: one ancestral step with
     the per-element learned variance (Improved DDPM Eq. 15).
 
@@ -75,7 +83,12 @@ def learned_variance_step(x_t: torch.Tensor, model_output: torch.Tensor, coeffic
         tensor on any device, a NumPy array or a sequence);
     clip: (lo, hi) clips x0_hat; noise / seed, samples, stream: z from `noise` or drawn in-kernel
         (counter (j, 0, samples[n], stream)); needed only where c9 (has_noise) != 0;
-    out: optional output (may alias x_t); returned.
+    out: optional output (may alias x_t); returned;
+    classifier_grad: (N, C, ...) like x_t, grad_x log p(y | x_t, t), with classifier_coefficients
+        (3,) or (N, 3) float (a0, a1, a2) already times the per-sample scale (the ddpm plan's
+        rows are (0, 0, s has_noise), reference.classifier_guidance): x0_hat += a0 g, eps_hat +=
+        a1 g before the clip, x_prev += a2 Sigma g before the noise, Sigma = exp(log sigma^2) of
+        Eq. 15 per element (the gradient read as float32, math in float64).
     Host-resident coefficients are checked before launch; CUDA ones are not read back: a sample
     with has_noise != 0 and no noise source gets NaN (DDPM_KERNELS_SYNC_CHECKS=1 checks them).
     """
@@ -85,6 +98,8 @@ def learned_variance_step(x_t: torch.Tensor, model_output: torch.Tensor, coeffic
     batch = x_t.shape[0]
     _check_model_output(model_output, x_t)
     clip = check_clip(clip)
+    classifier_grad, classifier_coefficients = check_classifier_guidance(
+        classifier_grad, classifier_coefficients, x_t)
     coefficients, host_has_noise = _coefficients(coefficients, batch, x_t.device)
     seed, samples_t, stream_v = check_step_noise_and_out(
         x_t, noise, seed, samples, stream, out, host_has_noise,
@@ -96,11 +111,13 @@ def learned_variance_step(x_t: torch.Tensor, model_output: torch.Tensor, coeffic
         if seed is not None and samples_t is None:
             samples_t = torch.arange(batch, dtype=torch.int64, device=x_t.device)
         result = torch_ops.learned_variance_step(x_t, model_output, coefficients, clip, noise, seed,
-                                                 samples_t, stream_v, host_has_noise)
+                                                 samples_t, stream_v, host_has_noise, classifier_grad,
+                                                 classifier_coefficients)
         return result if out is None else out.copy_(result)
     if name == "triton":
         from .triton.learned_variance_step import learned_variance_step as fused
     else:
         from .cupy.learned_variance_step import learned_variance_step as fused
     with device_guard(x_t.device):
-        return fused(x_t, model_output, coefficients, clip, noise, seed, samples_t, stream_v, out)
+        return fused(x_t, model_output, coefficients, clip, noise, seed, samples_t, stream_v, out,
+                     classifier_grad, classifier_coefficients)

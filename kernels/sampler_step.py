@@ -24,6 +24,7 @@ import torch
 from . import torch_ops
 from .dispatch import device_guard, resolve_backend
 from .validate import (
+    check_classifier_guidance,
     check_clip,
     check_coefficients,
     check_finite_number,
@@ -74,16 +75,8 @@ def sampler_step(x_t: torch.Tensor, model_output: torch.Tensor, coefficients, *,
         raise ValueError(f"guidance_scale={guidance_scale} needs model_output_uncond (classifier-free "
                          f"guidance combines the conditional and unconditional outputs)")
     clip = check_clip(clip)
-    if classifier_grad is not None:
-        check_like(classifier_grad, "classifier_grad", x_t)
-        if classifier_coefficients is None:
-            raise ValueError("classifier_grad needs classifier_coefficients, (3,) or (N, 3)")
-        try:
-            classifier_coefficients = check_coefficients(classifier_coefficients, batch, x_t.device, width=3)
-        except (TypeError, ValueError) as err:  # the same checks, named for this argument
-            raise type(err)(str(err).replace("coefficients", "classifier_coefficients", 1)) from None
-    elif classifier_coefficients is not None:
-        raise ValueError("classifier_coefficients given without classifier_grad")
+    classifier_grad, classifier_coefficients = check_classifier_guidance(
+        classifier_grad, classifier_coefficients, x_t)
     if not isinstance(coefficients, torch.Tensor) or coefficients.device.type == "cpu":
         # host values: checked (finite, noise source where sigma != 0) before the one copy over
         coefficients = check_coefficients(coefficients, batch, torch.device("cpu"))

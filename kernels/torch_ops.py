@@ -178,10 +178,11 @@ def q_sample(x0, t, sqrt_alpha_bar, sqrt_one_minus_alpha_bar, noise, seed, sampl
     return x_t.to(x0.dtype), noise
 
 
-def _step_mean(col, xt, out, clip, grad=None, grad_col=None):
+def _step_mean(col, xt, out, clip, grad=None, grad_col=None, shift_mean: bool = True):
     """The noise-free part of reference.sampler_step (columns 0..6, shared by both step ops):
     x0_hat, eps_hat from (x_t, out) [+ the classifier-guidance terms a0 g, a1 g], x0_hat
-    clipped, then the posterior/DDIM mean [+ a2 g]."""
+    clipped, then the posterior/DDIM mean [+ a2 g unless shift_mean is False: the learned-
+    variance step adds a2 Sigma g itself]."""
     x0 = col[0] * xt + col[1] * out
     eps = col[2] * xt + col[3] * out
     if grad is not None:
@@ -190,7 +191,7 @@ def _step_mean(col, xt, out, clip, grad=None, grad_col=None):
     if clip is not None:
         x0 = torch.clamp(x0, clip[0], clip[1])
     mean = col[4] * x0 + col[5] * xt + col[6] * eps
-    return mean if grad is None else mean + grad_col[2] * grad
+    return mean if grad is None or not shift_mean else mean + grad_col[2] * grad
 
 
 def sampler_step(x_t, model_output, coefficients, model_output_uncond, guidance_scale, clip,
@@ -234,12 +235,13 @@ def sampler_step(x_t, model_output, coefficients, model_output_uncond, guidance_
 
 
 def learned_variance_step(x_t, model_output, coefficients, clip, noise, seed, samples, stream,
-                          host_has_noise):
+                          host_has_noise, classifier_grad=None, classifier_coefficients=None):
     """reference.learned_variance_step in float64 (the reference's operation order), rounded once.
 
     model_output: (N, 2C, ...), the mean part then v; coefficients: (N, 10) float64 on x_t's
     device. host_has_noise: None when the coefficients live on a device (then samples with
-    has_noise != 0 and no noise source become NaN).
+    has_noise != 0 and no noise source become NaN). classifier_grad (N, C, ...) with
+    classifier_coefficients (N, 3) float64: classifier guidance, a2 times Sigma g (Alg. 1).
     """
     compute = torch.float64
     ndim = x_t.dim()
@@ -248,14 +250,20 @@ def learned_variance_step(x_t, model_output, coefficients, clip, noise, seed, sa
     out = model_output[:, :channels].to(compute)
     v = model_output[:, channels:].to(compute)
     xt = x_t.to(compute)
-    x_prev = _step_mean(col, xt, out, clip)
+    grad = grad_col = None
+    if classifier_grad is not None:
+        grad = classifier_grad.to(compute)  # stored values, exactly (the kernels read them so)
+        grad_col = [_per_sample(classifier_coefficients[:, k].to(compute), ndim) for k in range(3)]
+    x_prev = _step_mean(col, xt, out, clip, grad, grad_col, shift_mean=False)
+    frac = (v + 1.0) / 2.0
+    log_variance = frac * col[7] + (1.0 - frac) * col[8]  # Improved DDPM Eq. 15
+    if grad is not None:  # Dhariwal & Nichol Alg. 1: mu + s Sigma g with the learned Sigma
+        x_prev = x_prev + grad_col[2] * (torch.exp(log_variance) * grad)
     has_noise = _per_sample(coefficients[:, 9] != 0, ndim)
     if noise is not None or seed is not None:
         if host_has_noise is None or host_has_noise:
             if noise is None:
                 noise = normal(seed, samples, stream, tuple(x_t.shape[1:]))
-            frac = (v + 1.0) / 2.0
-            log_variance = frac * col[7] + (1.0 - frac) * col[8]  # Improved DDPM Eq. 15
             term = torch.exp(0.5 * log_variance) * noise.to(compute)
             x_prev = x_prev + torch.where(has_noise, term, torch.zeros_like(term))
     elif host_has_noise is None:

@@ -270,3 +270,20 @@ def check_step_noise_and_out(x_t: torch.Tensor, noise, seed, samples, stream, ou
         check_like(out, "out", x_t)
         check_no_internal_overlap(out, "out")
     return seed, samples_t, stream_v
+
+
+def check_classifier_guidance(classifier_grad, classifier_coefficients, x_t: torch.Tensor):
+    """The classifier-guidance inputs of a step op: (gradient, (N, 3) float64 rows on x_t's
+    device) or (None, None); classifier_grad like x_t, classifier_coefficients (3,) or (N, 3)."""
+    if classifier_grad is None:
+        if classifier_coefficients is not None:
+            raise ValueError("classifier_coefficients given without classifier_grad")
+        return None, None
+    check_like(classifier_grad, "classifier_grad", x_t)
+    if classifier_coefficients is None:
+        raise ValueError("classifier_grad needs classifier_coefficients, (3,) or (N, 3)")
+    try:
+        rows = check_coefficients(classifier_coefficients, x_t.shape[0], x_t.device, width=3)
+    except (TypeError, ValueError) as err:  # the same checks, named for this argument
+        raise type(err)(str(err).replace("coefficients", "classifier_coefficients", 1)) from None
+    return classifier_grad, rows

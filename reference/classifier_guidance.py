@@ -10,14 +10,18 @@ GUIDANCE_COEFFICIENTS, per step, for s = 1; the loops multiply by s_n):
 
     DDPM ancestral (Alg. 1, mean shift mu + s Sigma g):    a = (0, 0, sigma_t^2), Sigma the
         step's variance (beta_tilde_t, beta_t, or the respaced one; 0 at the step into x_0);
+    DDPM with variance="learned" (Improved DDPM Eq. 15, "learned_variance_step" kind): Sigma is
+        the model's per-element variance exp(log sigma^2), known only once v is; a = (0, 0, c9)
+        with c9 = 1 where the step draws z (0 into x_0, as above), and the step forms a2 Sigma g
+        itself (reference.learned_variance_step);
     DDIM and DPM-Solver++ (Alg. 2, eps shift eps_hat - s sqrt(1 - alpha_bar_t) g, and x0_hat
         recomputed from it, x0 = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t)):
         a = ((1 - alpha_bar_t) / sqrt(alpha_bar_t), -sqrt(1 - alpha_bar_t), 0).
 
 These hold for every prediction kind (x0_hat and eps_hat always satisfy DDPM Eq. 4 at x_t) and
 compose with classifier-free guidance (the term is added to the rule after the CFG combine of the
-model outputs). DPM-Solver++ reads only x0_hat (a0). DDPM with variance="learned" has a per-element
-Sigma and is refused here.
+model outputs). DPM-Solver++ reads only x0_hat (a0). The score samplers (Langevin, annealed
+Langevin, predictor-corrector) have no guidance term and are refused.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._validate import check_class_labels
+from .learned_variance_step import LEARNED_VARIANCE_COEFFICIENTS
 from .process import STEP_COEFFICIENTS
 from .sampling_plan import SamplingPlan
 
@@ -32,7 +37,7 @@ __all__ = ["GUIDANCE_COEFFICIENTS", "GUIDED_STEP_KINDS", "classifier_guidance_co
            "check_classifier_scale", "check_classifier_guidance", "guidance_rows"]
 
 GUIDANCE_COEFFICIENTS = ("x0_from_grad", "eps_from_grad", "prev_from_grad")
-GUIDED_STEP_KINDS = ("sampler_step", "dpm_solver_pp_2m")
+GUIDED_STEP_KINDS = ("sampler_step", "dpm_solver_pp_2m", "learned_variance_step")
 
 
 def classifier_guidance_coefficients(plan: SamplingPlan) -> np.ndarray:
@@ -41,10 +46,13 @@ def classifier_guidance_coefficients(plan: SamplingPlan) -> np.ndarray:
         raise TypeError(f"plan must be a reference.SamplingPlan, got {type(plan).__name__}")
     unguided = sorted(set(plan.step_kinds) - set(GUIDED_STEP_KINDS))
     if unguided:
-        raise ValueError(f"classifier guidance is defined for step kinds {GUIDED_STEP_KINDS}; the "
-                         f"{plan.sampler!r} plan (variance={plan.variance!r}) has {unguided}")
+        raise ValueError(f"classifier guidance is defined for step kinds {GUIDED_STEP_KINDS} (the samplers "
+                         f"ddpm, ddim, dpm_solver++); sampler={plan.sampler!r} has steps {unguided}")
     K = plan.num_steps
     zero = np.zeros(K)
+    if plan.sampler == "ddpm" and plan.learned_variance:  # Algorithm 1, Sigma from the model's v
+        has_noise = plan.coefficients[:, LEARNED_VARIANCE_COEFFICIENTS.index("has_noise")]
+        return np.stack([zero, zero, has_noise], axis=-1)
     if plan.sampler == "ddpm":  # Algorithm 1: mu + s Sigma g
         sigma = plan.coefficients[:, STEP_COEFFICIENTS.index("sigma")]
         return np.stack([zero, zero, sigma**2], axis=-1)

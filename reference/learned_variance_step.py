@@ -17,6 +17,17 @@ fused kernel `kernels.learned_variance_step`:
     frac    = (v + 1) / 2                                      (v: the last C channels)
     x_prev  = mean + exp(0.5 (frac c7 + (1 - frac) c8)) z      (only where c9 != 0, i.e. t > 0)
 
+Classifier guidance (Dhariwal & Nichol 2021, Alg. 1: the mean shifted by s Sigma g, g = grad_x
+log p_phi(y | x_t, t)) with Sigma the model's own per-element variance, Sigma = exp(log sigma^2)
+of Eq. 15: with (a0, a1, a2) per sample (reference.classifier_guidance, scale included),
+
+    x0_hat += a0 g ;  eps_hat += a1 g                          (before clipping)
+    mean   += a2 Sigma g                                       (before the noise term)
+
+The ddpm plan's rows are (0, 0, s c9): Sigma is the step's variance, 0 into x_0 as for the fixed
+variances here (guided-diffusion's code also shifts that last mean, by the model's variance at
+t = 0, which is of the order of beta_0 = 1e-4).
+
 Columns LEARNED_VARIANCE_COEFFICIENTS: c0..c6 are `ddpm_coefficients`' mean columns, c7 = log
 beta_t, c8 = log beta_tilde_t (clipped), c9 = 1 where the step draws z (t > 0). Respaced runs
 pass the respaced schedule (its betas recomputed from the kept alpha_bar, Improved DDPM
@@ -28,7 +39,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._validate import check_clip, check_float_array, check_same_shape, check_timesteps, per_sample, result_dtype
-from .process import STEP_COEFFICIENTS, ddpm_coefficients
+from .process import STEP_COEFFICIENTS, classifier_term, ddpm_coefficients
 from .schedules import Schedule, check_schedule
 from .variational import log_variance_bounds
 
@@ -68,9 +79,13 @@ def split_learned_output(model_output: np.ndarray, channels: int, name: str = "m
 
 
 def learned_variance_step(x_t: np.ndarray, model_output: np.ndarray, coefficients: np.ndarray,
-                          noise: np.ndarray | None = None, clip=None) -> np.ndarray:
+                          noise: np.ndarray | None = None, clip=None, *,
+                          classifier_grad: np.ndarray | None = None,
+                          classifier_coefficients=None) -> np.ndarray:
     """The elementwise learned-variance update (module docstring): x_t (N, C, ...), model_output
     (N, 2C, ...), coefficients (10,) or (N, 10) float64, noise (N, C, ...) needed where c9 != 0.
+    classifier_grad (N, C, ...) with classifier_coefficients (3,) or (N, 3) (a0, a1, a2): the
+    guidance term of the module docstring (a2 multiplies Sigma g, Sigma per element).
 
     Computed in float64 (float32 when every array is float32, rounded once at the end).
     """
@@ -91,19 +106,25 @@ def learned_variance_step(x_t: np.ndarray, model_output: np.ndarray, coefficient
         raise ValueError("coefficients contain NaN or inf")
     dtype = result_dtype(x_t, model_output, *([noise] if isinstance(noise, np.ndarray) else []))
     col = [per_sample(c[:, k], x_t.ndim) for k in range(width)]
+    grad, a = classifier_term(x_t, classifier_grad, classifier_coefficients)
     x0 = col[0] * x_t + col[1] * out
     eps = col[2] * x_t + col[3] * out
+    if grad is not None:
+        x0 = x0 + a[0] * grad
+        eps = eps + a[1] * grad
     if clip is not None:
         x0 = np.clip(x0, clip[0], clip[1])
     x_prev = col[4] * x0 + col[5] * x_t + col[6] * eps
+    frac = (v.astype(np.float64) + 1.0) / 2.0
+    log_variance = frac * col[7] + (1.0 - frac) * col[8]  # Eq. 15, per element
+    if grad is not None:  # Alg. 1: mu + s Sigma g, Sigma = exp(log sigma^2) of this step
+        x_prev = x_prev + a[2] * (np.exp(log_variance) * grad)
     has_noise = c[:, 9] != 0
     if np.any(has_noise):
         if noise is None:
             raise ValueError("noise is required for a learned-variance step into t > 0 (has_noise != 0)")
         noise = check_float_array(noise, "noise")
         check_same_shape(x_t, noise, "x_t", "noise")
-        frac = (v.astype(np.float64) + 1.0) / 2.0
-        log_variance = frac * col[7] + (1.0 - frac) * col[8]
         term = np.exp(0.5 * log_variance) * noise
         x_prev = x_prev + np.where(per_sample(has_noise, x_t.ndim), term, 0.0)
     return x_prev.astype(dtype)

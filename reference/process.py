@@ -269,7 +269,7 @@ def sampler_step(x_t: np.ndarray, model_output: np.ndarray, coefficients: np.nda
     # float32 only when every array given is float32 (noise counts even where it is not used)
     dtype = result_dtype(x_t, model_output, *([noise] if isinstance(noise, np.ndarray) else []))
     col = [per_sample(c[:, k], x_t.ndim) for k in range(8)]
-    grad, a = _classifier_term(x_t, classifier_grad, classifier_coefficients)
+    grad, a = classifier_term(x_t, classifier_grad, classifier_coefficients)
     x0 = col[0] * x_t + col[1] * model_output
     eps = col[2] * x_t + col[3] * model_output
     if grad is not None:
@@ -293,7 +293,7 @@ def sampler_step(x_t: np.ndarray, model_output: np.ndarray, coefficients: np.nda
     return x_prev.astype(dtype)
 
 
-def _classifier_term(x_t, classifier_grad, classifier_coefficients):
+def classifier_term(x_t, classifier_grad, classifier_coefficients):
     """(grad, [a0, a1, a2] per sample) of classifier guidance, or (None, None) without it."""
     if classifier_grad is None:
         if classifier_coefficients is not None:
@@ -438,7 +438,7 @@ def dpm_solver_pp_2m_update(x_t, model_output, coefficients, x0_last=None, clip=
         raise ValueError("x0_last (the previous step's x0_hat) is required by a second-order step")
     dtype = result_dtype(x_t, model_output, x0_last)
     col = [per_sample(c[:, k], x_t.ndim) for k in range(7)]
-    grad, a = _classifier_term(x_t, classifier_grad, classifier_coefficients)
+    grad, a = classifier_term(x_t, classifier_grad, classifier_coefficients)
     x0 = col[0] * x_t + col[1] * model_output
     if grad is not None:
         x0 = x0 + a[0] * grad

@@ -103,10 +103,18 @@ def _guided_dpm_solver_pp_2m_rule(x, model_output, coefficients, noise, clip, x0
                                    classifier_coefficients=grad_row)
 
 
+def _guided_learned_variance_rule(x, model_output, coefficients, noise, clip, carry, grad, grad_row):
+    """`_learned_variance_rule` with classifier guidance (Alg. 1, Sigma the model's per-element
+    variance of Improved DDPM Eq. 15)."""
+    return learned_variance_step(x, model_output, coefficients, noise, clip, classifier_grad=grad,
+                                 classifier_coefficients=grad_row), carry
+
+
 # the kinds with a classifier-guidance term (reference.classifier_guidance.GUIDED_STEP_KINDS):
 # rule(..., carry, grad, grad_row) with grad_row (N, 3) = the step's columns times the scales
 GUIDED_STEP_RULES = {"sampler_step": _guided_sampler_step_rule,
-                     "dpm_solver_pp_2m": _guided_dpm_solver_pp_2m_rule}
+                     "dpm_solver_pp_2m": _guided_dpm_solver_pp_2m_rule,
+                     "learned_variance_step": _guided_learned_variance_rule}
 
 def _langevin_rule(x, model_output, coefficients, noise, clip, carry):
     """A score-sampler step (`langevin_step`): Langevin, annealed Langevin, a predictor or the

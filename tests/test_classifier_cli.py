@@ -65,6 +65,23 @@ def test_sample_with_classifier_guidance_writes_the_grid(runs, tmp_path, capsys)
     assert out.stat().st_size > 0
 
 
+def test_sample_with_classifier_guidance_of_a_learned_variance_model(runs, tmp_path, capsys):
+    """--sampler ddpm on a learned-variance denoiser (Alg. 1 with the model's Sigma), respaced."""
+    root, data = runs
+    from ddpm.cli import main
+    denoiser = tmp_path / "learned"
+    assert main(train_args(data, denoiser, 1, "--unconditional", "--variance", "learned", "--loss", "hybrid") + ["--samples", "0"]) == 0
+    out = tmp_path / "g.png"
+    code, err = cli(["sample", "--checkpoint", str(denoiser), "--classifier", str(root / "clf"),
+                     "--classifier-scale", "2", "--class", "1", "--n", "2", "--sampler", "ddpm", "--steps", "4",
+                     "--out", str(out), "--device", "cpu"], capsys)
+    assert code == 0, err
+    assert out.stat().st_size > 0
+    code, err = cli(["sample", "--checkpoint", str(denoiser), "--classifier", str(root / "clf"), "--class", "1",
+                     "--sampler", "langevin", "--out", str(out), "--device", "cpu"], capsys)
+    assert code == 2 and "--sampler langevin (a score sampler) has no classifier-guidance term" in err, err
+
+
 @pytest.mark.parametrize("extra, match", [
     (["--class", "all"], None),  # a classifier trained on T=10, the denoiser on T=20
     ([], "--classifier needs --class"),

@@ -124,7 +124,7 @@ def test_zero_scale_is_unguided(models):
     (dict(classifier_scale=-1.0), ValueError, "classifier_scale must be finite and >= 0"),
     (dict(classifier_scale=[1.0, 2.0]), ValueError, "classifier_scale must be a number or have shape"),
     (dict(shape=(3, 1, 8, 8)), ValueError, "classifier image shape"),
-    (dict(sampler="ddpm", variance="learned"), ValueError, "classifier guidance is defined for step kinds"),
+    (dict(sampler="langevin"), ValueError, "classifier guidance is defined for step kinds"),
     (dict(classifier=None, classifier_scale=2.0), ValueError, "classifier_scale needs a classifier"),
 ])
 def test_guided_sampling_rejects_bad_input(models, change, error, match):

@@ -441,3 +441,22 @@ def test_host_sampler_step_with_classifier_guidance_matches_reference(host_cupy)
     expected = reference.sampler_step(x_t.numpy(), out.numpy(), c, z.numpy(), classifier_grad=grad.numpy(),
                                       classifier_coefficients=rows[2])
     np.testing.assert_array_equal(got.numpy(), expected)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_host_learned_variance_step_with_classifier_guidance_matches_reference(host_cupy, channels_last):
+    """Alg. 1 with the learned variance in the CUDA C: mean += a2 exp(log sigma^2) g per element
+    (libm exp: within a float32 ulp), a0/a1 before the clip, the step into x_0 unshifted."""
+    layout = (lambda x: x.contiguous(memory_format=torch.channels_last)) if channels_last else (lambda x: x)
+    gen = torch.Generator().manual_seed(4)
+    x_t, z, grad = (layout(torch.randn(3, 2, 4, 5, generator=gen)) for _ in range(3))
+    model_output = layout(torch.randn(3, 4, 4, 5, generator=gen))
+    plan = reference.sampling_plan(SCHEDULE, "ddpm", 10, variance="learned")
+    for k in (0, 4, 9):
+        rows = reference.guidance_rows(plan, np.array([0.0, 1.0, 6.0]))[k] + np.array([0.5, -0.25, 0.0])
+        c = np.broadcast_to(plan.coefficients[k], (3, 10)).copy()
+        got = cupy_learned_variance_step.learned_variance_step(
+            x_t, model_output, torch.tensor(c), (-1.0, 1.0), z, None, None, 0, None, grad, torch.tensor(rows))
+        expected = reference.learned_variance_step(x_t.numpy(), model_output.numpy(), c, z.numpy(), (-1.0, 1.0),
+                                                   classifier_grad=grad.numpy(), classifier_coefficients=rows)
+        assert_close(got, expected, atol=0.0, rtol=2**-23, name=f"guided learned step {k}")

@@ -272,6 +272,19 @@ def _launches(full: bool = True):
         out.append((label, with_fp64(fp64, lambda cl=cl, a=has_samples, s=has_stream: learned(
             cl=cl, has_samples=a, has_stream=s))))
 
+    # learned_variance_step with classifier guidance (Alg. 1 with the learned Sigma, issue 12b)
+    def guided_learned(dtype=f32, cl=False, clip=None, noise_mode=2, shared=False):
+        x = image(dtype, cl)
+        rows = torch.zeros(1, 3, dtype=f64).expand(3, 3) if shared else torch.zeros(3, 3, dtype=f64)
+        learned_variance_step.learned_variance_step(
+            x, image(dtype, cl, (3, 8, 5, 6)), torch.zeros(3, 10, dtype=f64), clip,
+            torch.zeros_like(x) if noise_mode == 1 else None, 7 if noise_mode == 2 else None, None, 3,
+            None, torch.zeros_like(x), rows)
+
+    out.append(("learned_variance_step float32 classifier-guidance", lambda: guided_learned(noise_mode=1)))
+    out.append(("learned_variance_step draw bfloat16 classifier-guidance+clip channels_last",
+                lambda: guided_learned(torch.bfloat16, True, (-1.0, 1.0), 2, True)))
+
     # langevin_step: coefficients (N, 4) float64, shared row (stride 0) or per sample
     def langevin(dtype=f32, cl=False, noise_mode=2, has_samples=False, has_stream=False, shared=False):
         x = image(dtype, cl)

@@ -5,6 +5,9 @@ DDPM Alg. 2 with Improved DDPM Eq. 15).
     x0_hat  = clip(x0_hat, lo, hi)                               (optional)
     mean    = c4 x0_hat + c5 x_t + c6 eps_hat
     x_prev  = mean + exp(0.5 (frac c7 + (1 - frac) c8)) z,  frac = (v + 1) / 2   (where c9 != 0)
+    with HAS_GRAD (classifier guidance, Dhariwal & Nichol 2021 Alg. 1 with the learned Sigma):
+    x0_hat += a0 g, eps_hat += a1 g before the clip, x_prev += a2 exp(log sigma^2) g before the
+    noise, (a0, a1, a2) per sample (N, 3) float64, g read as float32
 
 `out` and v are the two halves of one (N, 2C, ...) model output in x_t's layout, read in the
 same pass: for NCHW-contiguous tensors element m of sample n is at n 2 numel + m (out) and
@@ -21,7 +24,7 @@ import struct
 import triton
 import triton.language as tl
 
-from ..operands import learned_variance_step_operands
+from ..operands import classifier_operands, learned_variance_step_operands
 from . import record_decoration
 from .launch import elementwise_grid
 from .. import config
@@ -39,13 +42,16 @@ def _learned_variance_step_kernel(x_t_ptr,           # (N, C, ...) x_t, memory o
                                   x_prev_ptr,        # (N, C, ...) output, may alias x_t
                                   coefficients_ptr,  # (N, 10) float64, rows coefficient_stride apart
                                   samples_ptr, stream_ptr,  # (N,) int64 (HAS_SAMPLES/HAS_STREAM)
-                                  coefficient_stride, seed_lo, seed_hi, stream_scalar,
+                                  grad_ptr,          # (N, C, ...) classifier gradient g (HAS_GRAD)
+                                  grad_coefficients_ptr,  # (N, 3) float64 (a0, a1, a2) x scale (HAS_GRAD)
+                                  coefficient_stride, grad_coefficient_stride,
+                                  seed_lo, seed_hi, stream_scalar,
                                   clip_lo_bits, clip_hi_bits,  # float64 bounds as int64 bits
                                   numel, blocks_per_sample, C, HW,
                                   CLIP: tl.constexpr, NOISE_MODE: tl.constexpr,
                                   HAS_SAMPLES: tl.constexpr, HAS_STREAM: tl.constexpr,
                                   CHANNELS_LAST: tl.constexpr, FP64: tl.constexpr,
-                                  BLOCK: tl.constexpr):
+                                  HAS_GRAD: tl.constexpr, BLOCK: tl.constexpr):
     n, j, mask, offs = sample_block(numel, blocks_per_sample, BLOCK)
     row = coefficients_ptr + n.to(tl.int64) * coefficient_stride
     c0 = tl.load(row + 0)
@@ -71,12 +77,25 @@ def _learned_variance_step_kernel(x_t_ptr,           # (N, C, ...) x_t, memory o
     x_t = tl.load(x_t_ptr + offs, mask=mask, other=0.0).to(tl.float64)
     x0_hat = c0 * x_t + c1 * out
     eps_hat = c2 * x_t + c3 * out
+    if HAS_GRAD:  # classifier guidance: three scalar loads and the gradient
+        grad_row = grad_coefficients_ptr + n.to(tl.int64) * grad_coefficient_stride
+        a0 = tl.load(grad_row + 0)
+        a1 = tl.load(grad_row + 1)
+        a2 = tl.load(grad_row + 2)
+        g = tl.load(grad_ptr + offs, mask=mask, other=0.0).to(tl.float32).to(tl.float64)
+        x0_hat = x0_hat + a0 * g
+        eps_hat = eps_hat + a1 * g
     if CLIP:
         # compiled Triton types a Python float argument as fp32: the bounds travel as bits
         clip_lo = clip_lo_bits.to(tl.int64).to(tl.float64, bitcast=True)
         clip_hi = clip_hi_bits.to(tl.int64).to(tl.float64, bitcast=True)
         x0_hat = tl.minimum(tl.maximum(x0_hat, clip_lo), clip_hi)
     x_prev = c4 * x0_hat + c5 * x_t + c6 * eps_hat
+    if HAS_GRAD:
+        if a2 != 0.0:  # Alg. 1: mu + s Sigma g, Sigma = exp(log sigma^2) per element (0 into x_0)
+            v_g = tl.load(model_output_ptr + v_offs, mask=mask, other=0.0).to(tl.float32).to(tl.float64)
+            frac_g = (v_g + 1.0) / 2.0
+            x_prev = x_prev + a2 * (tl.exp(frac_g * log_beta + (1.0 - frac_g) * log_beta_tilde) * g)
     if has_noise != 0.0:  # a scalar branch: neither v nor z is read for the step into x_0
         v = tl.load(model_output_ptr + v_offs, mask=mask, other=0.0).to(tl.float32).to(tl.float64)
         frac = (v + 1.0) / 2.0
@@ -95,7 +114,8 @@ def _learned_variance_step_kernel(x_t_ptr,           # (N, C, ...) x_t, memory o
     tl.store(x_prev_ptr + offs, x_prev.to(tl.float32).to(x_prev_ptr.dtype.element_ty), mask=mask)
 
 
-def learned_variance_step(x_t, model_output, coefficients, clip, noise, seed, samples, stream, out):
+def learned_variance_step(x_t, model_output, coefficients, clip, noise, seed, samples, stream, out,
+                          classifier_grad=None, classifier_coefficients=None):
     """kernels.learned_variance_step on Triton (validated inputs; coefficients (N, 10) float64
     on device). Inputs not in x_t's layout are copied to it; `out` in another layout receives a
     copy of the result."""
@@ -107,12 +127,14 @@ def learned_variance_step(x_t, model_output, coefficients, clip, noise, seed, sa
     block, grid = elementwise_grid(batch, g.numel)
     samples = samples.contiguous() if samples is not None else None
     lo_bits, hi_bits = (struct.unpack("<q", struct.pack("<d", float(v)))[0] for v in (lo, hi))
+    grad, grad_c = classifier_operands(ops, classifier_grad, classifier_coefficients)
     _learned_variance_step_kernel[grid](
         ops.x_t, ops.model_output, ops.noise if ops.noise is not None else ops.x_t, ops.x_prev, c,
         samples if samples is not None else c, g.stream_tensor if g.stream_tensor is not None else c,
-        c.stride(0), g.seed_lo, g.seed_hi, g.stream_scalar, lo_bits, hi_bits,
-        g.numel, grid[0] // batch, g.C, g.HW,
+        grad if grad is not None else ops.x_t, grad_c if grad_c is not None else c,
+        c.stride(0), grad_c.stride(0) if grad_c is not None else 0,
+        g.seed_lo, g.seed_hi, g.stream_scalar, lo_bits, hi_bits, g.numel, grid[0] // batch, g.C, g.HW,
         CLIP=clip is not None, NOISE_MODE=ops.noise_mode, HAS_SAMPLES=samples is not None,
         HAS_STREAM=g.stream_tensor is not None, CHANNELS_LAST=g.channels_last,
-        FP64=config.NORMAL_FP64, BLOCK=block)
+        FP64=config.NORMAL_FP64, HAS_GRAD=grad is not None, BLOCK=block)
     return ops.result(out)
