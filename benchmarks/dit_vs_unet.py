@@ -101,13 +101,13 @@ def _grid_rows(per_class: int, columns: int = 10) -> torch.Tensor:
 
 def report(out: Path) -> str:
     rows = [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
-    lines = ["| data | model | parameters | steps (batch 64) | train CPU s | train wall s | stopped by | samples "
+    lines = ["| data | model | parameters | steps (batch) | train CPU s | train wall s | stopped by | samples "
              "| hit rate | FD | FD floor |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         hit = f"{r['hit_rate']:.3f}" if r.get("hit_rate") is not None else "-"
         fd = f"{r['fd']:.2f}" if r.get("fd") is not None else "not measured"
         floor = f"{r['fd_floor']:.2f}" if r.get("fd_floor") is not None else "-"
-        lines.append(f"| {r['data']} | {r['preset']} | {r['parameters']:,} | {r['steps']} | {r['train_cpu_s']} | "
+        lines.append(f"| {r['data']} | {r['preset']} | {r['parameters']:,} | {r['steps']} ({r.get('batch_size', 64)}) | {r['train_cpu_s']} | "
                      f"{r['train_wall_s']} | {r.get('stopped_by', '-')} | {r['samples']} | {hit} | {fd} | {floor} |")
     return "\n".join(lines)
 
