@@ -1,5 +1,10 @@
 """Build a C++ source into a shared library once, cache it on disk, load it with ctypes.
 
+Threads: the libraries are built with -fopenmp and, through the rpath to torch/lib, run on the
+libgomp.so.1 torch itself loaded, so a parallel loop uses the workers torch already has (its own
+threads would compete with those workers while they spin after torch's last op: on 2 cores the
+q_sample call then took the time of one thread, 2x the CPU).
+
 Why not torch.utils.cpp_extension: its sources include <torch/extension.h> (all of ATen and
 pybind11), about a minute of compiling on a two-core CI machine; these kernels need none of it.
 A plain `c++ -O3 -shared` of a few hundred lines takes seconds, and ctypes releases the GIL

@@ -16,7 +16,6 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <thread>
 #include <vector>
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -229,10 +228,10 @@ void parallel_blocks(const int64_t* samples, const int64_t* streams, int64_t row
         return;
     }
     const int64_t chunk = (total + n - 1) / n;
-    std::vector<std::thread> pool;
-    for (int64_t t = 1; t < n; ++t) pool.emplace_back(piece, std::min(total, t * chunk), std::min(total, (t + 1) * chunk));
-    piece(0, std::min(total, chunk));
-    for (auto& worker : pool) worker.join();
+    // torch's own OpenMP runtime (libgomp.so.1 from torch/lib, already loaded): its workers, not
+    // threads of our own that would compete with them while they spin after torch's last op
+#pragma omp parallel for num_threads((int)n) schedule(static, 1)
+    for (int64_t t = 0; t < n; ++t) piece(std::min(total, t * chunk), std::min(total, (t + 1) * chunk));
 }
 
 }  // namespace

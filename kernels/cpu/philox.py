@@ -21,7 +21,7 @@ from .build import NATIVE_ENV, load_library, native_enabled
 __all__ = ["library", "uses_avx2", "philox_words", "normal", "q_sample"]
 
 SOURCE_PATH = Path(__file__).with_name("philox.cpp")
-FLAGS = ["-O3", "-std=c++17", "-fPIC", "-shared", "-pthread", "-ffp-contract=off", "-fno-fast-math"]
+FLAGS = ["-O3", "-std=c++17", "-fPIC", "-shared", "-fopenmp", "-ffp-contract=off", "-fno-fast-math"]
 LIBRARIES = ["torch_cpu"]  # SLEEF's float64 log/cos, exported by libtorch_cpu
 
 _P = ctypes.c_void_p
