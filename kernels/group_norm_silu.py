@@ -12,7 +12,9 @@ pass; the backward recomputes x_hat and the activation from x (only mean and rst
 and reduces the weight/bias gradients in two deterministic stages, never with atomics.
 The torch backend writes the reference's formulas with torch ops: in float64 op by op with plain
 autograd (double backward works), in float32/bfloat16/float16 as one autograd.Function with the
-backward written out (kernels/group_norm_silu_torch.py: a few whole-tensor passes, the CPU path).
+backward written out (kernels/group_norm_silu_torch.py: a few whole-tensor passes). On the CPU,
+float32 NCHW runs compiled C++ instead (kernels/cpu/group_norm_silu.cpp: forward and backward
+each fused, float64 statistics) where a compiler is present.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch
 from torch import nn
 
 from . import group_norm_silu_torch, torch_ops
+from .cpu import group_norm_silu as cpu_group_norm_silu
 from .dispatch import device_guard, resolve_backend
 from .validate import (
     FAST_DTYPES,
@@ -34,7 +37,9 @@ __all__ = ["group_norm_silu", "GroupNormSiLU", "GroupNormSiLUFunction"]
 
 
 def _fused_module(backend: str):
-    if backend == "triton":
+    if backend == "cpu":  # the torch backend's compiled CPU path (kernels/cpu/group_norm_silu.cpp)
+        from .cpu import group_norm_silu as module
+    elif backend == "triton":
         from .triton import group_norm_silu as module
     else:
         from .cupy import group_norm_silu as module
@@ -98,7 +103,11 @@ def group_norm_silu(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Te
     _check_param(shift, "shift", x, (x.shape[0], C), param_dtypes)
     if x.numel() == 0 or (name == "torch" and x.dtype == torch.float64):
         return torch_ops.group_norm_silu(x, weight, bias, groups, eps, activation, shift)
-    if name == "torch":  # float32 / half types: the hand-written backward (issue 17: CPU speed)
+    if name == "torch":  # issue 17 (CPU speed): fused C++ for float32 NCHW on the CPU, where it
+        # builds; else (half types, channels_last, no compiler, torch.compile tracing) the
+        # hand-written backward over ATen's fused GroupNorm
+        if cpu_group_norm_silu.applies(x, weight, bias, shift):
+            return GroupNormSiLUFunction.apply(x, weight, bias, shift, groups, eps, activation, "cpu")
         return group_norm_silu_torch.group_norm_silu(x, weight, bias, groups, eps, activation, shift)
     return GroupNormSiLUFunction.apply(x, weight, bias, shift, groups, eps, activation, name)
 

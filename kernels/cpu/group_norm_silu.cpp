@@ -1,0 +1,377 @@
+// GroupNorm (+ SiLU) on the CPU, forward and backward fused (reference/unet.py's
+// group_norm_silu and group_norm_silu_backward define every number here).
+//
+//   h = x + shift[n, c];  x_hat = (h - mean_g) rstd_g;  z = w_c x_hat + b_c;  y = silu(z) or z
+//
+// One task per (sample, group), spread over torch's own OpenMP workers (the library links the
+// libgomp.so.1 torch loaded: see build.py). x is NCHW-contiguous float32, so a group is one
+// contiguous block of (C / G) * S values, and a task reads it from cache after its first pass.
+//
+// Accuracy (why not ATen's group_norm): the statistics are float64 sums of the float32 h, the
+// variance is the second, centred pass (no E[h^2] - E[h]^2 cancellation), and h - mean is taken in
+// float64 before rstd multiplies it, so a group of nearly equal values (rstd ~ 1/sqrt(eps)) keeps
+// the reference's x_hat. The backward subtracts before it multiplies by rstd, as the reference:
+//   dz = dy silu'(z),  dx_hat = w dz,  dx = rstd (dx_hat - mean_g(dx_hat) - x_hat mean_g(dx_hat x_hat))
+// with float64 group and channel sums. dweight, dbias are summed over samples in a fixed order
+// after the parallel loop: the result does not depend on the thread count.
+//
+// Built with -ffp-contract=off: in a group of one value dx = rstd (w dz - mean(w dz)) must cancel
+// to 0 exactly, so w dz must round as the mean's product does (no fused multiply-add).
+//
+// Two instruction sets chosen at run time, as philox.cpp: AVX2+FMA (8 floats per vector, exp8 for
+// the SiLU) and plain C++ (std::exp).
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define DDPM_X86 1
+#else
+#define DDPM_X86 0
+#endif
+
+namespace {
+
+struct Group {  // one (sample, group) task's view
+    const float* x;      // its first value; channel k of the group starts at x + k * S
+    const float* shift;  // its C / G shift values, or nullptr
+    const float* weight; // its C / G weights, or nullptr
+    const float* bias;   // its C / G biases, or nullptr
+    int64_t channels, S;
+    double mean, rstd;
+};
+
+inline float param(const float* p, int64_t k, float otherwise) { return p ? p[k] : otherwise; }
+
+inline float silu_scalar(float z) { return z / (1.0f + std::exp(-z)); }
+
+// d silu / dz = s (1 + z (1 - s)), s = sigmoid(z)
+inline float silu_grad_scalar(float z) {
+    const float s = 1.0f / (1.0f + std::exp(-z));
+    return s * (1.0f + z * (1.0f - s));
+}
+
+// h = x + shift in float64, as the reference adds them (float32 would round h to ulp(|h|))
+inline double h_of(float x, float shift) { return (double)x + (double)shift; }
+
+inline float x_hat_scalar(double h, double mean, double rstd) { return (float)((h - mean) * rstd); }
+
+// ---- plain C++ ------------------------------------------------------------------------------------
+void stats_scalar(Group& g, double eps) {
+    double sum = 0.0;
+    for (int64_t k = 0; k < g.channels; ++k) {
+        const float sh = param(g.shift, k, 0.0f);
+        const float* row = g.x + k * g.S;
+        for (int64_t s = 0; s < g.S; ++s) sum += h_of(row[s], sh);
+    }
+    const double count = (double)(g.channels * g.S);
+    g.mean = sum / count;
+    double centred = 0.0;
+    for (int64_t k = 0; k < g.channels; ++k) {
+        const float sh = param(g.shift, k, 0.0f);
+        const float* row = g.x + k * g.S;
+        for (int64_t s = 0; s < g.S; ++s) {
+            const double d = h_of(row[s], sh) - g.mean;
+            centred += d * d;
+        }
+    }
+    g.rstd = 1.0 / std::sqrt(centred / count + eps);
+}
+
+void normalise_scalar(const Group& g, int64_t k, int64_t from, bool activation, float* y) {
+    const float sh = param(g.shift, k, 0.0f), w = param(g.weight, k, 1.0f), b = param(g.bias, k, 0.0f);
+    const float* row = g.x + k * g.S;
+    for (int64_t s = from; s < g.S; ++s) {
+        const float z = x_hat_scalar(h_of(row[s], sh), g.mean, g.rstd) * w + b;
+        y[s] = activation ? silu_scalar(z) : z;
+    }
+}
+
+// dz into out[from..S); returns the float64 sums of dz and dz x_hat into sums[0], sums[1]
+void dz_scalar(const Group& g, int64_t k, int64_t from, bool activation, const float* dy, float* out,
+               double* sums) {
+    const float sh = param(g.shift, k, 0.0f), w = param(g.weight, k, 1.0f), b = param(g.bias, k, 0.0f);
+    const float* row = g.x + k * g.S;
+    for (int64_t s = from; s < g.S; ++s) {
+        const float x_hat = x_hat_scalar(h_of(row[s], sh), g.mean, g.rstd);
+        const float dz = activation ? dy[s] * silu_grad_scalar(x_hat * w + b) : dy[s];
+        out[s] = dz;
+        sums[0] += (double)dz;
+        sums[1] += (double)dz * (double)x_hat;
+    }
+}
+
+// dx = rstd (w dz - m1 - x_hat m2) in place over dz; returns the float64 sum of dx
+double dx_scalar(const Group& g, int64_t k, int64_t from, float m1, float m2, float* dz) {
+    const float sh = param(g.shift, k, 0.0f), w = param(g.weight, k, 1.0f), rstd = (float)g.rstd;
+    const float* row = g.x + k * g.S;
+    double sum = 0.0;
+    for (int64_t s = from; s < g.S; ++s) {
+        const float x_hat = x_hat_scalar(h_of(row[s], sh), g.mean, g.rstd);
+        const float dx = rstd * (w * dz[s] - m1 - x_hat * m2);
+        dz[s] = dx;
+        sum += (double)dx;
+    }
+    return sum;
+}
+
+#if DDPM_X86
+// ---- AVX2 + FMA -----------------------------------------------------------------------------------
+#define DDPM_AVX2 __attribute__((target("avx2,fma")))
+
+DDPM_AVX2 inline float hsum(__m256 v) {
+    const __m128 quad = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    const __m128 pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
+    return _mm_cvtss_f32(_mm_add_ss(pair, _mm_movehdup_ps(pair)));
+}
+
+// The vector passes stay in float32 (float64 lanes are half as wide) without rounding h = x + shift:
+// each row's sum is S (x0 + shift) + sum(x - x0) about its first value x0 (x - x0 is exact for
+// nearly equal values, so the float32 sum's error scales with the spread, not with |mean|), and
+// h - mean = (x - c_hi) - c_lo with c = mean - shift split into two floats, so x_hat keeps ~2 ulp
+// where rstd ~ 1/sqrt(eps) magnifies h - mean.
+struct Centre {
+    __m256 hi, lo, rstd;
+};
+
+DDPM_AVX2 inline Centre centre(const Group& g, int64_t k) {
+    const double c = g.mean - (double)param(g.shift, k, 0.0f);
+    const float hi = (float)c;
+    return Centre{_mm256_set1_ps(hi), _mm256_set1_ps((float)(c - (double)hi)), _mm256_set1_ps((float)g.rstd)};
+}
+
+DDPM_AVX2 inline __m256 x_hat8(__m256 x, const Centre& c) {
+    return _mm256_mul_ps(_mm256_sub_ps(_mm256_sub_ps(x, c.hi), c.lo), c.rstd);
+}
+
+// exp(x) for 8 floats: Cephes' expf (the avx_mathfun form), x = n ln2 + r with ln2 split in two
+// so that r is exact, then a degree-7 polynomial in r; within ~1 ulp over [-87.3, 88.7] (x is
+// clamped to it, where sigmoid is 0 or 1 in float32 anyway). About 1.3x cheaper here than SLEEF's
+// 1-ulp variant (the SiLU's exp is most of the fused forward), and no link to libtorch_cpu.
+DDPM_AVX2 inline __m256 exp8(__m256 x) {
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3f)), _mm256_set1_ps(88.7f));
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    // times 2**n: n + 127 in the exponent field (n in [-126, 128]; 128 only at the clamp's edge,
+    // where p < 1 keeps the product finite once split as 2**(n-1) * 2)
+    const __m256i half = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(126)), 23);
+    return _mm256_mul_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(half)), _mm256_set1_ps(2.0f));
+}
+
+DDPM_AVX2 inline __m256 sigmoid8(__m256 z) {
+    const __m256 one = _mm256_set1_ps(1.0f);
+    return _mm256_div_ps(one, _mm256_add_ps(one, exp8(_mm256_sub_ps(_mm256_setzero_ps(), z))));
+}
+
+DDPM_AVX2 void stats_avx2(Group& g, double eps) {
+    const int64_t body = g.S & ~int64_t(7);
+    double total = 0.0;
+    for (int64_t k = 0; k < g.channels; ++k) {
+        const float* row = g.x + k * g.S;
+        const __m256 x0 = _mm256_set1_ps(row[0]);
+        __m256 acc = _mm256_setzero_ps();
+        for (int64_t s = 0; s < body; s += 8) acc = _mm256_add_ps(acc, _mm256_sub_ps(_mm256_loadu_ps(row + s), x0));
+        double row_sum = (double)hsum(acc);
+        for (int64_t s = body; s < g.S; ++s) row_sum += (double)row[s] - (double)row[0];
+        total += row_sum + (double)g.S * h_of(row[0], param(g.shift, k, 0.0f));
+    }
+    const double count = (double)(g.channels * g.S);
+    g.mean = total / count;
+    g.rstd = 1.0;  // centre(): x - mean unscaled
+    double centred = 0.0;
+    for (int64_t k = 0; k < g.channels; ++k) {
+        const Centre c = centre(g, k);
+        const float sh = param(g.shift, k, 0.0f);
+        const float* row = g.x + k * g.S;
+        __m256 acc = _mm256_setzero_ps();
+        for (int64_t s = 0; s < body; s += 8) {
+            const __m256 d = x_hat8(_mm256_loadu_ps(row + s), c);
+            acc = _mm256_fmadd_ps(d, d, acc);
+        }
+        double row_sum = (double)hsum(acc);
+        for (int64_t s = body; s < g.S; ++s) {
+            const double d = h_of(row[s], sh) - g.mean;
+            row_sum += d * d;
+        }
+        centred += row_sum;
+    }
+    g.rstd = 1.0 / std::sqrt(centred / count + eps);
+}
+
+DDPM_AVX2 void normalise_avx2(const Group& g, int64_t k, bool activation, float* y) {
+    const __m256 w = _mm256_set1_ps(param(g.weight, k, 1.0f)),
+                 b = _mm256_set1_ps(param(g.bias, k, 0.0f));
+    const Centre c = centre(g, k);
+    const float* row = g.x + k * g.S;
+    const int64_t body = g.S & ~int64_t(7);
+    for (int64_t s = 0; s < body; s += 8) {
+        const __m256 x_hat = x_hat8(_mm256_loadu_ps(row + s), c);
+        const __m256 z = _mm256_add_ps(_mm256_mul_ps(x_hat, w), b);
+        _mm256_storeu_ps(y + s, activation ? _mm256_mul_ps(z, sigmoid8(z)) : z);
+    }
+    normalise_scalar(g, k, body, activation, y);
+}
+
+DDPM_AVX2 void dz_avx2(const Group& g, int64_t k, bool activation, const float* dy, float* out, double* sums) {
+    const __m256 w = _mm256_set1_ps(param(g.weight, k, 1.0f)),
+                 b = _mm256_set1_ps(param(g.bias, k, 0.0f)), one = _mm256_set1_ps(1.0f);
+    const Centre c = centre(g, k);
+    __m256 dz_sum = _mm256_setzero_ps(), dz_x_hat_sum = _mm256_setzero_ps();
+    const float* row = g.x + k * g.S;
+    const int64_t body = g.S & ~int64_t(7);
+    for (int64_t s = 0; s < body; s += 8) {
+        const __m256 x_hat = x_hat8(_mm256_loadu_ps(row + s), c);
+        __m256 dz = _mm256_loadu_ps(dy + s);
+        if (activation) {
+            const __m256 z = _mm256_add_ps(_mm256_mul_ps(x_hat, w), b);
+            const __m256 sig = sigmoid8(z);
+            dz = _mm256_mul_ps(dz, _mm256_mul_ps(sig, _mm256_add_ps(one, _mm256_mul_ps(z, _mm256_sub_ps(one, sig)))));
+        }
+        _mm256_storeu_ps(out + s, dz);
+        dz_sum = _mm256_add_ps(dz_sum, dz);
+        dz_x_hat_sum = _mm256_fmadd_ps(dz, x_hat, dz_x_hat_sum);
+    }
+    sums[0] += hsum(dz_sum);
+    sums[1] += hsum(dz_x_hat_sum);
+    dz_scalar(g, k, body, activation, dy, out, sums);
+}
+
+DDPM_AVX2 double dx_avx2(const Group& g, int64_t k, float m1, float m2, float* dz) {
+    const __m256 w = _mm256_set1_ps(param(g.weight, k, 1.0f)),
+                 rstd_f = _mm256_set1_ps((float)g.rstd), m1v = _mm256_set1_ps(m1), m2v = _mm256_set1_ps(m2);
+    const Centre c = centre(g, k);
+    __m256 acc = _mm256_setzero_ps();
+    const float* row = g.x + k * g.S;
+    const int64_t body = g.S & ~int64_t(7);
+    for (int64_t s = 0; s < body; s += 8) {
+        const __m256 x_hat = x_hat8(_mm256_loadu_ps(row + s), c);
+        const __m256 inner = _mm256_sub_ps(_mm256_sub_ps(_mm256_mul_ps(w, _mm256_loadu_ps(dz + s)), m1v),
+                                           _mm256_mul_ps(x_hat, m2v));
+        const __m256 dx = _mm256_mul_ps(rstd_f, inner);
+        _mm256_storeu_ps(dz + s, dx);
+        acc = _mm256_add_ps(acc, dx);
+    }
+    return (double)hsum(acc) + dx_scalar(g, k, body, m1, m2, dz);
+}
+
+bool cpu_has_avx2_fma() { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
+#else
+bool cpu_has_avx2_fma() { return false; }
+#endif
+
+void stats(Group& g, double eps, bool avx2) {
+#if DDPM_X86
+    if (avx2) return stats_avx2(g, eps);
+#endif
+    stats_scalar(g, eps);
+}
+
+void normalise(const Group& g, int64_t k, bool activation, float* y, bool avx2) {
+#if DDPM_X86
+    if (avx2) return normalise_avx2(g, k, activation, y);
+#endif
+    normalise_scalar(g, k, 0, activation, y);
+}
+
+void dz_pass(const Group& g, int64_t k, bool activation, const float* dy, float* out, double* sums, bool avx2) {
+#if DDPM_X86
+    if (avx2) return dz_avx2(g, k, activation, dy, out, sums);
+#endif
+    dz_scalar(g, k, 0, activation, dy, out, sums);
+}
+
+double dx_pass(const Group& g, int64_t k, float m1, float m2, float* dz, bool avx2) {
+#if DDPM_X86
+    if (avx2) return dx_avx2(g, k, m1, m2, dz);
+#endif
+    return dx_scalar(g, k, 0, m1, m2, dz);
+}
+
+Group make_group(const float* x, const float* shift, const float* weight, const float* bias, int64_t n,
+                 int64_t group, int64_t C, int64_t S, int64_t G) {
+    const int64_t cg = C / G, c0 = group * cg;
+    return Group{x + (n * C + c0) * S, shift ? shift + n * C + c0 : nullptr, weight ? weight + c0 : nullptr,
+                 bias ? bias + c0 : nullptr, cg, S, 0.0, 0.0};
+}
+
+// Threads for `values` floats of work: one below 2**14 (a fork costs more than it saves)
+int useful_threads(int threads, int64_t values) {
+    return (int)std::max<int64_t>(1, std::min<int64_t>(threads, values >> 14));
+}
+
+}  // namespace
+
+extern "C" {
+
+int ddpm_gns_has_avx2() { return cpu_has_avx2_fma() ? 1 : 0; }
+
+// x, y: (N, C, S) float32 contiguous; shift (N, C), weight, bias (C) or null;
+// mean, rstd: (N, G) float64 out
+void ddpm_group_norm_silu_forward(const float* x, const float* shift, const float* weight, const float* bias,
+                                  int64_t N, int64_t C, int64_t S, int64_t G, double eps, int activation,
+                                  float* y, double* mean, double* rstd, int threads, int use_avx2) {
+    const int64_t tasks = N * G, cg = C / G;
+#pragma omp parallel for num_threads(useful_threads(threads, N * C * S)) schedule(static)
+    for (int64_t task = 0; task < tasks; ++task) {
+        Group g = make_group(x, shift, weight, bias, task / G, task % G, C, S, G);
+        stats(g, eps, use_avx2);
+        mean[task] = g.mean;
+        rstd[task] = g.rstd;
+        float* out = y + (g.x - x);
+        for (int64_t k = 0; k < cg; ++k) normalise(g, k, activation != 0, out + k * S, use_avx2);
+    }
+}
+
+// dy, x, dx: (N, C, S) float32 contiguous (dx always written); partial: (N, C, 2) float64
+// scratch; dweight, dbias (C), dshift (N, C): out, or null when not wanted
+void ddpm_group_norm_silu_backward(const float* dy, const float* x, const float* shift, const float* weight,
+                                   const float* bias, const double* mean, const double* rstd, int64_t N,
+                                   int64_t C, int64_t S, int64_t G, int activation, float* dx, float* dweight,
+                                   float* dbias, float* dshift, double* partial, int threads, int use_avx2) {
+    const int64_t tasks = N * G, cg = C / G;
+    const double count = (double)(cg * S);
+#pragma omp parallel for num_threads(useful_threads(threads, N * C * S)) schedule(static)
+    for (int64_t task = 0; task < tasks; ++task) {
+        const int64_t n = task / G;
+        Group g = make_group(x, shift, weight, bias, n, task % G, C, S, G);
+        g.mean = mean[task];
+        g.rstd = rstd[task];
+        const int64_t offset = g.x - x;
+        double* sums = partial + 2 * (n * C + (task % G) * cg);  // (dz, dz x_hat) per channel
+        double m1 = 0.0, m2 = 0.0;  // sums over the group of dx_hat = w dz and of dx_hat x_hat
+        for (int64_t k = 0; k < cg; ++k) {
+            double* own = sums + 2 * k;
+            own[0] = own[1] = 0.0;
+            dz_pass(g, k, activation != 0, dy + offset + k * S, dx + offset + k * S, own, use_avx2);
+            const double w = param(g.weight, k, 1.0f);
+            m1 += w * own[0];
+            m2 += w * own[1];
+        }
+        const float mean_dx_hat = (float)(m1 / count), mean_dx_hat_x_hat = (float)(m2 / count);
+        for (int64_t k = 0; k < cg; ++k) {
+            const double total = dx_pass(g, k, mean_dx_hat, mean_dx_hat_x_hat, dx + offset + k * S, use_avx2);
+            if (dshift) dshift[offset / S + k] = (float)total;
+        }
+    }
+    // over samples in a fixed order, after the parallel loop (thread-count independent)
+    for (int64_t c = 0; c < C; ++c) {
+        double db = 0.0, dw = 0.0;
+        for (int64_t n = 0; n < N; ++n) {
+            db += partial[2 * (n * C + c)];
+            dw += partial[2 * (n * C + c) + 1];
+        }
+        if (dbias) dbias[c] = (float)db;
+        if (dweight) dweight[c] = (float)dw;
+    }
+}
+
+}  // extern "C"

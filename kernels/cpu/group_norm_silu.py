@@ -1,0 +1,113 @@
+"""`group_norm_silu` compiled for the CPU (group_norm_silu.cpp beside this file).
+
+The torch backend runs float32 NCHW-contiguous CPU tensors through these two calls (forward and
+backward fused, one task per (sample, group), float64 statistics), inside the same autograd
+Function as the Triton and CuPy kernels (kernels.group_norm_silu.GroupNormSiLUFunction, backend
+"cpu"): about a tenth of the ~35 ATen ops per call that the pure-torch form records (issue 17).
+`applies` says when; otherwise, when the library is unavailable (no compiler, a failed build: one
+warning; DDPM_KERNELS_CPU_NATIVE=0: silently) and while torch.compile traces (inductor fuses the
+pure-torch form itself), the caller keeps kernels/group_norm_silu_torch.py.
+
+DDPM_KERNELS_CPU_NATIVE=scalar keeps the library but skips its AVX2 code, as for philox.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from pathlib import Path
+
+import torch
+
+from .build import NATIVE_ENV, load_library, native_enabled
+
+__all__ = ["library", "applies", "forward", "backward"]
+
+SOURCE_PATH = Path(__file__).with_name("group_norm_silu.cpp")
+FLAGS = ["-O3", "-std=c++17", "-fPIC", "-shared", "-fopenmp", "-ffp-contract=off", "-fno-fast-math"]
+LIBRARIES: list[str] = []
+
+_P, _I64 = ctypes.c_void_p, ctypes.c_int64
+_SIGNATURES = {
+    "ddpm_gns_has_avx2": ([], ctypes.c_int),
+    "ddpm_group_norm_silu_forward": ([_P, _P, _P, _P, _I64, _I64, _I64, _I64, ctypes.c_double, ctypes.c_int,
+                                      _P, _P, _P, ctypes.c_int, ctypes.c_int], None),
+    "ddpm_group_norm_silu_backward": ([_P, _P, _P, _P, _P, _P, _P, _I64, _I64, _I64, _I64, ctypes.c_int,
+                                       _P, _P, _P, _P, _P, ctypes.c_int, ctypes.c_int], None),
+}
+_SOURCE: list[str] = []
+
+
+def library() -> ctypes.CDLL | None:
+    """The compiled library (built on first use), or None (see the module docstring)."""
+    if not native_enabled():
+        return None
+    if not _SOURCE:
+        _SOURCE.append(SOURCE_PATH.read_text())
+    lib = load_library("group_norm_silu", _SOURCE[0], FLAGS, LIBRARIES)
+    if lib is not None and not getattr(lib, "_ddpm_typed", False):
+        for name, (args, result) in _SIGNATURES.items():
+            fn = getattr(lib, name)
+            fn.argtypes, fn.restype = args, result
+        lib._ddpm_typed = True
+    return lib
+
+
+def _use_avx2(lib: ctypes.CDLL) -> int:
+    if os.environ.get(NATIVE_ENV, "").strip().lower() == "scalar":
+        return 0
+    return int(lib.ddpm_gns_has_avx2())
+
+
+def applies(x: torch.Tensor, weight, bias, shift) -> bool:
+    """Whether the compiled path takes this call: float32 NCHW-contiguous CPU x (and float32
+    parameters), not under torch.compile's tracing, library available."""
+    if x.device.type != "cpu" or x.dtype != torch.float32 or not x.is_contiguous() or x.dim() < 2:
+        return False
+    if any(p is not None and p.dtype != torch.float32 for p in (weight, bias, shift)):
+        return False
+    if torch.compiler.is_compiling():
+        return False
+    return library() is not None
+
+
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def _dims(x: torch.Tensor) -> tuple[int, int, int]:
+    n, c = x.shape[:2]
+    return n, c, x.numel() // max(n * c, 1)
+
+
+def forward(x, weight, bias, shift, groups: int, eps: float, activation: bool):
+    """(y, mean, rstd): y like x, mean/rstd (N * groups,) float64 (only the backward reads them)."""
+    lib = library()
+    n, c, s = _dims(x)
+    weight, bias, shift = (None if p is None else p.contiguous() for p in (weight, bias, shift))
+    y = torch.empty_like(x)
+    mean = torch.empty(n * groups, dtype=torch.float64)
+    rstd = torch.empty(n * groups, dtype=torch.float64)
+    lib.ddpm_group_norm_silu_forward(x.data_ptr(), _ptr(shift), _ptr(weight), _ptr(bias), n, c, s, groups,
+                                     float(eps), int(activation), y.data_ptr(), mean.data_ptr(),
+                                     rstd.data_ptr(), torch.get_num_threads(), _use_avx2(lib))
+    return y, mean, rstd
+
+
+def backward(dy, x, weight, bias, shift, mean, rstd, groups: int, activation: bool, needs):
+    """(dx, dweight, dbias, dshift), each None where `needs` (4 bools) says it is not wanted."""
+    lib = library()
+    n, c, s = _dims(x)
+    weight, bias, shift = (None if p is None else p.contiguous() for p in (weight, bias, shift))
+    dy = dy.to(torch.float32).contiguous()
+    need_dx, need_dweight, need_dbias, need_dshift = (bool(v) for v in needs)
+    dx = torch.empty_like(x)  # also the dz scratch of the first pass
+    dweight = torch.empty(c, dtype=torch.float32) if need_dweight and weight is not None else None
+    dbias = torch.empty(c, dtype=torch.float32) if need_dbias and bias is not None else None
+    dshift = torch.empty((n, c), dtype=torch.float32) if need_dshift and shift is not None else None
+    partial = torch.empty((n, c, 2), dtype=torch.float64)
+    lib.ddpm_group_norm_silu_backward(dy.data_ptr(), x.data_ptr(), _ptr(shift), _ptr(weight), _ptr(bias),
+                                      mean.data_ptr(), rstd.data_ptr(), n, c, s, groups, int(activation),
+                                      dx.data_ptr(), _ptr(dweight), _ptr(dbias), _ptr(dshift),
+                                      partial.data_ptr(), torch.get_num_threads(), _use_avx2(lib))
+    return (dx if need_dx else None), dweight, dbias, dshift
