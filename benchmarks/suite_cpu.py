@@ -114,6 +114,10 @@ def run(report: Report, *, device: str, quick: bool, dtypes, compile_peers: bool
     from .suite_cpu_noise import run_noise_rows
 
     run_noise_rows(report, quick)
+    # issue 17: GroupNorm+SiLU, the compiled kernel vs the pure-torch path vs ATen's (diffusers')
+    from .cpu_group_norm_silu import run_group_norm_rows
+
+    run_group_norm_rows(report, quick)
 
     # issue 17: training step and DDIM-50 against diffusers (suite label "cpu-vs-diffusers")
     from . import cpu_vs_diffusers

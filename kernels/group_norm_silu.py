@@ -104,8 +104,10 @@ def group_norm_silu(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Te
     if x.numel() == 0 or (name == "torch" and x.dtype == torch.float64):
         return torch_ops.group_norm_silu(x, weight, bias, groups, eps, activation, shift)
     if name == "torch":  # issue 17 (CPU speed): fused C++ for float32 NCHW on the CPU, where it
-        # builds; else (half types, channels_last, no compiler, torch.compile tracing) the
-        # hand-written backward over ATen's fused GroupNorm
+        # builds; else (half types, channels_last, no compiler) the hand-written backward over
+        # ATen's fused GroupNorm; under torch.compile, F.group_norm for inductor to fuse
+        if torch.compiler.is_compiling():
+            return group_norm_silu_torch.group_norm_silu_traced(x, weight, bias, groups, eps, activation, shift)
         if cpu_group_norm_silu.applies(x, weight, bias, shift):
             return GroupNormSiLUFunction.apply(x, weight, bias, shift, groups, eps, activation, "cpu")
         return group_norm_silu_torch.group_norm_silu(x, weight, bias, groups, eps, activation, shift)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["group_norm_silu"]
+__all__ = ["group_norm_silu", "group_norm_silu_traced"]
 
 
 def _group_mean(h: torch.Tensor, groups: int) -> torch.Tensor:
@@ -101,4 +101,23 @@ def group_norm_silu(x, weight, bias, groups: int, eps: float, activation: bool, 
                                 None if bias is None else bias.to(compute), groups, eps)
     if activation:
         y = F.silu(y, inplace=not (torch.is_grad_enabled() and y.requires_grad))
+    return y.to(x.dtype)
+
+
+
+def group_norm_silu_traced(x, weight, bias, groups: int, eps: float, activation: bool, shift):
+    """The form torch.compile traces: F.group_norm and F.silu with their plain autograd, which
+    inductor lowers to its own fused reductions (the compiled C++ op or a custom autograd Function
+    stay opaque to it; the centring above adds a pass: both measured slower, issue 17). Its forward
+    is centred ((h - mean) rstd, a Welford variance); its backward is ATen's decomposition
+    (dx = rstd w dy + c2 h + c3), which loses ~ulp(|mean|) where |mean| >> std: held to the
+    reference at 1e-4 there, 1e-5 on zero-mean data (tests/test_group_norm_silu_cpu_compiled.py)."""
+    compute = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+    h = x.to(compute)
+    if shift is not None:
+        h = h + shift.to(compute).reshape(shift.shape + (1,) * (x.dim() - 2))
+    y = F.group_norm(h, groups, None if weight is None else weight.to(compute),
+                     None if bias is None else bias.to(compute), eps)
+    if activation:
+        y = F.silu(y)
     return y.to(x.dtype)

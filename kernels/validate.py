@@ -10,6 +10,7 @@ too, at the price of one synchronisation per call (useful while debugging).
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Sequence
 
@@ -223,7 +224,9 @@ def check_clip(clip) -> tuple[float, float] | None:
 def check_finite_number(value, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    if not np.isfinite(float(value)):
+    # math, not numpy: torch.compile traces a model's kernels.group_norm_silu(eps=...) calls, and
+    # np.isfinite on a constant breaks its graph at every GroupNorm
+    if not math.isfinite(float(value)):
         raise ValueError(f"{name} must be finite, got {value!r}")
     return float(value)
 

@@ -5,7 +5,8 @@
 //
 // One task per (sample, group), spread over torch's own OpenMP workers (the library links the
 // libgomp.so.1 torch loaded: see build.py). x is NCHW-contiguous float32, so a group is one
-// contiguous block of (C / G) * S values, and a task reads it from cache after its first pass.
+// contiguous block of (C / G) * S values, and a task reads it from cache after its first pass;
+// channels_last x (NHWC) is one task per sample, transposed to NCHW in a scratch block and back.
 //
 // Accuracy (why not ATen's group_norm): the statistics are float64 sums of the float32 h, the
 // variance is the second, centred pass (no E[h^2] - E[h]^2 cancellation), and h - mean is taken in
@@ -23,6 +24,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <vector>
 #if defined(__x86_64__)
 #include <immintrin.h>
 #define DDPM_X86 1
@@ -308,58 +310,121 @@ int useful_threads(int threads, int64_t values) {
     return (int)std::max<int64_t>(1, std::min<int64_t>(threads, values >> 14));
 }
 
+// One (sample, group) of an NCHW block: statistics, then y (the group's block of out)
+void forward_group(Group& g, double eps, bool activation, float* out, bool avx2) {
+    stats(g, eps, avx2);
+    for (int64_t k = 0; k < g.channels; ++k) normalise(g, k, activation, out + k * g.S, avx2);
+}
+
+// One (sample, group) of an NCHW block: dx into dx_out (the group's block), the per-channel
+// (sum dz, sum dz x_hat) into sums (2 per channel), sum_hw dx per channel into dshift if wanted
+void backward_group(const Group& g, bool activation, const float* dy, float* dx_out, double* sums,
+                    float* dshift, bool avx2) {
+    const int64_t S = g.S;
+    double m1 = 0.0, m2 = 0.0;  // sums over the group of dx_hat = w dz and of dx_hat x_hat
+    for (int64_t k = 0; k < g.channels; ++k) {
+        double* own = sums + 2 * k;
+        own[0] = own[1] = 0.0;
+        dz_pass(g, k, activation, dy + k * S, dx_out + k * S, own, avx2);
+        const double w = param(g.weight, k, 1.0f);
+        m1 += w * own[0];
+        m2 += w * own[1];
+    }
+    const double count = (double)(g.channels * S);
+    const float mean_dx_hat = (float)(m1 / count), mean_dx_hat_x_hat = (float)(m2 / count);
+    for (int64_t k = 0; k < g.channels; ++k) {
+        const double total = dx_pass(g, k, mean_dx_hat, mean_dx_hat_x_hat, dx_out + k * S, avx2);
+        if (dshift) dshift[k] = (float)total;
+    }
+}
+
+// channels_last: a sample's (S, C) values <-> (C, S), so the NCHW code above runs on it
+void to_channels_first(const float* src, int64_t S, int64_t C, float* dst) {
+    for (int64_t p = 0; p < S; ++p)
+        for (int64_t c = 0; c < C; ++c) dst[c * S + p] = src[p * C + c];
+}
+
+void to_channels_last(const float* src, int64_t S, int64_t C, float* dst) {
+    for (int64_t p = 0; p < S; ++p)
+        for (int64_t c = 0; c < C; ++c) dst[p * C + c] = src[c * S + p];
+}
+
 }  // namespace
 
 extern "C" {
 
 int ddpm_gns_has_avx2() { return cpu_has_avx2_fma() ? 1 : 0; }
 
-// x, y: (N, C, S) float32 contiguous; shift (N, C), weight, bias (C) or null;
+// x, y: (N, C, S) float32, NCHW-contiguous, or with channels_last != 0 (N, S, C) contiguous (the
+// same tensor in torch.channels_last); shift (N, C), weight, bias (C) or null;
 // mean, rstd: (N, G) float64 out
 void ddpm_group_norm_silu_forward(const float* x, const float* shift, const float* weight, const float* bias,
                                   int64_t N, int64_t C, int64_t S, int64_t G, double eps, int activation,
-                                  float* y, double* mean, double* rstd, int threads, int use_avx2) {
-    const int64_t tasks = N * G, cg = C / G;
+                                  float* y, double* mean, double* rstd, int channels_last, int threads,
+                                  int use_avx2) {
+    const int64_t cg = C / G;
+    if (!channels_last) {
 #pragma omp parallel for num_threads(useful_threads(threads, N * C * S)) schedule(static)
-    for (int64_t task = 0; task < tasks; ++task) {
-        Group g = make_group(x, shift, weight, bias, task / G, task % G, C, S, G);
-        stats(g, eps, use_avx2);
-        mean[task] = g.mean;
-        rstd[task] = g.rstd;
-        float* out = y + (g.x - x);
-        for (int64_t k = 0; k < cg; ++k) normalise(g, k, activation != 0, out + k * S, use_avx2);
+        for (int64_t task = 0; task < N * G; ++task) {
+            Group g = make_group(x, shift, weight, bias, task / G, task % G, C, S, G);
+            forward_group(g, eps, activation != 0, y + (g.x - x), use_avx2);
+            mean[task] = g.mean;
+            rstd[task] = g.rstd;
+        }
+        return;
+    }
+    // one task per sample: its values transposed into a scratch block (cache-resident at these
+    // sizes), the groups normalised there, the result transposed back
+#pragma omp parallel for num_threads(useful_threads(threads, N * C * S)) schedule(static)
+    for (int64_t n = 0; n < N; ++n) {
+        std::vector<float> block(2 * C * S);
+        float *xs = block.data(), *ys = xs + C * S;
+        to_channels_first(x + n * C * S, S, C, xs);
+        for (int64_t group = 0; group < G; ++group) {
+            Group g = make_group(xs, shift ? shift + n * C : nullptr, weight, bias, 0, group, C, S, G);
+            forward_group(g, eps, activation != 0, ys + group * cg * S, use_avx2);
+            mean[n * G + group] = g.mean;
+            rstd[n * G + group] = g.rstd;
+        }
+        to_channels_last(ys, S, C, y + n * C * S);
     }
 }
 
-// dy, x, dx: (N, C, S) float32 contiguous (dx always written); partial: (N, C, 2) float64
-// scratch; dweight, dbias (C), dshift (N, C): out, or null when not wanted
+// dy, x, dx: like x of the forward (dx always written); partial: (N, C, 2) float64 scratch;
+// dweight, dbias (C), dshift (N, C): out, or null when not wanted
 void ddpm_group_norm_silu_backward(const float* dy, const float* x, const float* shift, const float* weight,
                                    const float* bias, const double* mean, const double* rstd, int64_t N,
                                    int64_t C, int64_t S, int64_t G, int activation, float* dx, float* dweight,
-                                   float* dbias, float* dshift, double* partial, int threads, int use_avx2) {
-    const int64_t tasks = N * G, cg = C / G;
-    const double count = (double)(cg * S);
+                                   float* dbias, float* dshift, double* partial, int channels_last, int threads,
+                                   int use_avx2) {
+    const int64_t cg = C / G;
+    if (!channels_last) {
 #pragma omp parallel for num_threads(useful_threads(threads, N * C * S)) schedule(static)
-    for (int64_t task = 0; task < tasks; ++task) {
-        const int64_t n = task / G;
-        Group g = make_group(x, shift, weight, bias, n, task % G, C, S, G);
-        g.mean = mean[task];
-        g.rstd = rstd[task];
-        const int64_t offset = g.x - x;
-        double* sums = partial + 2 * (n * C + (task % G) * cg);  // (dz, dz x_hat) per channel
-        double m1 = 0.0, m2 = 0.0;  // sums over the group of dx_hat = w dz and of dx_hat x_hat
-        for (int64_t k = 0; k < cg; ++k) {
-            double* own = sums + 2 * k;
-            own[0] = own[1] = 0.0;
-            dz_pass(g, k, activation != 0, dy + offset + k * S, dx + offset + k * S, own, use_avx2);
-            const double w = param(g.weight, k, 1.0f);
-            m1 += w * own[0];
-            m2 += w * own[1];
+        for (int64_t task = 0; task < N * G; ++task) {
+            const int64_t n = task / G, c0 = (task % G) * cg;
+            Group g = make_group(x, shift, weight, bias, n, task % G, C, S, G);
+            g.mean = mean[task];
+            g.rstd = rstd[task];
+            const int64_t offset = g.x - x;
+            backward_group(g, activation != 0, dy + offset, dx + offset, partial + 2 * (n * C + c0),
+                           dshift ? dshift + n * C + c0 : nullptr, use_avx2);
         }
-        const float mean_dx_hat = (float)(m1 / count), mean_dx_hat_x_hat = (float)(m2 / count);
-        for (int64_t k = 0; k < cg; ++k) {
-            const double total = dx_pass(g, k, mean_dx_hat, mean_dx_hat_x_hat, dx + offset + k * S, use_avx2);
-            if (dshift) dshift[offset / S + k] = (float)total;
+    } else {
+#pragma omp parallel for num_threads(useful_threads(threads, N * C * S)) schedule(static)
+        for (int64_t n = 0; n < N; ++n) {
+            std::vector<float> block(3 * C * S);
+            float *xs = block.data(), *dys = xs + C * S, *dxs = dys + C * S;
+            to_channels_first(x + n * C * S, S, C, xs);
+            to_channels_first(dy + n * C * S, S, C, dys);
+            for (int64_t group = 0; group < G; ++group) {
+                const int64_t c0 = group * cg;
+                Group g = make_group(xs, shift ? shift + n * C : nullptr, weight, bias, 0, group, C, S, G);
+                g.mean = mean[n * G + group];
+                g.rstd = rstd[n * G + group];
+                backward_group(g, activation != 0, dys + c0 * S, dxs + c0 * S, partial + 2 * (n * C + c0),
+                               dshift ? dshift + n * C + c0 : nullptr, use_avx2);
+            }
+            to_channels_last(dxs, S, C, dx + n * C * S);
         }
     }
     // over samples in a fixed order, after the parallel loop (thread-count independent)

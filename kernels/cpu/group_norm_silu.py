@@ -1,12 +1,14 @@
 """`group_norm_silu` compiled for the CPU (group_norm_silu.cpp beside this file).
 
-The torch backend runs float32 NCHW-contiguous CPU tensors through these two calls (forward and
-backward fused, one task per (sample, group), float64 statistics), inside the same autograd
-Function as the Triton and CuPy kernels (kernels.group_norm_silu.GroupNormSiLUFunction, backend
-"cpu"): about a tenth of the ~35 ATen ops per call that the pure-torch form records (issue 17).
-`applies` says when; otherwise, when the library is unavailable (no compiler, a failed build: one
-warning; DDPM_KERNELS_CPU_NATIVE=0: silently) and while torch.compile traces (inductor fuses the
-pure-torch form itself), the caller keeps kernels/group_norm_silu_torch.py.
+The torch backend runs float32 CPU tensors, NCHW-contiguous or 4-D channels_last, through these two calls (forward and
+backward each one fused call, one task per (sample, group), float64 statistics) inside the same
+autograd Function as the Triton and CuPy kernels (kernels.group_norm_silu.GroupNormSiLUFunction,
+backend "cpu"), where the pure-torch form records ~35 ATen ops per call (issue 17). `applies` says
+when; otherwise (the library unavailable: no compiler or a failed build, one warning;
+DDPM_KERNELS_CPU_NATIVE=0, silently) the caller keeps kernels/group_norm_silu_torch.py. Under
+torch.compile the caller traces F.group_norm instead (group_norm_silu_traced), which inductor
+fuses: a call into this library would be opaque to it (a torch.library custom op also costs
+~0.2 ms of dispatch per call in eager, measured).
 
 DDPM_KERNELS_CPU_NATIVE=scalar keeps the library but skips its AVX2 code, as for philox.
 """
@@ -31,9 +33,9 @@ _P, _I64 = ctypes.c_void_p, ctypes.c_int64
 _SIGNATURES = {
     "ddpm_gns_has_avx2": ([], ctypes.c_int),
     "ddpm_group_norm_silu_forward": ([_P, _P, _P, _P, _I64, _I64, _I64, _I64, ctypes.c_double, ctypes.c_int,
-                                      _P, _P, _P, ctypes.c_int, ctypes.c_int], None),
+                                      _P, _P, _P, ctypes.c_int, ctypes.c_int, ctypes.c_int], None),
     "ddpm_group_norm_silu_backward": ([_P, _P, _P, _P, _P, _P, _P, _I64, _I64, _I64, _I64, ctypes.c_int,
-                                       _P, _P, _P, _P, _P, ctypes.c_int, ctypes.c_int], None),
+                                       _P, _P, _P, _P, _P, ctypes.c_int, ctypes.c_int, ctypes.c_int], None),
 }
 _SOURCE: list[str] = []
 
@@ -59,14 +61,19 @@ def _use_avx2(lib: ctypes.CDLL) -> int:
     return int(lib.ddpm_gns_has_avx2())
 
 
+def _channels_last(x: torch.Tensor) -> bool:
+    """x is read as NHWC (4-D, channels_last-contiguous and not NCHW-contiguous as well)."""
+    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
 def applies(x: torch.Tensor, weight, bias, shift) -> bool:
-    """Whether the compiled path takes this call: float32 NCHW-contiguous CPU x (and float32
-    parameters), not under torch.compile's tracing, library available."""
-    if x.device.type != "cpu" or x.dtype != torch.float32 or not x.is_contiguous() or x.dim() < 2:
+    """Whether the compiled path takes this call: float32 CPU x, NCHW-contiguous or 4-D
+    channels_last, float32 parameters, the library available."""
+    if x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() < 2:
+        return False
+    if not (x.is_contiguous() or _channels_last(x)):
         return False
     if any(p is not None and p.dtype != torch.float32 for p in (weight, bias, shift)):
-        return False
-    if torch.compiler.is_compiling():
         return False
     return library() is not None
 
@@ -85,12 +92,13 @@ def forward(x, weight, bias, shift, groups: int, eps: float, activation: bool):
     lib = library()
     n, c, s = _dims(x)
     weight, bias, shift = (None if p is None else p.contiguous() for p in (weight, bias, shift))
-    y = torch.empty_like(x)
+    y = torch.empty_like(x)  # keeps x's memory format
     mean = torch.empty(n * groups, dtype=torch.float64)
     rstd = torch.empty(n * groups, dtype=torch.float64)
     lib.ddpm_group_norm_silu_forward(x.data_ptr(), _ptr(shift), _ptr(weight), _ptr(bias), n, c, s, groups,
                                      float(eps), int(activation), y.data_ptr(), mean.data_ptr(),
-                                     rstd.data_ptr(), torch.get_num_threads(), _use_avx2(lib))
+                                     rstd.data_ptr(), int(_channels_last(x)), torch.get_num_threads(),
+                                     _use_avx2(lib))
     return y, mean, rstd
 
 
@@ -99,9 +107,11 @@ def backward(dy, x, weight, bias, shift, mean, rstd, groups: int, activation: bo
     lib = library()
     n, c, s = _dims(x)
     weight, bias, shift = (None if p is None else p.contiguous() for p in (weight, bias, shift))
-    dy = dy.to(torch.float32).contiguous()
+    channels_last = _channels_last(x)
+    dy = dy.to(torch.float32).contiguous(memory_format=torch.channels_last if channels_last else
+                                         torch.contiguous_format)
     need_dx, need_dweight, need_dbias, need_dshift = (bool(v) for v in needs)
-    dx = torch.empty_like(x)  # also the dz scratch of the first pass
+    dx = torch.empty_like(x)  # x's memory format; also the dz scratch of the first pass
     dweight = torch.empty(c, dtype=torch.float32) if need_dweight and weight is not None else None
     dbias = torch.empty(c, dtype=torch.float32) if need_dbias and bias is not None else None
     dshift = torch.empty((n, c), dtype=torch.float32) if need_dshift and shift is not None else None
@@ -109,5 +119,7 @@ def backward(dy, x, weight, bias, shift, mean, rstd, groups: int, activation: bo
     lib.ddpm_group_norm_silu_backward(dy.data_ptr(), x.data_ptr(), _ptr(shift), _ptr(weight), _ptr(bias),
                                       mean.data_ptr(), rstd.data_ptr(), n, c, s, groups, int(activation),
                                       dx.data_ptr(), _ptr(dweight), _ptr(dbias), _ptr(dshift),
-                                      partial.data_ptr(), torch.get_num_threads(), _use_avx2(lib))
+                                      partial.data_ptr(), int(channels_last), torch.get_num_threads(),
+                                      _use_avx2(lib))
     return (dx if need_dx else None), dweight, dbias, dshift
+
