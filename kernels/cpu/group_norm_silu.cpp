@@ -6,7 +6,8 @@
 // One task per (sample, group), spread over torch's own OpenMP workers (the library links the
 // libgomp.so.1 torch loaded: see build.py). x is NCHW-contiguous float32, so a group is one
 // contiguous block of (C / G) * S values, and a task reads it from cache after its first pass;
-// channels_last x (NHWC) is one task per sample, transposed to NCHW in a scratch block and back.
+// channels_last x (NHWC) is one task per sample: on AVX2 with C a multiple of 8, 8 channels per
+// vector in place; otherwise transposed to NCHW in a scratch block and back.
 //
 // Accuracy (why not ATen's group_norm): the statistics are float64 sums of the float32 h, the
 // variance is the second, centred pass (no E[h^2] - E[h]^2 cancellation), and h - mean is taken in
@@ -266,6 +267,157 @@ DDPM_AVX2 double dx_avx2(const Group& g, int64_t k, float m1, float m2, float* d
 }
 
 bool cpu_has_avx2_fma() { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
+
+// ---- channels_last on AVX2 (C a multiple of 8): one sample's (S, C) block, 8 channels per vector
+// Per-channel float32 sums over blocks of BLOCK_PIXELS pixels are added to float64 per-channel
+// totals; the centring and x_hat are those of the NCHW passes, per channel vectors.
+constexpr int64_t BLOCK_PIXELS = 64;
+
+struct SampleNHWC {
+    const float* x;      // (S, C)
+    const float* shift;  // (C) or nullptr
+    const float* weight;
+    const float* bias;
+    int64_t C, S, G;
+};
+
+// sums[c] += sum over pixels of f(p, c-vector) for every channel, f returning 8 floats
+template <class F>
+DDPM_AVX2 void channel_sums_nhwc(const SampleNHWC& t, double* sums, float* scratch, const F& f) {
+    for (int64_t p0 = 0; p0 < t.S; p0 += BLOCK_PIXELS) {
+        const int64_t p1 = std::min(t.S, p0 + BLOCK_PIXELS);
+        for (int64_t c = 0; c < t.C; c += 8) _mm256_storeu_ps(scratch + c, _mm256_setzero_ps());
+        for (int64_t p = p0; p < p1; ++p)
+            for (int64_t c = 0; c < t.C; c += 8)
+                _mm256_storeu_ps(scratch + c, _mm256_add_ps(_mm256_loadu_ps(scratch + c), f(p, c)));
+        for (int64_t c = 0; c < t.C; ++c) sums[c] += (double)scratch[c];
+    }
+}
+
+// per channel: the group's value of a per-group float64 array, as float32
+DDPM_AVX2 void per_channel(const double* by_group, int64_t C, int64_t G, float* out) {
+    for (int64_t c = 0; c < C; ++c) out[c] = (float)by_group[c / (C / G)];
+}
+
+// stats, then the (hi, lo, rstd) per channel; returns through mean/rstd (G each)
+DDPM_AVX2 void stats_nhwc(const SampleNHWC& t, double eps, double* mean, double* rstd, float* hi, float* lo,
+                          float* r, double* sums, float* scratch) {
+    const int64_t C = t.C, cg = C / t.G;
+    const double count = (double)(cg * t.S);
+    std::fill(sums, sums + C, 0.0);
+    channel_sums_nhwc(t, sums, scratch, [&](int64_t p, int64_t c) DDPM_AVX2 {
+        return _mm256_sub_ps(_mm256_loadu_ps(t.x + p * C + c), _mm256_loadu_ps(t.x + c));
+    });
+    for (int64_t g = 0; g < t.G; ++g) {
+        double total = 0.0;
+        for (int64_t c = g * cg; c < (g + 1) * cg; ++c)
+            total += sums[c] + (double)t.S * h_of(t.x[c], param(t.shift, c, 0.0f));
+        mean[g] = total / count;
+    }
+    for (int64_t c = 0; c < C; ++c) {
+        const double centre_c = mean[c / cg] - (double)param(t.shift, c, 0.0f);
+        hi[c] = (float)centre_c;
+        lo[c] = (float)(centre_c - (double)hi[c]);
+    }
+    std::fill(sums, sums + C, 0.0);
+    channel_sums_nhwc(t, sums, scratch, [&](int64_t p, int64_t c) DDPM_AVX2 {
+        const __m256 d = _mm256_sub_ps(_mm256_sub_ps(_mm256_loadu_ps(t.x + p * C + c), _mm256_loadu_ps(hi + c)),
+                                       _mm256_loadu_ps(lo + c));
+        return _mm256_mul_ps(d, d);
+    });
+    for (int64_t g = 0; g < t.G; ++g) {
+        double total = 0.0;
+        for (int64_t c = g * cg; c < (g + 1) * cg; ++c) total += sums[c];
+        rstd[g] = 1.0 / std::sqrt(total / count + eps);
+    }
+    per_channel(rstd, C, t.G, r);
+}
+
+DDPM_AVX2 inline __m256 x_hat_nhwc(const float* x, const float* hi, const float* lo, const float* r, int64_t c) {
+    return _mm256_mul_ps(_mm256_sub_ps(_mm256_sub_ps(_mm256_loadu_ps(x), _mm256_loadu_ps(hi + c)),
+                                       _mm256_loadu_ps(lo + c)), _mm256_loadu_ps(r + c));
+}
+
+DDPM_AVX2 void forward_nhwc(const SampleNHWC& t, double eps, bool activation, float* y, double* mean,
+                            double* rstd, float* work, double* sums) {
+    const int64_t C = t.C;
+    float *hi = work, *lo = hi + C, *r = lo + C, *w = r + C, *b = w + C, *scratch = b + C;
+    for (int64_t c = 0; c < C; ++c) {
+        w[c] = param(t.weight, c, 1.0f);
+        b[c] = param(t.bias, c, 0.0f);
+    }
+    stats_nhwc(t, eps, mean, rstd, hi, lo, r, sums, scratch);
+    for (int64_t p = 0; p < t.S; ++p)
+        for (int64_t c = 0; c < C; c += 8) {
+            const __m256 x_hat = x_hat_nhwc(t.x + p * C + c, hi, lo, r, c);
+            const __m256 z = _mm256_add_ps(_mm256_mul_ps(x_hat, _mm256_loadu_ps(w + c)), _mm256_loadu_ps(b + c));
+            _mm256_storeu_ps(y + p * C + c, activation ? _mm256_mul_ps(z, sigmoid8(z)) : z);
+        }
+}
+
+// dx (S, C) of one sample; partial (C, 2): (sum dz, sum dz x_hat); dshift (C) or nullptr
+DDPM_AVX2 void backward_nhwc(const SampleNHWC& t, const double* mean, const double* rstd, bool activation,
+                             const float* dy, float* dx, double* partial, float* dshift, float* work,
+                             double* sums) {
+    const int64_t C = t.C, cg = C / t.G;
+    float *hi = work, *lo = hi + C, *r = lo + C, *w = r + C, *b = w + C, *scratch = b + C;
+    float *m1 = scratch + C, *m2 = m1 + C;
+    for (int64_t c = 0; c < C; ++c) {
+        w[c] = param(t.weight, c, 1.0f);
+        b[c] = param(t.bias, c, 0.0f);
+        const double centre_c = mean[c / cg] - (double)param(t.shift, c, 0.0f);
+        hi[c] = (float)centre_c;
+        lo[c] = (float)(centre_c - (double)hi[c]);
+    }
+    per_channel(rstd, C, t.G, r);
+    const __m256 one = _mm256_set1_ps(1.0f);
+    // pass 1: dz into dx, and per channel sum dz (sums) and sum dz x_hat (sums + C)
+    double *dz_sums = sums, *dz_x_hat_sums = sums + C;
+    std::fill(sums, sums + 2 * C, 0.0);
+    channel_sums_nhwc(t, dz_sums, scratch, [&](int64_t p, int64_t c) DDPM_AVX2 {
+        const __m256 x_hat = x_hat_nhwc(t.x + p * C + c, hi, lo, r, c);
+        __m256 dz = _mm256_loadu_ps(dy + p * C + c);
+        if (activation) {
+            const __m256 z = _mm256_add_ps(_mm256_mul_ps(x_hat, _mm256_loadu_ps(w + c)), _mm256_loadu_ps(b + c));
+            const __m256 sig = sigmoid8(z);
+            dz = _mm256_mul_ps(dz, _mm256_mul_ps(sig, _mm256_add_ps(one, _mm256_mul_ps(z, _mm256_sub_ps(one, sig)))));
+        }
+        _mm256_storeu_ps(dx + p * C + c, dz);
+        return dz;
+    });
+    channel_sums_nhwc(t, dz_x_hat_sums, scratch, [&](int64_t p, int64_t c) DDPM_AVX2 {
+        return _mm256_mul_ps(_mm256_loadu_ps(dx + p * C + c), x_hat_nhwc(t.x + p * C + c, hi, lo, r, c));
+    });
+    for (int64_t g = 0; g < t.G; ++g) {
+        double s1 = 0.0, s2 = 0.0;
+        for (int64_t c = g * cg; c < (g + 1) * cg; ++c) {
+            s1 += (double)w[c] * dz_sums[c];
+            s2 += (double)w[c] * dz_x_hat_sums[c];
+        }
+        const double count = (double)(cg * t.S);
+        for (int64_t c = g * cg; c < (g + 1) * cg; ++c) {
+            m1[c] = (float)(s1 / count);
+            m2[c] = (float)(s2 / count);
+        }
+    }
+    for (int64_t c = 0; c < C; ++c) {
+        partial[2 * c] = dz_sums[c];
+        partial[2 * c + 1] = dz_x_hat_sums[c];
+    }
+    // pass 2: dx = rstd (w dz - m1 - x_hat m2), and sum_hw dx per channel for dshift
+    std::fill(sums, sums + C, 0.0);
+    channel_sums_nhwc(t, sums, scratch, [&](int64_t p, int64_t c) DDPM_AVX2 {
+        const __m256 x_hat = x_hat_nhwc(t.x + p * C + c, hi, lo, r, c);
+        const __m256 inner = _mm256_sub_ps(
+            _mm256_sub_ps(_mm256_mul_ps(_mm256_loadu_ps(w + c), _mm256_loadu_ps(dx + p * C + c)), _mm256_loadu_ps(m1 + c)),
+            _mm256_mul_ps(x_hat, _mm256_loadu_ps(m2 + c)));
+        const __m256 out = _mm256_mul_ps(_mm256_loadu_ps(r + c), inner);
+        _mm256_storeu_ps(dx + p * C + c, out);
+        return out;
+    });
+    if (dshift)
+        for (int64_t c = 0; c < C; ++c) dshift[c] = (float)sums[c];
+}
 #else
 bool cpu_has_avx2_fma() { return false; }
 #endif
@@ -373,8 +525,20 @@ void ddpm_group_norm_silu_forward(const float* x, const float* shift, const floa
         }
         return;
     }
-    // one task per sample: its values transposed into a scratch block (cache-resident at these
-    // sizes), the groups normalised there, the result transposed back
+#if DDPM_X86
+    if (use_avx2 && C % 8 == 0) {  // one task per sample, 8 channels per vector
+#pragma omp parallel for num_threads(useful_threads(threads, N * C * S)) schedule(static)
+        for (int64_t n = 0; n < N; ++n) {
+            std::vector<float> work(6 * C);
+            std::vector<double> sums(C);
+            const SampleNHWC t{x + n * C * S, shift ? shift + n * C : nullptr, weight, bias, C, S, G};
+            forward_nhwc(t, eps, activation != 0, y + n * C * S, mean + n * G, rstd + n * G, work.data(), sums.data());
+        }
+        return;
+    }
+#endif
+    // otherwise one task per sample: its values transposed into a scratch block (cache-resident
+    // at these sizes), the groups normalised there, the result transposed back
 #pragma omp parallel for num_threads(useful_threads(threads, N * C * S)) schedule(static)
     for (int64_t n = 0; n < N; ++n) {
         std::vector<float> block(2 * C * S);
@@ -409,6 +573,17 @@ void ddpm_group_norm_silu_backward(const float* dy, const float* x, const float*
             backward_group(g, activation != 0, dy + offset, dx + offset, partial + 2 * (n * C + c0),
                            dshift ? dshift + n * C + c0 : nullptr, use_avx2);
         }
+#if DDPM_X86
+    } else if (use_avx2 && C % 8 == 0) {
+#pragma omp parallel for num_threads(useful_threads(threads, N * C * S)) schedule(static)
+        for (int64_t n = 0; n < N; ++n) {
+            std::vector<float> work(8 * C);
+            std::vector<double> sums(2 * C);
+            const SampleNHWC t{x + n * C * S, shift ? shift + n * C : nullptr, weight, bias, C, S, G};
+            backward_nhwc(t, mean + n * G, rstd + n * G, activation != 0, dy + n * C * S, dx + n * C * S,
+                          partial + 2 * n * C, dshift ? dshift + n * C : nullptr, work.data(), sums.data());
+        }
+#endif
     } else {
 #pragma omp parallel for num_threads(useful_threads(threads, N * C * S)) schedule(static)
         for (int64_t n = 0; n < N; ++n) {
