@@ -92,7 +92,9 @@ def _train(out: Path, settings: DemoSettings, ctx, *, progress: bool, echo) -> t
     data = load_digits()
     config = settings.unet_config()
     schedule = reference.make_schedule(settings.schedule, settings.timesteps)
-    train_config = settings.train_config()
+    # channels_last on the CPU: there torch's convolutions and our GroupNorm+SiLU run faster in
+    # it (issue 17, benchmarks/results/cpu-vs-diffusers-quiet.md); a speed option, not the math
+    train_config = replace(settings.train_config(), channels_last=ctx.device.type == "cpu")
     ckpt = open_run(out, ctx, _WRITES)
     if ckpt is not None:
         check_resume(ckpt, unet_config=config, schedule=schedule, training=train_config.to_dict(),

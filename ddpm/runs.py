@@ -127,6 +127,11 @@ def _run_dir(ckpt: Checkpoint) -> Path:
     return ckpt.path.parent.parent if ckpt.path.parent.name == "checkpoints" else ckpt.path
 
 
+# TrainConfig fields that change how a step runs, not what it computes (the same math to float32
+# rounding): a run may continue with others, e.g. the demo's channels_last on a CPU after a GPU
+SPEED_OPTIONS = ("channels_last", "compile")
+
+
 def check_resume(ckpt: Checkpoint, *, unet_config: reference.UNetConfig | None = None,
                  schedule: reference.Schedule | None = None, training: dict | None = None,
                  label: str | None = None, data: ImageDataset | None = None,
@@ -136,7 +141,8 @@ def check_resume(ckpt: Checkpoint, *, unet_config: reference.UNetConfig | None =
 
     unet_config, schedule: None takes the saved one, anything else must equal it. training:
     the TrainConfig fields asked for; a field left out takes the saved value, every field but
-    `steps` must equal the saved one and `steps` may not lie behind the checkpoint. label: the
+    `steps` and the speed options (SPEED_OPTIONS) must equal the saved one, and `steps` may not lie
+    behind the checkpoint. label: the
     kind of run, for the message ("demo"). data: the dataset the run would continue on; its
     fingerprint must be the saved one unless allow_data_change. Raises CheckpointError naming
     what differs.
@@ -144,14 +150,15 @@ def check_resume(ckpt: Checkpoint, *, unet_config: reference.UNetConfig | None =
     ckpt.check_compatible(unet_config or ckpt.unet_config, schedule)
     saved = dict(ckpt.config.get("training", {}))
     training = dict(training or {})
-    changed = {k: (saved.get(k), v) for k, v in training.items() if k != "steps" and saved.get(k) != v}
+    changed = {k: (saved.get(k), v) for k, v in training.items()
+               if k != "steps" and k not in SPEED_OPTIONS and saved.get(k) != v}
     run = _run_dir(ckpt)
     if changed:
         kind = f"{label} checkpoint" if label else "checkpoint"
         raise CheckpointError(
             f"{run} holds a {kind} with other settings ({', '.join(changed)}): "
             + ", ".join(f"{k}: saved {a!r}, given {b!r}" for k, (a, b) in changed.items())
-            + f"; only steps may change when resuming: pass another --out (or delete {run}) "
+            + f"; only steps and {'/'.join(SPEED_OPTIONS)} may change when resuming: pass another --out (or delete {run}) "
               f"to start a new run")
     steps = training.get("steps", saved.get("steps"))
     if steps is not None and steps < ckpt.step:
@@ -163,7 +170,8 @@ def check_resume(ckpt: Checkpoint, *, unet_config: reference.UNetConfig | None =
         raise CheckpointError(f"{run} was trained on other data ({source}) than {data.source}: "
                               + "; ".join(changes) + ". Pass --allow-data-change to continue it on "
                               "this data, or another --out to start a new run")
-    resumed = {**saved, **({} if steps is None else {"steps": steps})}
+    speed = {k: training[k] for k in SPEED_OPTIONS if k in training}
+    resumed = {**saved, **speed, **({} if steps is None else {"steps": steps})}
     return ckpt.unet_config, ckpt.schedule, TrainConfig.from_dict(resumed)
 
 

@@ -122,6 +122,11 @@ def test_check_resume_is_the_one_resume_policy(run_dir):
         check_resume(ckpt, training={"seed": 1, "lr": 0.1, "steps": 50}, label="demo")
     with pytest.raises(CheckpointError, match="was trained with schedule"):
         check_resume(ckpt, schedule=reference.make_schedule("cosine", 20))
+    # the speed options may change (the same math): the resumed run takes the ones asked for
+    flipped = {k: not saved.get(k, False) for k in ("channels_last", "compile")}
+    _, _, train = check_resume(ckpt, training={"steps": 50, **flipped})
+    assert (train.channels_last, train.compile) == (flipped["channels_last"], flipped["compile"])
+    assert {**train.to_dict(), "steps": saved["steps"], **{k: saved.get(k, False) for k in flipped}} == saved
 
 
 @pytest.mark.parametrize("extra, message", [
