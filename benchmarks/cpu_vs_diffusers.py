@@ -14,7 +14,8 @@ of them alike), median of `repeat` calls after warm-up, torch at 2 threads, floa
 Variants, each against diffusers in the same setting: channels_last (model and state), compile
 (torch.compile, inductor's C++; skipped with --no-compile, digits only: a CIFAR compile takes
 minutes), bf16 autocast only where ddpm.cpu_speed.cpu_bf16_support() detects native bf16 (else
-a skipped line saying why).
+a skipped line saying why). Each variant's row also times diffusers as users run it by default
+(NCHW, eager: "diffusers-eager") in the same interleaving.
 """
 
 from __future__ import annotations
@@ -149,6 +150,8 @@ def train_rows(report: Report, *, quick: bool, compile_peers: bool, only=None, r
                 ours_opts["mixed_precision"] = "bf16"
             fns = {"ours": _our_train_step(model, dataset, batch, **ours_opts),
                    "diffusers": _diffusers_train_step(model, dataset, batch, **opts)}
+            if label:  # the peer as users run it by default, in the same interleaving
+                fns["diffusers-eager"] = _diffusers_train_step(model, dataset, batch)
             times, cpu = interleaved(fns, **rounds)
             row = Row(SUITE, f"train step {name}" + (f" {label}" if label else ""),
                       dict(batch=batch, params=reference.count_parameters(config), dtype="bf16" if label == "bf16" else "fp32",
@@ -182,6 +185,15 @@ def ddim_rows(report: Report, *, quick: bool, compile_peers: bool, repeat: int =
     variants = [("", {})] + [("channels_last", {"channels_last": True})]
     if compile_peers:
         variants.append(("compile", {"compile": True}))
+    plain_scheduler, plain_net = _diffusers_ddim(model, n, num_steps)
+
+    @torch.no_grad()
+    def plain_diffusers():
+        x = x_T
+        for t in plain_scheduler.timesteps:
+            x = plain_scheduler.step(plain_net(x, t, class_labels=y).sample, t, x).prev_sample
+        return x
+
     for label, opts in variants:
         scheduler, net = _diffusers_ddim(model, n, num_steps, **opts)
         fast = FastSampler(model, schedule, num_steps=num_steps, dtype=torch.float32, **opts)
@@ -197,6 +209,8 @@ def ddim_rows(report: Report, *, quick: bool, compile_peers: bool, repeat: int =
         fns = {"ours": lambda fast=fast: fast(n, seed=0, y=y), "diffusers": theirs}
         if not label:
             fns["ours-eager"] = lambda: sample(model, shape, schedule, num_steps=num_steps, x_T=x_T, y=y)
+        else:  # the peer as users run it by default (NCHW eager), in the same interleaving
+            fns["diffusers-eager"] = plain_diffusers
         times, cpu = interleaved(fns, **rounds)
         row = Row(SUITE, f"DDIM-{num_steps} {config.image_size}x{config.image_size}" + (f" {label}" if label else ""),
                   dict(batch=n, params=reference.count_parameters(config), dtype="fp32",
