@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from . import build
 from .build import NATIVE_ENV, load_library, native_enabled
 
 __all__ = ["library", "applies", "forward", "backward"]
@@ -61,6 +62,21 @@ def _use_avx2(lib: ctypes.CDLL) -> int:
     return int(lib.ddpm_gns_has_avx2())
 
 
+_RESOLVED: dict = {}  # DDPM_KERNELS_CPU_NATIVE's value -> (library or None, use_avx2)
+
+
+def _native() -> tuple[ctypes.CDLL | None, int]:
+    """(library, use_avx2) for the current DDPM_KERNELS_CPU_NATIVE, one environment read per call
+    (this runs at every GroupNorm of a forward and a backward: the full lookup cost ~30 us)."""
+    key = os.environ.get(NATIVE_ENV)
+    hit = _RESOLVED.get(key)
+    if hit is None or (hit[0] is not None and build._LOADED.get("group_norm_silu") is not hit[0]):
+        lib = library()  # builds or loads on first use; build.clear_cache() makes it look again
+        hit = (lib, 0 if lib is None else _use_avx2(lib))
+        _RESOLVED[key] = hit
+    return hit
+
+
 def _channels_last(x: torch.Tensor) -> bool:
     """x is read as NHWC (4-D, channels_last-contiguous and not NCHW-contiguous as well)."""
     return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
@@ -75,7 +91,7 @@ def applies(x: torch.Tensor, weight, bias, shift) -> bool:
         return False
     if any(p is not None and p.dtype != torch.float32 for p in (weight, bias, shift)):
         return False
-    return library() is not None
+    return _native()[0] is not None
 
 
 def _ptr(t: torch.Tensor | None) -> int | None:
@@ -89,7 +105,7 @@ def _dims(x: torch.Tensor) -> tuple[int, int, int]:
 
 def forward(x, weight, bias, shift, groups: int, eps: float, activation: bool):
     """(y, mean, rstd): y like x, mean/rstd (N * groups,) float64 (only the backward reads them)."""
-    lib = library()
+    lib, avx2 = _native()
     n, c, s = _dims(x)
     weight, bias, shift = (None if p is None else p.contiguous() for p in (weight, bias, shift))
     y = torch.empty_like(x)  # keeps x's memory format
@@ -97,14 +113,13 @@ def forward(x, weight, bias, shift, groups: int, eps: float, activation: bool):
     rstd = torch.empty(n * groups, dtype=torch.float64)
     lib.ddpm_group_norm_silu_forward(x.data_ptr(), _ptr(shift), _ptr(weight), _ptr(bias), n, c, s, groups,
                                      float(eps), int(activation), y.data_ptr(), mean.data_ptr(),
-                                     rstd.data_ptr(), int(_channels_last(x)), torch.get_num_threads(),
-                                     _use_avx2(lib))
+                                     rstd.data_ptr(), int(_channels_last(x)), torch.get_num_threads(), avx2)
     return y, mean, rstd
 
 
 def backward(dy, x, weight, bias, shift, mean, rstd, groups: int, activation: bool, needs):
     """(dx, dweight, dbias, dshift), each None where `needs` (4 bools) says it is not wanted."""
-    lib = library()
+    lib, avx2 = _native()
     n, c, s = _dims(x)
     weight, bias, shift = (None if p is None else p.contiguous() for p in (weight, bias, shift))
     channels_last = _channels_last(x)
@@ -119,7 +134,6 @@ def backward(dy, x, weight, bias, shift, mean, rstd, groups: int, activation: bo
     lib.ddpm_group_norm_silu_backward(dy.data_ptr(), x.data_ptr(), _ptr(shift), _ptr(weight), _ptr(bias),
                                       mean.data_ptr(), rstd.data_ptr(), n, c, s, groups, int(activation),
                                       dx.data_ptr(), _ptr(dweight), _ptr(dbias), _ptr(dshift),
-                                      partial.data_ptr(), int(channels_last), torch.get_num_threads(),
-                                      _use_avx2(lib))
+                                      partial.data_ptr(), int(channels_last), torch.get_num_threads(), avx2)
     return (dx if need_dx else None), dweight, dbias, dshift
 
