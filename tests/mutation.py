@@ -294,6 +294,25 @@ MUTATIONS: list[Mutation] = [
         "precision, recall = eval_metrics.precision_recall(other, real_a, k)",
         ("tests/test_evaluate.py::test_real_digits_near_floor_and_noise_far",),
         "sample_quality passes samples as the real set: its precision is recall and vice versa"),
+    # ---------------------------------------------------------------- the compiled CPU GroupNorm (issue 17)
+    Mutation(
+        "gns-cpu-centre-low-part-dropped", "kernels/cpu/group_norm_silu.cpp",
+        "return Centre{_mm256_set1_ps(hi), _mm256_set1_ps((float)(c - (double)hi)), _mm256_set1_ps((float)g.rstd)};",
+        "return Centre{_mm256_set1_ps(hi), _mm256_setzero_ps(), _mm256_set1_ps((float)g.rstd)};",
+        ("tests/test_group_norm_silu_cpu_compiled.py",),
+        "h - mean taken against the float32-rounded mean only: x_hat off by ulp(mean) rstd in nearly-equal groups"),
+    Mutation(
+        "gns-cpu-nhwc-partials-swapped", "kernels/cpu/group_norm_silu.cpp",
+        "        partial[2 * c] = dz_sums[c];\n        partial[2 * c + 1] = dz_x_hat_sums[c];",
+        "        partial[2 * c] = dz_x_hat_sums[c];\n        partial[2 * c + 1] = dz_sums[c];",
+        ("tests/test_group_norm_silu_cpu_compiled.py",),
+        "the channels_last backward stores sum dz x_hat as dbias's partial and sum dz as dweight's"),
+    Mutation(
+        "gns-cpu-exp-coefficient", "kernels/cpu/group_norm_silu.cpp",
+        "p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));",
+        "p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6e-1f));",
+        ("tests/test_group_norm_silu_cpu_compiled.py::test_silu_and_its_gradient_over_the_whole_float_range",),
+        "the SiLU's exp polynomial with a wrong cubic coefficient (~1e-4 relative error)"),
 ]
 
 
@@ -436,23 +455,34 @@ def main(argv=None) -> int:
                 return 2
         shutil.rmtree(base)
 
-        rows, survived = [], [    # ---------------------------------------------------------------- the compiled CPU GroupNorm (issue 17)
-    Mutation(
-        "gns-cpu-centre-low-part-dropped", "kernels/cpu/group_norm_silu.cpp",
-        "return Centre{_mm256_set1_ps(hi), _mm256_set1_ps((float)(c - (double)hi)), _mm256_set1_ps((float)g.rstd)};",
-        "return Centre{_mm256_set1_ps(hi), _mm256_setzero_ps(), _mm256_set1_ps((float)g.rstd)};",
-        ("tests/test_group_norm_silu_cpu_compiled.py",),
-        "h - mean taken against the float32-rounded mean only: x_hat off by ulp(mean) rstd in nearly-equal groups"),
-    Mutation(
-        "gns-cpu-nhwc-partials-swapped", "kernels/cpu/group_norm_silu.cpp",
-        "        partial[2 * c] = dz_sums[c];\n        partial[2 * c + 1] = dz_x_hat_sums[c];",
-        "        partial[2 * c] = dz_x_hat_sums[c];\n        partial[2 * c + 1] = dz_sums[c];",
-        ("tests/test_group_norm_silu_cpu_compiled.py",),
-        "the channels_last backward stores sum dz x_hat as dbias's partial and sum dz as dweight's"),
-    Mutation(
-        "gns-cpu-exp-coefficient", "kernels/cpu/group_norm_silu.cpp",
-        "p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));",
-        "p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6e-1f));",
-        ("tests/test_group_norm_silu_cpu_compiled.py::test_silu_and_its_gradient_over_the_whole_float_range",),
-        "the SiLU's exp polynomial with a wrong cubic coefficient (~1e-4 relative error)"),
-]
+        rows, survived = [], []
+        for m in mutations:
+            work = Path(tmp) / m.name
+            make_copy(work)
+            apply(m, work)
+            t0 = time.perf_counter()
+            rc, failed, log = run_tests(m, work, args.timeout)
+            seconds = time.perf_counter() - t0
+            if rc == 5:
+                raise SystemExit(f"mutation {m.name}: pytest collected no tests from {m.tests}")
+            caught = rc != 0 and (bool(failed) or rc in (2, 3, 124))
+            if not caught:
+                survived.append(m)
+            who = _summarise(failed) if failed else f"(pytest rc {rc})"
+            rows.append((m, caught, who, seconds))
+            print(f"{'CAUGHT  ' if caught else 'SURVIVED'} {m.name} ({seconds:.0f} s): {who if caught else ''}",
+                  flush=True)
+            if not caught:
+                print(log, file=sys.stderr)
+            shutil.rmtree(work)
+
+    total = time.perf_counter() - start
+    print(f"\n| mutation | file | caught by | s |\n|---|---|---|---|")
+    for m, caught, who, seconds in rows:
+        print(f"| {m.name}: {m.why} | {m.file} | {who if caught else '**SURVIVED**'} | {seconds:.0f} |")
+    print(f"\n{len(rows) - len(survived)}/{len(rows)} caught, {total / 60:.1f} min")
+    return 1 if survived else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
