@@ -100,15 +100,7 @@ def main(argv=None) -> int:
     report = Report(env=environment("cpu"), command=command, autosave=args.json)
     report.env["load_average_start"] = os.getloadavg()
     run_group_norm_rows(report, quick=False, repeat=args.repeat)
-    report.env["load_average_end"] = os.getloadavg()
-    md = report.markdown()
-    print(md)
-    if args.json:
-        report.write_json(args.json)
-    if args.md:
-        from pathlib import Path
-
-        Path(args.md).write_text(md + "\n")
+    report.finish(args.json, args.md)
     return 0
 
 

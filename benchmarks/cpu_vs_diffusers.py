@@ -261,15 +261,7 @@ def main(argv=None) -> int:
         train_rows(report, quick=False, compile_peers=not args.no_compile, only=train, repeat=args.repeat)
     if "ddim" in args.cases:
         ddim_rows(report, quick=False, compile_peers=not args.no_compile, repeat=args.repeat)
-    report.env["load_average_end"] = os.getloadavg()
-    md = report.markdown()
-    print(md)
-    if args.json:
-        report.write_json(args.json)
-    if args.md:
-        from pathlib import Path
-
-        Path(args.md).write_text(md + "\n")
+    report.finish(args.json, args.md)
     return 0
 
 

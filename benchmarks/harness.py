@@ -227,6 +227,18 @@ class Report:
         tmp.write_text(json.dumps(self.to_json(), indent=1))
         os.replace(tmp, path)  # never a half-written result file
 
+    def finish(self, json_path: str | None, md_path: str | None) -> str:
+        """A standalone benchmark's ending: the load average now, the markdown printed and
+        written to md_path, the JSON to json_path (either may be None); returns the markdown."""
+        self.env["load_average_end"] = os.getloadavg()
+        md = self.markdown()
+        print(md)
+        if json_path:
+            self.write_json(json_path)
+        if md_path:
+            Path(md_path).write_text(md + "\n")
+        return md
+
     def markdown(self) -> str:
         e = self.env
         out = [f"# Benchmarks on {e.get('device_name')} ({e.get('device')})", "",

@@ -177,3 +177,24 @@ def test_compiled_and_pure_torch_paths_agree_inside_the_unet(monkeypatch):
     assert_close(out, out_torch.numpy(), atol=1e-5, rtol=1e-5, name="output")
     for name, g in grads.items():
         assert_close(g, grads_torch[name].numpy(), atol=1e-4, rtol=1e-4, name=name)
+
+
+def test_torch_compile_traces_group_norm_without_graph_breaks():
+    """Under torch.compile the torch backend must stay traceable (F.group_norm for inductor):
+    np.isfinite in the eps check once broke the graph at every GroupNorm of the UNet."""
+    from ddpm import UNet
+
+    torch._dynamo.reset()
+    x, w, b = torch.randn(2, 8, 4, 4), torch.randn(8), torch.randn(8)
+    shift = torch.randn(2, 8)
+    explained = torch._dynamo.explain(
+        lambda x, w, b, shift: kernels.group_norm_silu(x, w, b, 4, 1e-5, shift=shift, backend="torch"))(x, w, b, shift)
+    assert explained.graph_break_count == 0, explained.break_reasons
+    torch._dynamo.reset()
+    config = reference.UNetConfig.tiny()
+    model = UNet(config, zero_init=False).eval()
+    x = torch.randn(2, config.in_channels, config.image_size, config.image_size)
+    explained = torch._dynamo.explain(model)(x, torch.tensor([3, 7]))
+    # one break, where the model reads t back to check it (a CPU value check, before any layer)
+    assert explained.graph_break_count <= 1, [str(r.reason)[:200] for r in explained.break_reasons]
+    torch._dynamo.reset()

@@ -35,7 +35,8 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["NATIVE_ENV", "native_enabled", "cache_dir", "compiler", "load_library", "clear_cache"]
+__all__ = ["NATIVE_ENV", "native_enabled", "cache_dir", "compiler", "load_library", "load_typed_library",
+           "clear_cache"]
 
 NATIVE_ENV = "DDPM_KERNELS_CPU_NATIVE"
 BUILD_TIMEOUT_S = 300
@@ -115,6 +116,26 @@ def load_library(name: str, source: str, flags: list[str], libraries: list[str] 
                           f"the pure-torch code instead (slower; set {NATIVE_ENV}=0 to silence this)",
                           RuntimeWarning, stacklevel=3)
         return _LOADED[name]
+
+
+_SOURCES: dict[Path, str] = {}  # source file -> its text, read once per process
+
+
+def load_typed_library(name: str, source_path: Path, flags: list[str], libraries: list[str],
+                       signatures: dict[str, tuple[list, object]]) -> ctypes.CDLL | None:
+    """load_library of source_path's text, with each function's ctypes argtypes/restype set
+    from `signatures` (name -> (argtypes, restype)) once; None as load_library."""
+    if not native_enabled():
+        return None
+    if source_path not in _SOURCES:
+        _SOURCES[source_path] = source_path.read_text()
+    lib = load_library(name, _SOURCES[source_path], flags, libraries)
+    if lib is not None and not getattr(lib, "_ddpm_typed", False):
+        for fn_name, (args, result) in signatures.items():
+            fn = getattr(lib, fn_name)
+            fn.argtypes, fn.restype = args, result
+        lib._ddpm_typed = True
+    return lib
 
 
 def clear_cache() -> None:

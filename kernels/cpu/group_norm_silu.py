@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from . import build
-from .build import NATIVE_ENV, load_library, native_enabled
+from .build import NATIVE_ENV, load_typed_library
 
 __all__ = ["library", "applies", "forward", "backward"]
 
@@ -38,22 +38,11 @@ _SIGNATURES = {
     "ddpm_group_norm_silu_backward": ([_P, _P, _P, _P, _P, _P, _P, _I64, _I64, _I64, _I64, ctypes.c_int,
                                        _P, _P, _P, _P, _P, ctypes.c_int, ctypes.c_int, ctypes.c_int], None),
 }
-_SOURCE: list[str] = []
 
 
 def library() -> ctypes.CDLL | None:
     """The compiled library (built on first use), or None (see the module docstring)."""
-    if not native_enabled():
-        return None
-    if not _SOURCE:
-        _SOURCE.append(SOURCE_PATH.read_text())
-    lib = load_library("group_norm_silu", _SOURCE[0], FLAGS, LIBRARIES)
-    if lib is not None and not getattr(lib, "_ddpm_typed", False):
-        for name, (args, result) in _SIGNATURES.items():
-            fn = getattr(lib, name)
-            fn.argtypes, fn.restype = args, result
-        lib._ddpm_typed = True
-    return lib
+    return load_typed_library("group_norm_silu", SOURCE_PATH, FLAGS, LIBRARIES, _SIGNATURES)
 
 
 def _use_avx2(lib: ctypes.CDLL) -> int:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .build import NATIVE_ENV, load_library, native_enabled
+from .build import NATIVE_ENV, load_typed_library
 
 __all__ = ["library", "uses_avx2", "philox_words", "normal", "q_sample"]
 
@@ -36,22 +36,11 @@ _SIGNATURES = {
 }
 
 
-_SOURCE: list[str] = []  # philox.cpp's text, read once
 
 
 def library() -> ctypes.CDLL | None:
     """The compiled library (built on first use), or None (see the module docstring)."""
-    if not native_enabled():
-        return None
-    if not _SOURCE:
-        _SOURCE.append(SOURCE_PATH.read_text())
-    lib = load_library("philox", _SOURCE[0], FLAGS, LIBRARIES)
-    if lib is not None and not getattr(lib, "_ddpm_typed", False):
-        for name, (args, result) in _SIGNATURES.items():
-            fn = getattr(lib, name)
-            fn.argtypes, fn.restype = args, result
-        lib._ddpm_typed = True
-    return lib
+    return load_typed_library("philox", SOURCE_PATH, FLAGS, LIBRARIES, _SIGNATURES)
 
 
 def uses_avx2(lib: ctypes.CDLL) -> bool:
