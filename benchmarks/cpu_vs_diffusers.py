@@ -185,27 +185,21 @@ def ddim_rows(report: Report, *, quick: bool, compile_peers: bool, repeat: int =
     variants = [("", {})] + [("channels_last", {"channels_last": True})]
     if compile_peers:
         variants.append(("compile", {"compile": True}))
-    plain_scheduler, plain_net = _diffusers_ddim(model, n, num_steps)
-
-    @torch.no_grad()
-    def plain_diffusers():
-        x = x_T
-        for t in plain_scheduler.timesteps:
-            x = plain_scheduler.step(plain_net(x, t, class_labels=y).sample, t, x).prev_sample
-        return x
-
-    for label, opts in variants:
-        scheduler, net = _diffusers_ddim(model, n, num_steps, **opts)
-        fast = FastSampler(model, schedule, num_steps=num_steps, dtype=torch.float32, **opts)
-        start = x_T.to(memory_format=torch.channels_last) if opts.get("channels_last") else x_T
-
+    def diffusers_loop(scheduler, net, start):
         @torch.no_grad()
-        def theirs(scheduler=scheduler, net=net, start=start):
+        def run():
             x = start
             for t in scheduler.timesteps:
                 x = scheduler.step(net(x, t, class_labels=y).sample, t, x).prev_sample
             return x
+        return run
 
+    plain_diffusers = diffusers_loop(*_diffusers_ddim(model, n, num_steps), x_T)
+    for label, opts in variants:
+        scheduler, net = _diffusers_ddim(model, n, num_steps, **opts)
+        fast = FastSampler(model, schedule, num_steps=num_steps, dtype=torch.float32, **opts)
+        start = x_T.to(memory_format=torch.channels_last) if opts.get("channels_last") else x_T
+        theirs = diffusers_loop(scheduler, net, start)
         fns = {"ours": lambda fast=fast: fast(n, seed=0, y=y), "diffusers": theirs}
         if not label:
             fns["ours-eager"] = lambda: sample(model, shape, schedule, num_steps=num_steps, x_T=x_T, y=y)

@@ -142,8 +142,7 @@ def check_resume(ckpt: Checkpoint, *, unet_config: reference.UNetConfig | None =
     unet_config, schedule: None takes the saved one, anything else must equal it. training:
     the TrainConfig fields asked for; a field left out takes the saved value, every field but
     `steps` and the speed options (SPEED_OPTIONS) must equal the saved one, and `steps` may not lie
-    behind the checkpoint. label: the
-    kind of run, for the message ("demo"). data: the dataset the run would continue on; its
+    behind the checkpoint. label: the kind of run, for the message ("demo"). data: the dataset the run would continue on; its
     fingerprint must be the saved one unless allow_data_change. Raises CheckpointError naming
     what differs.
     """

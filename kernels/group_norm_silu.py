@@ -13,8 +13,8 @@ and reduces the weight/bias gradients in two deterministic stages, never with at
 The torch backend writes the reference's formulas with torch ops: in float64 op by op with plain
 autograd (double backward works), in float32/bfloat16/float16 as one autograd.Function with the
 backward written out (kernels/group_norm_silu_torch.py: a few whole-tensor passes). On the CPU,
-float32 NCHW runs compiled C++ instead (kernels/cpu/group_norm_silu.cpp: forward and backward
-each fused, float64 statistics) where a compiler is present.
+float32 (NCHW or channels_last) runs compiled C++ instead (kernels/cpu/group_norm_silu.cpp:
+forward and backward each fused, float64 statistics) where a compiler is present.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ __all__ = ["group_norm_silu", "GroupNormSiLU", "GroupNormSiLUFunction"]
 
 def _fused_module(backend: str):
     if backend == "cpu":  # the torch backend's compiled CPU path (kernels/cpu/group_norm_silu.cpp)
-        from .cpu import group_norm_silu as module
+        module = cpu_group_norm_silu
     elif backend == "triton":
         from .triton import group_norm_silu as module
     else:
@@ -103,8 +103,8 @@ def group_norm_silu(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Te
     _check_param(shift, "shift", x, (x.shape[0], C), param_dtypes)
     if x.numel() == 0 or (name == "torch" and x.dtype == torch.float64):
         return torch_ops.group_norm_silu(x, weight, bias, groups, eps, activation, shift)
-    if name == "torch":  # issue 17 (CPU speed): fused C++ for float32 NCHW on the CPU, where it
-        # builds; else (half types, channels_last, no compiler) the hand-written backward over
+    if name == "torch":  # issue 17 (CPU speed): fused C++ for float32 on the CPU, where it
+        # builds; else (half types, other strides, no compiler) the hand-written backward over
         # ATen's fused GroupNorm; under torch.compile, F.group_norm for inductor to fuse
         if torch.compiler.is_compiling():
             return group_norm_silu_torch.group_norm_silu_traced(x, weight, bias, groups, eps, activation, shift)

@@ -104,14 +104,14 @@ def group_norm_silu(x, weight, bias, groups: int, eps: float, activation: bool, 
     return y.to(x.dtype)
 
 
-
 def group_norm_silu_traced(x, weight, bias, groups: int, eps: float, activation: bool, shift):
     """The form torch.compile traces: F.group_norm and F.silu with their plain autograd, which
     inductor lowers to its own fused reductions (the compiled C++ op or a custom autograd Function
     stay opaque to it; the centring above adds a pass: both measured slower, issue 17). Its forward
     is centred ((h - mean) rstd, a Welford variance); its backward is ATen's decomposition
     (dx = rstd w dy + c2 h + c3), which loses ~ulp(|mean|) where |mean| >> std: held to the
-    reference at 1e-4 there, 1e-5 on zero-mean data (tests/test_group_norm_silu_cpu_compiled.py)."""
+    reference at 1e-5 on zero-mean data and 3e-4 at mean 300, std 1 under inductor
+    (tests/test_group_norm_silu_cpu_compiled.py)."""
     compute = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
     h = x.to(compute)
     if shift is not None:

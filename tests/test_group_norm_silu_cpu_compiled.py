@@ -198,3 +198,28 @@ def test_torch_compile_traces_group_norm_without_graph_breaks():
     # one break, where the model reads t back to check it (a CPU value check, before any layer)
     assert explained.graph_break_count <= 1, [str(r.reason)[:200] for r in explained.break_reasons]
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("offset, atol", [(0.0, 1e-5), (300.0, 3e-4)])
+def test_the_form_torch_compile_traces_is_held_to_the_reference(offset, atol):
+    """Under inductor the torch backend's GroupNorm+SiLU is F.group_norm's decomposition
+    (group_norm_silu_traced): within 1e-5 on zero-mean data, 3e-4 at |mean| = 300 >> std = 1
+    (its backward does not subtract before it scales, and h = x + shift rounds in float32)."""
+    torch._dynamo.reset()
+    gen = torch.Generator().manual_seed(0)
+    shape, groups = (4, 8, 4, 4), 4
+    x = offset + torch.randn(shape, generator=gen)
+    w, b = torch.randn(8, generator=gen) + 1, torch.randn(8, generator=gen)
+    shift = 0.3 * torch.randn(4, 8, generator=gen)
+    dy = torch.randn(shape, generator=gen)
+    compiled = torch.compile(lambda x, w, b, shift: kernels.group_norm_silu(x, w, b, groups, 1e-6, shift=shift,
+                                                                            backend="torch"), dynamic=False)
+    leaves = [v.clone().requires_grad_() for v in (x, w, b, shift)]
+    y = compiled(*leaves)
+    y.backward(dy)
+    y_ref, dx_ref, dw_ref, db_ref, dshift_ref, _ = _reference(x, w, b, shift, groups, True, dy)
+    assert_close(y, y_ref, atol=atol, rtol=1e-5, name="y")
+    for got, want, name in zip([v.grad for v in leaves], (dx_ref, dw_ref, db_ref, dshift_ref),
+                               ("dx", "dweight", "dbias", "dshift")):
+        assert_close(got, want, atol=atol, rtol=1e-5, name=name)
+    torch._dynamo.reset()

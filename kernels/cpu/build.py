@@ -35,8 +35,8 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["NATIVE_ENV", "native_enabled", "cache_dir", "compiler", "load_library", "load_typed_library",
-           "clear_cache"]
+__all__ = ["NATIVE_ENV", "native_enabled", "scalar_only", "cache_dir", "compiler", "load_library",
+           "load_typed_library", "clear_cache"]
 
 NATIVE_ENV = "DDPM_KERNELS_CPU_NATIVE"
 BUILD_TIMEOUT_S = 300
@@ -49,6 +49,12 @@ def native_enabled() -> bool:
     """False when DDPM_KERNELS_CPU_NATIVE is set to 0/false/off (read at every call, so tests
     can switch paths with monkeypatch.setenv)."""
     return os.environ.get(NATIVE_ENV, "1").strip().lower() not in ("0", "false", "off", "no")
+
+
+def scalar_only() -> bool:
+    """DDPM_KERNELS_CPU_NATIVE=scalar: keep the libraries but skip their AVX2 code (the path of
+    CPUs without AVX2), so both instruction sets are testable on one machine."""
+    return os.environ.get(NATIVE_ENV, "").strip().lower() == "scalar"
 
 
 def cache_dir() -> Path:

@@ -1,7 +1,7 @@
 """`group_norm_silu` compiled for the CPU (group_norm_silu.cpp beside this file).
 
-The torch backend runs float32 CPU tensors, NCHW-contiguous or 4-D channels_last, through these two calls (forward and
-backward each one fused call, one task per (sample, group), float64 statistics) inside the same
+The torch backend runs float32 CPU tensors, NCHW-contiguous or 4-D channels_last, through these
+two calls (forward and backward each one fused call, float64 statistics) inside the same
 autograd Function as the Triton and CuPy kernels (kernels.group_norm_silu.GroupNormSiLUFunction,
 backend "cpu"), where the pure-torch form records ~35 ATen ops per call (issue 17). `applies` says
 when; otherwise (the library unavailable: no compiler or a failed build, one warning;
@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from . import build
-from .build import NATIVE_ENV, load_typed_library
+from .build import NATIVE_ENV, load_typed_library, scalar_only
 
 __all__ = ["library", "applies", "forward", "backward"]
 
@@ -46,9 +46,7 @@ def library() -> ctypes.CDLL | None:
 
 
 def _use_avx2(lib: ctypes.CDLL) -> int:
-    if os.environ.get(NATIVE_ENV, "").strip().lower() == "scalar":
-        return 0
-    return int(lib.ddpm_gns_has_avx2())
+    return int(not scalar_only() and lib.ddpm_gns_has_avx2())
 
 
 _RESOLVED: dict = {}  # DDPM_KERNELS_CPU_NATIVE's value -> (library or None, use_avx2)

@@ -11,12 +11,11 @@ without AVX2), so both instruction sets are testable on one machine.
 from __future__ import annotations
 
 import ctypes
-import os
 from pathlib import Path
 
 import torch
 
-from .build import NATIVE_ENV, load_typed_library
+from .build import load_typed_library, scalar_only
 
 __all__ = ["library", "uses_avx2", "philox_words", "normal", "q_sample"]
 
@@ -36,8 +35,6 @@ _SIGNATURES = {
 }
 
 
-
-
 def library() -> ctypes.CDLL | None:
     """The compiled library (built on first use), or None (see the module docstring)."""
     return load_typed_library("philox", SOURCE_PATH, FLAGS, LIBRARIES, _SIGNATURES)
@@ -45,9 +42,7 @@ def library() -> ctypes.CDLL | None:
 
 def uses_avx2(lib: ctypes.CDLL) -> bool:
     """Whether calls take the AVX2 code: the CPU has it and DDPM_KERNELS_CPU_NATIVE != scalar."""
-    if os.environ.get(NATIVE_ENV, "").strip().lower() == "scalar":
-        return False
-    return bool(lib.ddpm_cpu_has_avx2())
+    return not scalar_only() and bool(lib.ddpm_cpu_has_avx2())
 
 
 def _rows(samples: torch.Tensor, stream) -> tuple[torch.Tensor, torch.Tensor]:
